@@ -1,0 +1,316 @@
+// Multiresolution hash encoding: the per-(point, level) maths shared by the CPU and CUDA kernels.
+//
+// Semantics (pyengine/reference/hash_encode.py is the specification):
+//   u_d   = fma(scale_l, clamp(x_d, 0, 1), 0.5)      base_d = floor(u_d), t_d = u_d - base_d
+//   s_d   = t_d (linear) or t_d^2 (3 - 2 t_d) (smoothstep)
+//   out_l = sum over the 2^D corners c of w_c * table_l[index(base + c)]
+//   w_c   = prod_d (bit_d(c) ? s_d : 1 - s_d)
+// index() is dense (sum_d p_d res^d) when the level fits its table, else tcnn's coherent-prime
+// XOR hash; both modulo the level size. All arithmetic on indices is uint32, like tcnn.
+//
+// Memory layout: x [N, D] row-major; params [n_entries, F] (levels concatenated, level l starts at
+// entry offset[l]); out / grad_out [N, L * F] with out[n, l * F + f].
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "pyengine/common.h"
+
+namespace pe {
+
+constexpr int kHashMaxLevels = 32;
+
+// Per-level constants, small enough to be passed by value as a kernel argument (~400 bytes).
+struct HashLevels {
+  uint32_t offset[kHashMaxLevels + 1];  // first table entry of each level; offset[L] = n_entries
+  uint32_t res[kHashMaxLevels];         // grid resolution ceil(scale) + 1
+  float scale[kHashMaxLevels];          // base * 2^(l log2 b) - 1, float32 like tcnn
+  uint32_t hashed_mask;                 // bit l set: level l is hashed
+  int n_levels;
+};
+
+enum HashInterp : int { kHashLinear = 0, kHashSmoothstep = 1 };
+
+// tcnn's primes. The first is 1 so that neighbouring cells along x stay in one cache line.
+PE_HD uint32_t hash_prime(int d) {
+  return d == 0 ? 1u : d == 1 ? 2654435761u : d == 2 ? 805459861u : 3674653429u;
+}
+
+template <int D>
+PE_HD uint32_t hash_grid_index(const uint32_t (&p)[D], uint32_t res, uint32_t size, bool hashed) {
+  uint32_t idx = 0;
+  if (hashed) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) idx ^= p[d] * hash_prime(d);
+  } else {
+    uint32_t stride = 1;
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      idx += p[d] * stride;
+      stride *= res;
+    }
+  }
+  return idx % size;
+}
+
+PE_HD float pe_fma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return fmaf(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+PE_HD double pe_fma(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+PE_HD float pe_floor(float a) {
+#if defined(__CUDA_ARCH__)
+  return floorf(a);
+#else
+  return std::floor(a);
+#endif
+}
+PE_HD double pe_floor(double a) {
+#if defined(__CUDA_ARCH__)
+  return ::floor(a);
+#else
+  return std::floor(a);
+#endif
+}
+
+// The cell a point falls into at one level, with interpolation weights and their derivatives
+// with respect to x (scale folded in, zero along dims where x was clamped).
+template <typename T, int D>
+struct GridCell {
+  uint32_t base[D];
+  T s[D];    // interpolation weight towards the upper corner
+  T ds[D];   // d s / d x
+  T dds[D];  // d^2 s / d x^2 (zero for linear)
+};
+
+template <typename T, int D>
+PE_HD void grid_cell(const T* x, T scale, int interp, GridCell<T, D>& c) {
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    T xi = x[d];
+    const bool inside = xi >= T(0) && xi <= T(1);
+    xi = xi >= T(0) ? (xi <= T(1) ? xi : T(1)) : T(0);  // NaN reads as 0
+    const T u = pe_fma(scale, xi, T(0.5));
+    const T fl = pe_floor(u);
+    c.base[d] = static_cast<uint32_t>(static_cast<int>(fl));
+    const T t = u - fl;
+    if (interp == kHashSmoothstep) {
+      c.s[d] = t * t * (T(3) - T(2) * t);
+      c.ds[d] = T(6) * t * (T(1) - t) * scale;
+      c.dds[d] = (T(6) - T(12) * t) * scale * scale;
+    } else {
+      c.s[d] = t;
+      c.ds[d] = scale;
+      c.dds[d] = T(0);
+    }
+    if (!inside) {
+      c.ds[d] = T(0);
+      c.dds[d] = T(0);
+    }
+  }
+}
+
+template <typename T, int D>
+PE_HD void corner_position(const GridCell<T, D>& c, int corner, uint32_t (&p)[D]) {
+#pragma unroll
+  for (int d = 0; d < D; ++d) p[d] = c.base[d] + ((corner >> d) & 1);
+}
+
+// w_c and its factors f_d = bit ? s_d : 1 - s_d.
+template <typename T, int D>
+PE_HD T corner_weight(const GridCell<T, D>& c, int corner, T (&fac)[D]) {
+  T w = T(1);
+#pragma unroll
+  for (int d = 0; d < D; ++d) {
+    fac[d] = ((corner >> d) & 1) ? c.s[d] : T(1) - c.s[d];
+    w *= fac[d];
+  }
+  return w;
+}
+
+// Product of fac over all dims except a and b (pass b = a, or -1, to skip one dim only).
+template <typename T, int D>
+PE_HD T prod_except(const T (&fac)[D], int a, int b) {
+  T p = T(1);
+#pragma unroll
+  for (int d = 0; d < D; ++d)
+    if (d != a && d != b) p *= fac[d];
+  return p;
+}
+
+// d w_c / d x_e for every e.
+template <typename T, int D>
+PE_HD void corner_weight_grad(const GridCell<T, D>& c, int corner, const T (&fac)[D], T (&dw)[D]) {
+#pragma unroll
+  for (int e = 0; e < D; ++e) {
+    const T sg = ((corner >> e) & 1) ? c.ds[e] : -c.ds[e];
+    dw[e] = sg * prod_except<T, D>(fac, e, e);
+  }
+}
+
+// Forward for one point and one level: out[f] = sum_c w_c table[idx_c, f].
+template <typename T, int D, int F, typename P>
+PE_HD void hash_level_fwd(const GridCell<T, D>& c, const P* table, uint32_t res, uint32_t size,
+                          bool hashed, T (&out)[F]) {
+#pragma unroll
+  for (int f = 0; f < F; ++f) out[f] = T(0);
+#pragma unroll
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    uint32_t p[D];
+    T fac[D];
+    corner_position<T, D>(c, corner, p);
+    const T w = corner_weight<T, D>(c, corner, fac);
+    const P* row = table + static_cast<size_t>(hash_grid_index<D>(p, res, size, hashed)) * F;
+#pragma unroll
+    for (int f = 0; f < F; ++f) out[f] += w * load_as<T>(row[f]);
+  }
+}
+
+// Backward for one point and one level, given g[f] = dL/dout[f]:
+//   dL/dtable[idx_c, f] += w_c g[f]                      (through add, an atomic where needed)
+//   dx[e]               += sum_c (dw_c/dx_e) sum_f g[f] table[idx_c, f]
+template <typename T, int D, int F, typename P, typename G, typename Add>
+PE_HD void hash_level_bwd(const GridCell<T, D>& c, const P* table, G* gtable, uint32_t res,
+                          uint32_t size, bool hashed, const T (&g)[F], bool need_dparams,
+                          bool need_dx, T (&dx)[D], Add& add) {
+#pragma unroll
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    uint32_t p[D];
+    T fac[D];
+    corner_position<T, D>(c, corner, p);
+    const T w = corner_weight<T, D>(c, corner, fac);
+    const size_t idx = static_cast<size_t>(hash_grid_index<D>(p, res, size, hashed)) * F;
+    if (need_dparams) {
+      T v[F];
+#pragma unroll
+      for (int f = 0; f < F; ++f) v[f] = w * g[f];
+      add.template vec<F>(gtable + idx, v);
+    }
+    if (need_dx) {
+      T dot = T(0);
+#pragma unroll
+      for (int f = 0; f < F; ++f) dot += g[f] * load_as<T>(table[idx + f]);
+      T dw[D];
+      corner_weight_grad<T, D>(c, corner, fac, dw);
+#pragma unroll
+      for (int e = 0; e < D; ++e) dx[e] += dot * dw[e];
+    }
+  }
+}
+
+// Double backward for one point and one level. The backward above maps (g, x, table) to
+// (dtable, dx); given gg = dL/d(dx) [D] this returns the terms of dL/dg, dL/dx and dL/dtable
+// that flow through dx. (The terms through dtable are the forward and the input-backward with
+// the table replaced by dL/d(dtable); the Python layer adds those.) With a_c = sum_e gg_e dw_c/dx_e:
+//   dL/dtable[idx_c, f] += a_c g[f]
+//   dL/dg[f]            += sum_c a_c table[idx_c, f]
+//   dL/dx_k             += sum_c (sum_f g[f] table[idx_c, f]) sum_e gg_e d^2 w_c / dx_e dx_k
+template <typename T, int D, int F, typename P, typename G, typename Add>
+PE_HD void hash_level_bwd_bwd(const GridCell<T, D>& c, const P* table, G* gtable, uint32_t res,
+                              uint32_t size, bool hashed, const T (&g)[F], const T (&gg)[D],
+                              bool need_dparams, bool need_dg, bool need_dx, T (&dg)[F],
+                              T (&dx)[D], Add& add) {
+#pragma unroll
+  for (int corner = 0; corner < (1 << D); ++corner) {
+    uint32_t p[D];
+    T fac[D], dw[D], sgn_ds[D];
+    corner_position<T, D>(c, corner, p);
+    corner_weight<T, D>(c, corner, fac);
+    corner_weight_grad<T, D>(c, corner, fac, dw);
+    T a = T(0);
+#pragma unroll
+    for (int e = 0; e < D; ++e) {
+      a += gg[e] * dw[e];
+      sgn_ds[e] = ((corner >> e) & 1) ? c.ds[e] : -c.ds[e];
+    }
+    const size_t idx = static_cast<size_t>(hash_grid_index<D>(p, res, size, hashed)) * F;
+    if (need_dparams) {
+      T v[F];
+#pragma unroll
+      for (int f = 0; f < F; ++f) v[f] = a * g[f];
+      add.template vec<F>(gtable + idx, v);
+    }
+    if (need_dg || need_dx) {
+      T dot = T(0);
+#pragma unroll
+      for (int f = 0; f < F; ++f) {
+        const T t = load_as<T>(table[idx + f]);
+        if (need_dg) dg[f] += a * t;
+        dot += g[f] * t;
+      }
+      if (need_dx) {
+#pragma unroll
+        for (int k = 0; k < D; ++k) {
+          // diagonal: w is linear in each s_k, so only s_k'' contributes
+          const T sgn_dds = ((corner >> k) & 1) ? c.dds[k] : -c.dds[k];
+          T h = gg[k] * sgn_dds * prod_except<T, D>(fac, k, k);
+#pragma unroll
+          for (int e = 0; e < D; ++e)
+            if (e != k) h += gg[e] * sgn_ds[e] * sgn_ds[k] * prod_except<T, D>(fac, e, k);
+          dx[k] += dot * h;
+        }
+      }
+    }
+  }
+}
+
+// Dispatch a runtime (D, F) pair to a template instantiation: calls fn.template run<D, F>().
+template <typename Fn>
+inline bool dispatch_hash_dims(int D, int F, Fn&& fn) {
+#define PE_HASH_CASE(d, f) \
+  if (D == d && F == f) {  \
+    fn.template run<d, f>(); \
+    return true;           \
+  }
+#define PE_HASH_DCASE(d) PE_HASH_CASE(d, 1) PE_HASH_CASE(d, 2) PE_HASH_CASE(d, 4) PE_HASH_CASE(d, 8)
+  PE_HASH_DCASE(2) PE_HASH_DCASE(3) PE_HASH_DCASE(4)
+#undef PE_HASH_DCASE
+#undef PE_HASH_CASE
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launchers: raw pointers only, no torch. T is the compute type (float or double), P the table's
+// storage type. Gradient tables are zero-initialised by the caller, in T.
+
+namespace cpu {
+template <typename T, typename P>
+void hash_encode_fwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
+                     const P* params, P* out);
+template <typename T, typename P>
+void hash_encode_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
+                     const P* params, const P* grad_out, T* grad_params /*nullable*/,
+                     T* grad_x /*nullable*/);
+template <typename T, typename P>
+void hash_encode_bwd_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
+                         const P* params, const P* grad_out, const T* gg_x, P* d_grad_out /*nullable*/,
+                         T* grad_x /*nullable*/, T* grad_params /*nullable*/);
+}  // namespace cpu
+
+namespace cuda {
+// Storage type of the table and of out / grad_out / d_grad_out; x, gg_x, grad_x and grad_params
+// are float, or double with kTableF64. stream is a cudaStream_t. Returns 0 on success, else the
+// cudaError_t of the failed launch.
+enum TableType : int { kTableF32 = 0, kTableF16 = 1, kTableBF16 = 2, kTableF64 = 3 };
+int hash_encode_fwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
+                    const void* x, const void* params, void* out, void* stream);
+int hash_encode_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
+                    const void* x, const void* params, const void* grad_out,
+                    void* grad_params /*nullable*/, void* grad_x /*nullable*/, void* stream);
+int hash_encode_bwd_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
+                        const void* x, const void* params, const void* grad_out, const void* gg_x,
+                        void* d_grad_out /*nullable*/, void* grad_x /*nullable*/,
+                        void* grad_params /*nullable*/, void* stream);
+}  // namespace cuda
+
+}  // namespace pe

@@ -1,0 +1,91 @@
+"""Build pyengine and its compiled extension pyengine._C.
+
+The C++/OpenMP sources always build. CUDA sources are added when PYENGINE_CUDA allows it:
+  PYENGINE_CUDA=auto (default)  CUDA when nvcc is found and torch is a CUDA build
+  PYENGINE_CUDA=1               CUDA required (fails if it cannot be built)
+  PYENGINE_CUDA=0               CPU only
+Other knobs: TORCH_CUDA_ARCH_LIST (e.g. "9.0"), MAX_JOBS (parallel compile jobs),
+PYENGINE_NO_EXT=1 (skip the extension entirely; ops then run on Triton / PyTorch).
+
+torch must already be installed (pip install --no-build-isolation), since the build uses
+torch.utils.cpp_extension.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VERSION = "0.1.0"
+
+
+def _want_cuda(torch_mod):
+    mode = os.environ.get("PYENGINE_CUDA", "auto").lower()
+    if mode in ("0", "false", "no", "off"):
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    have = torch_mod.version.cuda is not None and (CUDA_HOME is not None or shutil.which("nvcc"))
+    if mode in ("1", "true", "yes", "on"):
+        if not have:
+            sys.exit("PYENGINE_CUDA=1 but torch is not a CUDA build or nvcc was not found")
+        return True
+    return bool(have)
+
+
+def _extensions():
+    if os.environ.get("PYENGINE_NO_EXT") == "1":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    include = [os.path.join(ROOT, "csrc", "include")]
+    sources = ["csrc/ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    if _want_cuda(torch):
+        sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
+        ext = CUDAExtension(
+            "pyengine._C",
+            sources,
+            include_dirs=include,
+            define_macros=[("PE_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = CppExtension(
+            "pyengine._C", sources, include_dirs=include, extra_compile_args=cxx,
+            extra_link_args=["-fopenmp"],
+        )
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="pyengine",
+    version=VERSION,
+    description="Fused kernels and engines for text-to-3D and video diffusion",
+    long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists(os.path.join(ROOT, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["pyengine"] + ["pyengine." + p for p in (
+        "ops", "reference", "nn", "compat", "diffusion", "engines", "data")] + ["pyengine.kernels"],
+    package_dir={"pyengine.kernels": "kernels"},
+    package_data={"pyengine": ["assets/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "safetensors",
+        "tqdm",
+        "triton; platform_system=='Linux'",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},
+    entry_points={"console_scripts": ["pyengine=pyengine.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
