@@ -1,23 +1,82 @@
 // CPU kernels of hash_encode: OpenMP loops over the per-(point, level) maths in
 // pyengine/hash_encode.h, the same functions the CUDA kernels run.
 //
-// Work split: one iteration per point, levels looped inside, so that dL/dx is summed in
-// registers; table gradients are scattered with an OpenMP atomic because points of one level
-// share table rows.
+// Work split: levels outer, points inner. One level's table (at most 2^log2_hashmap_size rows,
+// a few MB) then stays in cache while every point reads it, instead of all levels (tens of MB)
+// competing for it. The point loops use schedule(static) with identical bounds inside one
+// parallel region, so a point belongs to the same thread at every level and dL/dx accumulates
+// without atomics. Table gradients go to a per-thread buffer of one level, summed after the
+// level; that replaces an atomic compare-and-swap per (corner, feature) by plain adds.
 #include "pyengine/hash_encode.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace pe {
 namespace cpu {
 namespace {
 
-struct AtomicAdd {
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+int num_threads() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+struct PlainAdd {  // the buffer is private to the thread
   template <int F, typename G, typename T>
   void vec(G* addr, const T (&v)[F]) {
-    for (int f = 0; f < F; ++f) {
-#pragma omp atomic
-      addr[f] += static_cast<G>(v[f]);
+    for (int f = 0; f < F; ++f) addr[f] += static_cast<G>(v[f]);
+  }
+};
+
+uint32_t max_level_rows(const HashLevels& lv) {
+  uint32_t m = 0;
+  for (int l = 0; l < lv.n_levels; ++l) m = std::max(m, lv.offset[l + 1] - lv.offset[l]);
+  return m;
+}
+
+// Per-thread gradient buffers for one level, and their reduction into the global table.
+template <typename T>
+struct LevelScratch {
+  std::vector<std::vector<T>> bufs;
+  LevelScratch(bool enabled, size_t rows, int F) {
+    if (enabled) bufs.assign(max_threads(), std::vector<T>(rows * F));
+  }
+  T* mine(size_t n) {  // zeroed slice for the calling thread
+    T* p = bufs[thread_id()].data();
+    std::memset(p, 0, n * sizeof(T));
+    return p;
+  }
+  // Called by every thread of the team after a barrier: thread-sliced sum into dst.
+  void reduce_into(T* dst, size_t n) {
+    const int nt = num_threads();
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
+      T s = T(0);
+      for (int t = 0; t < nt; ++t) s += bufs[t][i];
+      dst[i] += s;
     }
   }
 };
@@ -33,14 +92,18 @@ struct Fwd {
   template <int D, int F>
   void run() {
     const int L = lv.n_levels;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      for (int l = 0; l < L; ++l) {
+#pragma omp parallel
+    for (int l = 0; l < L; ++l) {
+      const P* table = params + static_cast<size_t>(lv.offset[l]) * F;
+      const uint32_t size = lv.offset[l + 1] - lv.offset[l];
+      const bool hashed = (lv.hashed_mask >> l) & 1;
+      const T scale = static_cast<T>(lv.scale[l]);
+#pragma omp for schedule(static) nowait
+      for (int64_t n = 0; n < N; ++n) {
         GridCell<T, D> c;
-        grid_cell<T, D>(x + n * D, static_cast<T>(lv.scale[l]), interp, c);
+        grid_cell<T, D>(x + n * D, scale, interp, c);
         T o[F];
-        hash_level_fwd<T, D, F, P>(c, params + static_cast<size_t>(lv.offset[l]) * F, lv.res[l],
-                                   lv.offset[l + 1] - lv.offset[l], (lv.hashed_mask >> l) & 1, o);
+        hash_level_fwd<T, D, F, P>(c, table, lv.res[l], size, hashed, o);
         for (int f = 0; f < F; ++f) out[(n * L + l) * F + f] = static_cast<P>(o[f]);
       }
     }
@@ -52,29 +115,34 @@ struct Bwd {
   int64_t N;
   const HashLevels& lv;
   int interp;
-  const T *x;
+  const T* x;
   const P *params, *grad_out;
-  T *grad_params, *grad_x;
+  T *grad_params, *grad_x;  // grad_x is zeroed by the caller
   template <int D, int F>
   void run() {
     const int L = lv.n_levels;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      AtomicAdd add;
-      T dx[D] = {};
-      for (int l = 0; l < L; ++l) {
+    LevelScratch<T> scratch(grad_params != nullptr, max_level_rows(lv), F);
+#pragma omp parallel
+    for (int l = 0; l < L; ++l) {
+      const size_t off = static_cast<size_t>(lv.offset[l]) * F;
+      const uint32_t size = lv.offset[l + 1] - lv.offset[l];
+      const bool hashed = (lv.hashed_mask >> l) & 1;
+      const T scale = static_cast<T>(lv.scale[l]);
+      T* gbuf = grad_params ? scratch.mine(static_cast<size_t>(size) * F) : nullptr;
+      PlainAdd add;
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
         GridCell<T, D> c;
-        grid_cell<T, D>(x + n * D, static_cast<T>(lv.scale[l]), interp, c);
-        T g[F];
+        grid_cell<T, D>(x + n * D, scale, interp, c);
+        T g[F], dx[D] = {};
         for (int f = 0; f < F; ++f) g[f] = static_cast<T>(grad_out[(n * L + l) * F + f]);
-        const size_t off = static_cast<size_t>(lv.offset[l]) * F;
-        hash_level_bwd<T, D, F, P>(c, params + off, grad_params ? grad_params + off : nullptr,
-                                   lv.res[l], lv.offset[l + 1] - lv.offset[l],
-                                   (lv.hashed_mask >> l) & 1, g, grad_params != nullptr,
-                                   grad_x != nullptr, dx, add);
+        hash_level_bwd<T, D, F, P>(c, params + off, gbuf, lv.res[l], size, hashed, g,
+                                   grad_params != nullptr, grad_x != nullptr, dx, add);
+        if (grad_x)
+          for (int d = 0; d < D; ++d) grad_x[n * D + d] += dx[d];
       }
-      if (grad_x)
-        for (int d = 0; d < D; ++d) grad_x[n * D + d] = dx[d];
+      // (the implicit barrier above makes every thread's buffer complete)
+      if (grad_params) scratch.reduce_into(grad_params + off, static_cast<size_t>(size) * F);
     }
   }
 };
@@ -84,35 +152,39 @@ struct BwdBwd {
   int64_t N;
   const HashLevels& lv;
   int interp;
-  const T *x;
+  const T* x;
   const P *params, *grad_out;
   const T* gg_x;
   P* d_grad_out;
-  T *grad_x, *grad_params;
+  T *grad_x, *grad_params;  // zeroed by the caller
   template <int D, int F>
   void run() {
     const int L = lv.n_levels;
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      AtomicAdd add;
-      T dx[D] = {};
-      T gg[D];
-      for (int d = 0; d < D; ++d) gg[d] = gg_x[n * D + d];
-      for (int l = 0; l < L; ++l) {
+    LevelScratch<T> scratch(grad_params != nullptr, max_level_rows(lv), F);
+#pragma omp parallel
+    for (int l = 0; l < L; ++l) {
+      const size_t off = static_cast<size_t>(lv.offset[l]) * F;
+      const uint32_t size = lv.offset[l + 1] - lv.offset[l];
+      const bool hashed = (lv.hashed_mask >> l) & 1;
+      const T scale = static_cast<T>(lv.scale[l]);
+      T* gbuf = grad_params ? scratch.mine(static_cast<size_t>(size) * F) : nullptr;
+      PlainAdd add;
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
         GridCell<T, D> c;
-        grid_cell<T, D>(x + n * D, static_cast<T>(lv.scale[l]), interp, c);
-        T g[F], dg[F] = {};
+        grid_cell<T, D>(x + n * D, scale, interp, c);
+        T g[F], dg[F] = {}, gg[D], dx[D] = {};
         for (int f = 0; f < F; ++f) g[f] = static_cast<T>(grad_out[(n * L + l) * F + f]);
-        const size_t off = static_cast<size_t>(lv.offset[l]) * F;
-        hash_level_bwd_bwd<T, D, F, P>(c, params + off, grad_params ? grad_params + off : nullptr,
-                                       lv.res[l], lv.offset[l + 1] - lv.offset[l],
-                                       (lv.hashed_mask >> l) & 1, g, gg, grad_params != nullptr,
-                                       d_grad_out != nullptr, grad_x != nullptr, dg, dx, add);
+        for (int d = 0; d < D; ++d) gg[d] = gg_x[n * D + d];
+        hash_level_bwd_bwd<T, D, F, P>(c, params + off, gbuf, lv.res[l], size, hashed, g, gg,
+                                       grad_params != nullptr, d_grad_out != nullptr,
+                                       grad_x != nullptr, dg, dx, add);
         if (d_grad_out)
           for (int f = 0; f < F; ++f) d_grad_out[(n * L + l) * F + f] = static_cast<P>(dg[f]);
+        if (grad_x)
+          for (int d = 0; d < D; ++d) grad_x[n * D + d] += dx[d];
       }
-      if (grad_x)
-        for (int d = 0; d < D; ++d) grad_x[n * D + d] = dx[d];
+      if (grad_params) scratch.reduce_into(grad_params + off, static_cast<size_t>(size) * F);
     }
   }
 };

@@ -1,0 +1,64 @@
+"""Drop-in surfaces for code written against other libraries.
+
+Each shim lives in its own module and is imported only when installed, so importing
+``pyengine.compat`` stays cheap.
+
+Example:
+    >>> import pyengine.compat
+    >>> _ = pyengine.compat.install_tinycudann()  # before threestudio & co. import tinycudann
+    >>> import tinycudann as tcnn
+    >>> enc = tcnn.Encoding(3, {"otype": "HashGrid", "n_levels": 8, "log2_hashmap_size": 15})
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+
+__all__ = ["install_tinycudann"]
+
+
+def _install(name: str, shim: str, force: bool, submodules=()) -> ModuleType:
+    """Registers module ``shim`` as ``sys.modules[name]`` unless a working ``name`` is importable."""
+    if not force:
+        if name in sys.modules:
+            return sys.modules[name]
+        if importlib.util.find_spec(name) is not None:
+            try:
+                return importlib.import_module(name)
+            except (ImportError, OSError, RuntimeError):
+                pass  # installed but unusable here, e.g. tinycudann without a CUDA device: use the shim
+    module = importlib.import_module(shim)
+    sys.modules[name] = module
+    for sub in submodules:
+        sys.modules[f"{name}.{sub}"] = module
+    return module
+
+
+def install_tinycudann(force: bool = False, strict: bool | None = None) -> ModuleType:
+    """Makes ``import tinycudann`` return ``pyengine.compat.tcnn``, the drop-in for tiny-cuda-nn.
+
+    Args:
+        force: install the shim even when a real ``tinycudann`` imports fine (or another module
+            is already registered under that name). Without it, a working real one wins.
+        strict: if given, sets ``pyengine.compat.tcnn.STRICT``: True (default there) raises on
+            config keys that tiny-cuda-nn does not know, False only warns, as threestudio's
+            ``ProgressiveBandHashGrid`` needs (it passes ``start_level`` & co. to tcnn).
+
+    Returns:
+        The module that ``import tinycudann`` now gives (the real one or the shim). Also
+        registered as ``tinycudann.modules``.
+
+    Example:
+        >>> import pyengine.compat
+        >>> tcnn = pyengine.compat.install_tinycudann()
+        >>> import tinycudann
+        >>> tinycudann is tcnn
+        True
+    """
+    module = _install("tinycudann", "pyengine.compat.tcnn", force, submodules=("modules",))
+    if strict is not None and module.__name__ == "pyengine.compat.tcnn":
+        module.STRICT = bool(strict)
+    return module

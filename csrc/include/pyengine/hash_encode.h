@@ -37,22 +37,38 @@ PE_HD uint32_t hash_prime(int d) {
   return d == 0 ? 1u : d == 1 ? 2654435761u : d == 2 ? 805459861u : 3674653429u;
 }
 
+// Table index of the 2^D corners of one cell, with the per-dim terms computed once:
+// term[d][b] = (base_d + b) * prime_d (hashed) or (base_d + b) * res^d (dense). A hashed level
+// always has a power-of-two size (it is capped at 2^log2_hashmap_size), so its modulo is a mask;
+// a dense index exceeds the size only on the far face at x = 1, hence the rare modulo.
 template <int D>
-PE_HD uint32_t hash_grid_index(const uint32_t (&p)[D], uint32_t res, uint32_t size, bool hashed) {
-  uint32_t idx = 0;
-  if (hashed) {
-#pragma unroll
-    for (int d = 0; d < D; ++d) idx ^= p[d] * hash_prime(d);
-  } else {
+struct CornerIndex {
+  uint32_t term[D][2];
+  uint32_t size;
+  bool hashed;
+  PE_HD CornerIndex(const uint32_t (&base)[D], uint32_t res, uint32_t size_, bool hashed_)
+      : size(size_), hashed(hashed_) {
     uint32_t stride = 1;
 #pragma unroll
     for (int d = 0; d < D; ++d) {
-      idx += p[d] * stride;
+      const uint32_t m = hashed ? hash_prime(d) : stride;
+      term[d][0] = base[d] * m;
+      term[d][1] = (base[d] + 1u) * m;
       stride *= res;
     }
   }
-  return idx % size;
-}
+  PE_HD uint32_t operator()(int corner) const {
+    uint32_t idx = 0;
+    if (hashed) {
+#pragma unroll
+      for (int d = 0; d < D; ++d) idx ^= term[d][(corner >> d) & 1];
+      return idx & (size - 1u);
+    }
+#pragma unroll
+    for (int d = 0; d < D; ++d) idx += term[d][(corner >> d) & 1];
+    return idx < size ? idx : idx % size;
+  }
+};
 
 PE_HD float pe_fma(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
@@ -120,12 +136,6 @@ PE_HD void grid_cell(const T* x, T scale, int interp, GridCell<T, D>& c) {
   }
 }
 
-template <typename T, int D>
-PE_HD void corner_position(const GridCell<T, D>& c, int corner, uint32_t (&p)[D]) {
-#pragma unroll
-  for (int d = 0; d < D; ++d) p[d] = c.base[d] + ((corner >> d) & 1);
-}
-
 // w_c and its factors f_d = bit ? s_d : 1 - s_d.
 template <typename T, int D>
 PE_HD T corner_weight(const GridCell<T, D>& c, int corner, T (&fac)[D]) {
@@ -164,13 +174,12 @@ PE_HD void hash_level_fwd(const GridCell<T, D>& c, const P* table, uint32_t res,
                           bool hashed, T (&out)[F]) {
 #pragma unroll
   for (int f = 0; f < F; ++f) out[f] = T(0);
+  const CornerIndex<D> index(c.base, res, size, hashed);
 #pragma unroll
   for (int corner = 0; corner < (1 << D); ++corner) {
-    uint32_t p[D];
     T fac[D];
-    corner_position<T, D>(c, corner, p);
     const T w = corner_weight<T, D>(c, corner, fac);
-    const P* row = table + static_cast<size_t>(hash_grid_index<D>(p, res, size, hashed)) * F;
+    const P* row = table + static_cast<size_t>(index(corner)) * F;
 #pragma unroll
     for (int f = 0; f < F; ++f) out[f] += w * load_as<T>(row[f]);
   }
@@ -183,13 +192,12 @@ template <typename T, int D, int F, typename P, typename G, typename Add>
 PE_HD void hash_level_bwd(const GridCell<T, D>& c, const P* table, G* gtable, uint32_t res,
                           uint32_t size, bool hashed, const T (&g)[F], bool need_dparams,
                           bool need_dx, T (&dx)[D], Add& add) {
+  const CornerIndex<D> index(c.base, res, size, hashed);
 #pragma unroll
   for (int corner = 0; corner < (1 << D); ++corner) {
-    uint32_t p[D];
     T fac[D];
-    corner_position<T, D>(c, corner, p);
     const T w = corner_weight<T, D>(c, corner, fac);
-    const size_t idx = static_cast<size_t>(hash_grid_index<D>(p, res, size, hashed)) * F;
+    const size_t idx = static_cast<size_t>(index(corner)) * F;
     if (need_dparams) {
       T v[F];
 #pragma unroll
@@ -220,11 +228,10 @@ PE_HD void hash_level_bwd_bwd(const GridCell<T, D>& c, const P* table, G* gtable
                               uint32_t size, bool hashed, const T (&g)[F], const T (&gg)[D],
                               bool need_dparams, bool need_dg, bool need_dx, T (&dg)[F],
                               T (&dx)[D], Add& add) {
+  const CornerIndex<D> index(c.base, res, size, hashed);
 #pragma unroll
   for (int corner = 0; corner < (1 << D); ++corner) {
-    uint32_t p[D];
     T fac[D], dw[D], sgn_ds[D];
-    corner_position<T, D>(c, corner, p);
     corner_weight<T, D>(c, corner, fac);
     corner_weight_grad<T, D>(c, corner, fac, dw);
     T a = T(0);
@@ -233,7 +240,7 @@ PE_HD void hash_level_bwd_bwd(const GridCell<T, D>& c, const P* table, G* gtable
       a += gg[e] * dw[e];
       sgn_ds[e] = ((corner >> e) & 1) ? c.ds[e] : -c.ds[e];
     }
-    const size_t idx = static_cast<size_t>(hash_grid_index<D>(p, res, size, hashed)) * F;
+    const size_t idx = static_cast<size_t>(index(corner)) * F;
     if (need_dparams) {
       T v[F];
 #pragma unroll

@@ -1,0 +1,82 @@
+"""``pyengine <job>`` / ``python -m pyengine <job>``.
+
+Jobs:
+  doctor                 versions, devices, and which backends each op can use (and why not)
+  fit-image [k=v ...]    fit a 2-D hash grid + MLP to an image (bundled procedural default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def doctor() -> int:
+    import torch
+
+    import pyengine
+    from pyengine import _ext
+    from pyengine.ops import _dispatch
+
+    print(f"pyengine {pyengine.__version__}  python {platform.python_version()}  torch {torch.__version__}")
+    try:
+        import triton
+
+        print(f"triton {triton.__version__}  (TRITON_INTERPRET={'1' if _dispatch.triton_interpret() else '0'})")
+    except Exception as exc:
+        print(f"triton: not importable ({exc})")
+    mod = _ext.load()
+    if mod is None:
+        print(f"pyengine._C: missing — {_ext.error()}; ops fall back to Triton / PyTorch")
+    else:
+        print(f"pyengine._C: loaded from {mod.__file__} (CUDA kernels: {'yes' if _ext.has_cuda() else 'no'})")
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            devices.append(torch.device("cuda", i))
+            print(f"cuda:{i}: {torch.cuda.get_device_name(i)} (torch CUDA {torch.version.cuda})")
+    else:
+        print("CUDA: not available" + (f" (torch built with CUDA {torch.version.cuda})" if torch.version.cuda else
+                                        " (CPU build of torch)"))
+    for op in _dispatch.ops():
+        for dev in devices:
+            avail = _dispatch.availability(op, dev)
+            try:
+                chosen = _dispatch.select(op, dev).name
+            except Exception as exc:
+                chosen = f"none ({exc})"
+            print(f"{op} on {dev}: default -> {chosen}")
+            for name in _dispatch.BACKENDS:
+                if name in avail:
+                    reason = avail[name]
+                    print(f"    {name:<9} {'ok' if reason is None else 'no: ' + reason}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyengine", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="job", required=True)
+    sub.add_parser("doctor", help="what is installed and which backends each op can use")
+    p = sub.add_parser("fit-image", help="fit a hash grid + MLP to an image")
+    p.add_argument("--config", help="YAML file with FitImageConfig keys")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200 out=runs/x")
+    args = parser.parse_args(argv)
+    if args.job == "doctor":
+        return doctor()
+    if args.job == "fit-image":
+        from pyengine.config import load_config
+        from pyengine.engines.image import FitImageConfig, run
+
+        try:
+            cfg = load_config(FitImageConfig, args.config, args.overrides)
+        except ValueError as exc:
+            parser.error(str(exc))
+        run(cfg)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+import torch
+
+
+def assert_close(actual, expected, atol, rtol, what=""):
+    """torch.testing-style check that reports max and mean differences."""
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.double(), expected.double()
+    diff = (a - e).abs()
+    bad = diff > atol + rtol * e.abs()
+    if bad.any():
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{diff.numel()} elements differ; max abs diff {diff.max().item():.3e}, "
+            f"mean {diff.mean().item():.3e} (atol {atol}, rtol {rtol})"
+        )
