@@ -42,8 +42,9 @@ def _extensions():
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
-    include = [os.path.join(ROOT, "csrc", "include")]
-    sources = ["csrc/ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
+    include = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+    sources = ["csrc/ext.cpp"] + sorted(glob.glob("csrc/host/*.cpp", root_dir=ROOT)) + sorted(
+        glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
     cxx = ["-O3", "-std=c++17", "-fopenmp"]
     if _want_cuda(torch):
         sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
@@ -73,7 +74,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["pyengine"] + ["pyengine." + p for p in (
-        "ops", "reference", "nn", "compat", "diffusion", "engines", "data")] + ["pyengine.kernels"],
+        "ops", "reference", "nn", "compat", "diffusion", "engines", "data", "render")] + ["pyengine.kernels"],
     package_dir={"pyengine.kernels": "kernels"},
     package_data={"pyengine": ["assets/*"]},
     install_requires=[
@@ -81,6 +82,8 @@ setup(
         "numpy",
         "safetensors",
         "tqdm",
+        "omegaconf",
+        "imageio",
         "triton; platform_system=='Linux'",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},

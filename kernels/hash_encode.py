@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["hash_encode_fwd", "hash_encode_bwd", "hash_encode_bwd_bwd"]
+__all__ = ["hash_encode_bwd", "hash_encode_bwd_bwd", "hash_encode_fwd"]
 
 LINEAR, SMOOTHSTEP = 0, 1
 _BLOCK = 128  # points per program: one point per thread with 4 warps
@@ -50,7 +50,8 @@ _PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _grid_cell(x_ptr, rows, rmask, scale, D: tl.constexpr, INTERP: tl.constexpr):
     """Cell of BLOCK points at one level: per dim d, tuples of [BLOCK] tensors
 
-        base_d = uint32(floor(u_d))          u_d = fma(scale, clamp(x_d, 0, 1), 0.5), t_d = u_d - base_d
+        u_d    = fma(scale, clamp(x_d, 0, 1), 0.5)
+        base_d = uint32(floor(u_d)),   t_d = u_d - floor(u_d)
         s_d    = t_d              | t_d^2 (3 - 2 t_d)
         ds_d   = scale            | 6 t_d (1 - t_d) scale           (d s_d / d x_d)
         dds_d  = 0                | (6 - 12 t_d) scale^2            (d^2 s_d / d x_d^2)
@@ -109,7 +110,7 @@ def _corner_row(base, c: tl.constexpr, off, size, res, hashed, D: tl.constexpr, 
 
 @triton.jit
 def _corner_factors(s, c: tl.constexpr, D: tl.constexpr):
-    """Per-dim weight factors of corner c, fac_d = bit_d(c) ? s_d : 1 - s_d, and w_c = prod_d fac_d."""
+    """Corner c's factors fac_d = bit_d(c) ? s_d : 1 - s_d (a tuple), weight w_c = prod_d fac_d."""
     fac = ()
     w = tl.zeros_like(s[0]) + 1.0
     for d in tl.static_range(D):
@@ -137,9 +138,8 @@ def _prod_except(fac, a: tl.constexpr, b: tl.constexpr, D: tl.constexpr):
     """prod_d fac_d over d not in {a, b} (a == b skips one dim only)."""
     p = tl.zeros_like(fac[0]) + 1.0
     for d in tl.static_range(D):
-        if d != a:
-            if d != b:
-                p = p * fac[d]
+        if d != a and d != b:
+            p = p * fac[d]
     return p
 
 
@@ -180,12 +180,12 @@ def _hash_fwd_kernel(
     fcols = tl.arange(0, F)
     m2 = rmask[:, None]
     off, size, res, hashed, scale = _level_consts(meta_ptr, scales_ptr, level)
-    base, s, ds, dds = _grid_cell(x_ptr, rows, rmask, scale, D, INTERP)
+    base, s, _, _ = _grid_cell(x_ptr, rows, rmask, scale, D, INTERP)
 
     acc = tl.zeros([BLOCK, F], dtype=tl.float32)
     for c in tl.static_range(2**D):
         row = _corner_row(base, c, off, size, res, hashed, D, F)
-        fac, w = _corner_factors(s, c, D)
+        _, w = _corner_factors(s, c, D)
         feat = tl.load(params_ptr + row[:, None] + fcols[None, :], mask=m2, other=0.0)
         acc += w[:, None] * feat.to(tl.float32)
     out_ptrs = out_ptr + rows[:, None] * LF + level * F + fcols[None, :]
@@ -210,11 +210,13 @@ def _hash_bwd_kernel(
     NEED_X: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """Backward of one level, with g[f] = dL/dout[n, l F + f]:
+    """Backward of one level (hash_level_bwd), with g[f] = dL/dout[n, l F + f]:
 
-        dL/dtable[idx_c, f] += w_c g[f]                                   (atomic: entries collide)
+        dL/dtable[idx_c, f] += w_c g[f]                                       (atomic)
         dL/dx_e             += sum_c (dw_c/dx_e) sum_f g[f] table[idx_c, f]  (atomic over levels)
         dw_c/dx_e            = (bit_e(c) ? ds_e : -ds_e) prod_{d != e} fac_d
+
+    Table atomics because entries are shared by neighbouring points and by hash collisions.
     """
     level = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -222,19 +224,20 @@ def _hash_bwd_kernel(
     fcols = tl.arange(0, F)
     m2 = rmask[:, None]
     off, size, res, hashed, scale = _level_consts(meta_ptr, scales_ptr, level)
-    base, s, ds, dds = _grid_cell(x_ptr, rows, rmask, scale, D, INTERP)
+    base, s, ds, _ = _grid_cell(x_ptr, rows, rmask, scale, D, INTERP)
     g = tl.load(grad_out_ptr + rows[:, None] * LF + level * F + fcols[None, :], mask=m2, other=0.0)
 
     dx = ()
-    for e in tl.static_range(D):
+    for _ in tl.static_range(D):
         dx = dx + (tl.zeros([BLOCK], dtype=tl.float32),)
     for c in tl.static_range(2**D):
         row = _corner_row(base, c, off, size, res, hashed, D, F)
         fac, w = _corner_factors(s, c, D)
+        ent = row[:, None] + fcols[None, :]  # [BLOCK, F] flat params index of corner c's entry
         if NEED_PARAMS:
-            tl.atomic_add(grad_params_ptr + row[:, None] + fcols[None, :], w[:, None] * g, mask=m2, sem="relaxed")
+            tl.atomic_add(grad_params_ptr + ent, w[:, None] * g, mask=m2, sem="relaxed")
         if NEED_X:
-            feat = tl.load(params_ptr + row[:, None] + fcols[None, :], mask=m2, other=0.0)
+            feat = tl.load(params_ptr + ent, mask=m2, other=0.0)
             dot = tl.sum(g * feat.to(tl.float32), axis=1)
             new_dx = ()
             for e in tl.static_range(D):
@@ -275,7 +278,8 @@ def _hash_bwd_bwd_kernel(
         dL/dtable[idx_c, f] += a_c g[f]                                      (atomic)
         dL/dg[f]             = sum_c a_c T_c[f]                              (owned, stored)
         dL/dx_k             += sum_c (g . T_c) H_c,k                         (atomic over levels)
-        H_c,k = gg_k sgn(dds_k) prod_{d != k} fac_d + sum_{e != k} gg_e sg_e sg_k prod_{d != e, k} fac_d
+        H_c,k  = gg_k sgn(dds_k) prod_{d != k} fac_d
+               + sum_{e != k} gg_e sg_e sg_k prod_{d != e, k} fac_d
 
     (w_c is linear in each s_d, so the diagonal of its Hessian only has the s_k'' term.)
     """
@@ -296,14 +300,15 @@ def _hash_bwd_bwd_kernel(
     dg = tl.zeros([BLOCK, F], dtype=tl.float32)
     for c in tl.static_range(2**D):
         row = _corner_row(base, c, off, size, res, hashed, D, F)
-        fac, w = _corner_factors(s, c, D)
+        fac, _ = _corner_factors(s, c, D)
         a = tl.zeros([BLOCK], dtype=tl.float32)
         for e in tl.static_range(D):
             a += gg[e] * (_signed(ds[e], c, e) * _prod_except(fac, e, e, D))
+        ent = row[:, None] + fcols[None, :]
         if NEED_PARAMS:
-            tl.atomic_add(d_params_ptr + row[:, None] + fcols[None, :], a[:, None] * g, mask=m2, sem="relaxed")
+            tl.atomic_add(d_params_ptr + ent, a[:, None] * g, mask=m2, sem="relaxed")
         if NEED_G or NEED_X:
-            feat = tl.load(params_ptr + row[:, None] + fcols[None, :], mask=m2, other=0.0).to(tl.float32)
+            feat = tl.load(params_ptr + ent, mask=m2, other=0.0).to(tl.float32)
             if NEED_G:
                 dg += a[:, None] * feat
             if NEED_X:
@@ -330,12 +335,19 @@ def _hash_bwd_bwd_kernel(
 
 
 @functools.lru_cache(maxsize=64)
-def _level_tables(offsets: tuple, scales: tuple, resolutions: tuple, hashed_mask: int, device: torch.device):
-    """Device copies of the level constants: meta [L, 4] int64 (offset, size, res, hashed), scales [L] f32."""
+def _level_tables(
+    offsets: tuple, scales: tuple, resolutions: tuple, hashed_mask: int, device: torch.device
+):
+    """Device level constants: meta [L, 4] int64 (offset, size, res, hashed), scales [L] f32."""
     L = len(scales)
     meta = [
-        (offsets[l], offsets[l + 1] - offsets[l], resolutions[l] & 0xFFFFFFFF, (hashed_mask >> l) & 1)
-        for l in range(L)
+        (
+            offsets[lvl],
+            offsets[lvl + 1] - offsets[lvl],
+            resolutions[lvl] & 0xFFFFFFFF,
+            (hashed_mask >> lvl) & 1,
+        )
+        for lvl in range(L)
     ]
     meta_t = torch.tensor(meta, dtype=torch.int64).reshape(L, 4).to(device)
     # python floats holding float32 values convert exactly
@@ -345,20 +357,28 @@ def _level_tables(offsets: tuple, scales: tuple, resolutions: tuple, hashed_mask
 
 def _check(x, params, offsets, scales, resolutions, F, interp):
     if x.dim() != 2 or x.shape[1] not in (2, 3, 4):
-        raise ValueError(f"hash_encode (triton): x must be [N, D] with D in 2..4, got {tuple(x.shape)}")
+        raise ValueError(
+            f"hash_encode (triton): x must be [N, D] with D in 2..4, got {tuple(x.shape)}"
+        )
     if x.dtype != torch.float32:
         raise TypeError(f"hash_encode (triton): x must be float32, got {x.dtype}")
     if params.dtype not in _PARAM_DTYPES:
-        raise TypeError(f"hash_encode (triton): params must be float32/float16/bfloat16, got {params.dtype}")
+        raise TypeError(
+            f"hash_encode (triton): params must be float32/float16/bfloat16, got {params.dtype}"
+        )
     if F not in (1, 2, 4, 8):
         raise ValueError(f"hash_encode (triton): F must be 1, 2, 4 or 8, got {F}")
     if interp not in (LINEAR, SMOOTHSTEP):
-        raise ValueError(f"hash_encode (triton): interp must be 0 (linear) or 1 (smoothstep), got {interp}")
+        raise ValueError(
+            f"hash_encode (triton): interp must be 0 (linear) or 1 (smoothstep), got {interp}"
+        )
     L = len(scales)
     if len(offsets) != L + 1 or len(resolutions) != L:
         raise ValueError("hash_encode (triton): offsets must have L + 1 entries and resolutions L")
     if params.numel() != offsets[-1] * F:
-        raise ValueError(f"hash_encode (triton): params has {params.numel()} values, expected {offsets[-1] * F}")
+        raise ValueError(
+            f"hash_encode (triton): params has {params.numel()} values, expected {offsets[-1] * F}"
+        )
 
 
 def _on_device(x):
@@ -414,7 +434,9 @@ def hash_encode_fwd(x, params, offsets, scales, resolutions, hashed_mask, F, int
     return out
 
 
-def hash_encode_bwd(grad_out, x, params, offsets, scales, resolutions, hashed_mask, F, interp, need_params, need_x):
+def hash_encode_bwd(
+    grad_out, x, params, offsets, scales, resolutions, hashed_mask, F, interp, need_params, need_x
+):
     """Backward of the hash encoding.
 
     Args:
@@ -423,7 +445,8 @@ def hash_encode_bwd(grad_out, x, params, offsets, scales, resolutions, hashed_ma
         need_params, need_x: which gradients to compute.
 
     Returns:
-        (grad_params [offsets[-1] * F] in ``params.dtype`` or None, grad_x [N, D] in ``x.dtype`` or None).
+        (grad_params [offsets[-1] * F] in ``params.dtype`` or None,
+        grad_x [N, D] in ``x.dtype`` or None).
     """
     _check(x, params, offsets, scales, resolutions, F, interp)
     N, D = x.shape
@@ -449,7 +472,19 @@ def hash_encode_bwd(grad_out, x, params, offsets, scales, resolutions, hashed_ma
 
 
 def hash_encode_bwd_bwd(
-    gg_x, grad_out, x, params, offsets, scales, resolutions, hashed_mask, F, interp, need_grad_out, need_x, need_params
+    gg_x,
+    grad_out,
+    x,
+    params,
+    offsets,
+    scales,
+    resolutions,
+    hashed_mask,
+    F,
+    interp,
+    need_grad_out,
+    need_x,
+    need_params,
 ):
     """Double backward: the terms of dL/dgrad_out, dL/dx and dL/dparams that flow through grad_x.
 
@@ -481,7 +516,9 @@ def hash_encode_bwd_bwd(
         with _on_device(x):
             _hash_bwd_bwd_kernel[grid](
                 gg, g, x.contiguous(), params.contiguous(),
-                dg if need_grad_out else dummy, dx if need_x else dummy, dp if need_params else dummy,
+                dg if need_grad_out else dummy,
+                dx if need_x else dummy,
+                dp if need_params else dummy,
                 meta, sc, N, L * F,
                 D=D, F=F, INTERP=interp,
                 NEED_G=bool(need_grad_out), NEED_X=bool(need_x), NEED_PARAMS=bool(need_params),

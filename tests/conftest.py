@@ -1,10 +1,12 @@
 import os
 
-# Triton kernels run on CPU tensors under the interpreter; it reads this at import time.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Without a GPU, Triton kernels run on CPU tensors under the interpreter (read at import time, and
+# `import torch` does not import triton). With a GPU they run compiled, on CUDA tensors.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_configure(config):

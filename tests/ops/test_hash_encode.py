@@ -15,7 +15,8 @@ from pyengine.reference import hash_encode as ref_mod
 from pyengine.reference.hash_encode import PRIMES, HashGridConfig, hash_grid_layout
 from tests.helpers import assert_close
 
-CPU_BACKENDS = ["cpu", "triton"]
+# backends that run on CPU tensors here; Triton only under its interpreter (no GPU)
+CPU_BACKENDS = ["cpu"] + (["triton"] if _dispatch.triton_interpret() else [])
 # A small grid with both dense (coarse) and hashed (fine) levels.
 SMALL = dict(n_levels=5, log2_hashmap_size=9, base_resolution=3, per_level_scale=1.9)
 FP32_TOL = dict(atol=2e-5, rtol=1e-4)
@@ -233,7 +234,8 @@ def test_bad_inputs_raise_clear_errors():
         hash_encode(x, p, cfg, backend="fast")
     with pytest.raises(pyengine.BackendError, match="'cuda'.*CUDA tensors"):
         hash_encode(x, p, cfg, backend="cuda")
-    with pytest.raises(pyengine.BackendError, match="float64"):
+    reason = "float64" if _dispatch.triton_interpret() else "CUDA tensors"
+    with pytest.raises(pyengine.BackendError, match=reason):
         hash_encode(x.double(), p, cfg, backend="triton")
 
 
@@ -265,11 +267,11 @@ def test_dispatch_precedence(monkeypatch):
     with pyengine.use_backend("reference"):
         hash_encode(x, p, cfg)
         assert seen[-1] == "reference"
-        monkeypatch.setenv("PYENGINE_BACKEND", "triton")
+        monkeypatch.setenv("PYENGINE_BACKEND", "cpu")
         hash_encode(x, p, cfg)
-        assert seen[-1] == "triton"  # environment beats the context
-        hash_encode(x, p, cfg, backend="cpu")
-        assert seen[-1] == "cpu"  # the argument beats both
+        assert seen[-1] == "cpu"  # environment beats the context
+        hash_encode(x, p, cfg, backend="reference")
+        assert seen[-1] == "reference"  # the argument beats both
     monkeypatch.setenv("PYENGINE_BACKEND", "cuda")
     with pytest.raises(pyengine.BackendError, match="from PYENGINE_BACKEND"):
         hash_encode(x, p, cfg)

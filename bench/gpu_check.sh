@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One command for a fresh GPU machine (under 8 minutes): build with CUDA, run the GPU tests and a
+# compute-sanitizer pass, run the GPU benchmarks, print a short table last. Logs and JSON go to
+# $OUT (the device tool's output folder) or bench/out.
+#
+#   bash bench/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYENGINE_CUDA=1
+status=0
+step() { echo "== $* ($(date +%T))"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+
+step "build"
+start=$(date +%s)
+if ! $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "built in $(( $(date +%s) - start )) s"
+$PY -m pyengine doctor | tee "$OUT/doctor.txt"
+
+step "gpu tests"
+timeout 300 $PY -m pytest -q -x -m gpu tests >"$OUT/gpu_tests.log" 2>&1 || status=1
+tail -4 "$OUT/gpu_tests.log"
+timeout 200 $PY -m pytest -q -x tests/compat tests/ops -k "not gpu" >"$OUT/cpu_tests_on_gpu_machine.log" 2>&1 || status=1
+tail -2 "$OUT/cpu_tests_on_gpu_machine.log"
+
+step "compute-sanitizer"
+if command -v compute-sanitizer >/dev/null; then
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda >"$OUT/sanitizer.log" 2>&1 || status=1
+  tail -3 "$OUT/sanitizer.log"
+fi
+$PY bench/gpu_smoke.py triton >"$OUT/triton_smoke.log" 2>&1 || status=1
+tail -1 "$OUT/triton_smoke.log"
+
+step "benchmarks"
+timeout 200 $PY bench/bench_hash_encode.py --device cuda --sizes 18 20 --providers reference cuda triton tcnn \
+  --json "$OUT/bench_hash_encode_fp32.json" >"$OUT/bench_fp32.txt" 2>&1 || status=1
+timeout 100 $PY bench/bench_hash_encode.py --device cuda --sizes 20 --dtype float16 --providers cuda triton tcnn \
+  --json "$OUT/bench_hash_encode_fp16.json" >"$OUT/bench_fp16.txt" 2>&1 || status=1
+
+step "summary (status $status)"
+cat "$OUT/bench_fp32.txt" "$OUT/bench_fp16.txt"
+exit $status
