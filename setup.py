@@ -45,7 +45,7 @@ def _extensions():
     include = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     sources = ["csrc/ext.cpp"] + sorted(glob.glob("csrc/host/*.cpp", root_dir=ROOT)) + sorted(
         glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
     if _want_cuda(torch):
         sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
         ext = CUDAExtension(
@@ -53,7 +53,7 @@ def _extensions():
             sources,
             include_dirs=include,
             define_macros=[("PE_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=["-fopenmp"],
         )
     else:

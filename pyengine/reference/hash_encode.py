@@ -119,6 +119,9 @@ def hash_grid_layout(cfg: HashGridConfig) -> HashGridLayout:
             np.exp2(np.float32(level) * log2_pls, dtype=np.float32) * np.float32(cfg.base_resolution)
         ) - np.float32(1.0)
         res = int(math.ceil(float(scale))) + 1
+        if res > (1 << 24):
+            raise ValueError(f"HashGridConfig: level {level} has resolution {res} > 2^24 (beyond float32 "
+                             "precision of positions); lower n_levels, base_resolution or per_level_scale")
         dense = res**D
         size = min(dense, (1 << 31) - 1)
         size = (size + 7) // 8 * 8
@@ -147,6 +150,13 @@ def _interp(t: torch.Tensor, interpolation: str) -> torch.Tensor:
 def _clamp_unit(x: torch.Tensor) -> torch.Tensor:
     # NaN compares false both ways and so reads as 0, like the C++ and Triton kernels.
     return torch.where(x >= 0, torch.where(x <= 1, x, torch.ones_like(x)), torch.zeros_like(x))
+
+
+def _fma(x: torch.Tensor, a: torch.Tensor, b: float) -> torch.Tensor:
+    """x * a + b rounded once, as the kernels' fma: the float32 product is exact in float64."""
+    if x.dtype == torch.float64:
+        return x * a + b
+    return (x.double() * a.double() + b).to(x.dtype)
 
 
 def hash_encode(positions: torch.Tensor, params: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
@@ -182,7 +192,7 @@ def hash_encode(positions: torch.Tensor, params: torch.Tensor, cfg: HashGridConf
     for level in range(L):
         scale = torch.tensor(lay.scales[level], dtype=torch.float32).to(compute)
         res, size, off = lay.resolutions[level], lay.sizes()[level], lay.offsets[level]
-        u = x * scale + 0.5
+        u = _fma(x, scale, 0.5)
         base = torch.floor(u)
         s = _interp(u - base, cfg.interpolation)  # [N, D]
         corner = base.to(torch.int64)[:, None, :] + bits[None]  # [N, 2^D, D]
