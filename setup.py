@@ -84,6 +84,7 @@ setup(
         "tqdm",
         "omegaconf",
         "imageio",
+        "imageio-ffmpeg",
         "triton; platform_system=='Linux'",
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},

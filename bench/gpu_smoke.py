@@ -1,4 +1,5 @@
-"""Small CUDA run of every hash_encode kernel and table type, for compute-sanitizer.
+"""Small CUDA run of every kernel (hash_encode with every table type, composite, ray marching),
+for compute-sanitizer.
 
     compute-sanitizer --tool memcheck python bench/gpu_smoke.py
 
@@ -32,6 +33,36 @@ def main(backend="cuda"):
                 hash_encode(x[:0], p, cfg, backend=backend).sum().backward()
                 torch.cuda.synchronize()
                 assert torch.isfinite(y).all() and torch.isfinite(p.grad.float()).all()
+    from pyengine.ops.composite import composite
+    from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
+    from pyengine.ops.ray_march import ray_march
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    counts = torch.tensor([0, 1, 5, 300, 0, 7], device=dev)
+    packed = torch.stack([torch.cumsum(counts, 0) - counts, counts], -1)
+    S = int(counts.sum())
+    ts = torch.rand(S, device=dev, generator=g)
+    te = ts + 0.01
+    for kw in ({"densities": torch.rand(S, device=dev) * 50}, {"alphas": torch.rand(S, device=dev) * 0.99}):
+        for values in (None, torch.rand(S, 3, device=dev)):
+            key = next(iter(kw))
+            kw[key].requires_grad_()
+            r = composite(packed, ts, te, values=values, backend=backend, **kw)
+            (r.weights.sum() + r.transmittance.sum() + r.opacity.sum() + r.depth.sum()
+             + r.accumulated.sum()).backward()
+            composite(packed[:0], ts[:0], te[:0], values=None if values is None else values[:0],
+                      backend=backend, **{key: kw[key].detach()[:0]})
+    if backend == "cuda":
+        o = torch.randn(999, 3, device=dev) * 2
+        d = torch.nn.functional.normalize(torch.randn(999, 3, device=dev), dim=-1)
+        aabb = torch.tensor([-1.0, -1, -1, 1, 1, 1], device=dev)
+        tmin, tmax, hit = ray_aabb_intersect(o, d, aabb[None], near_plane=0.0, backend=backend)
+        binaries = torch.rand(2, 16, 8, 12, device=dev) > 0.5
+        for cone in (0.0, 0.01):
+            ray_march(o, d, tmin[:, 0], tmax[:, 0], binaries, aabb, 0.01, cone,
+                      torch.rand(999, device=dev), backend=backend)
+        ray_march(o[:0], d[:0], tmin[:0, 0], tmax[:0, 0], binaries, aabb, 0.01, backend=backend)
+    torch.cuda.synchronize()
     print(f"gpu_smoke: {backend} kernels ran clean")
 
 

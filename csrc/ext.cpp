@@ -2,7 +2,9 @@
 // allocation, CPU / CUDA dispatch) lives in csrc/host/<op>.cpp; kernels in csrc/cpu and csrc/cuda.
 #include <torch/extension.h>
 
+#include "host/composite.h"
 #include "host/hash_encode.h"
+#include "host/ray_march.h"
 
 namespace {
 bool built_with_cuda() {
@@ -26,4 +28,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "hash_encode double backward -> (d_grad_out | None, d_positions | None, d_params | None)");
 
   // (new ops: add their m.def lines below, one block per op)
+
+  // composite
+  m.def("composite_fwd", &pe::host::composite_fwd,
+        "composite forward -> (weights [S], transmittance [S], alphas [S], accumulated [R, C], "
+        "opacity [R], depth [R])");
+  m.def("composite_bwd", &pe::host::composite_bwd,
+        "composite backward -> (grad_densities_or_alphas | None, grad_values | None)");
+
+  // ray_aabb_intersect, ray_march
+  m.def("ray_aabb_intersect", &pe::host::ray_aabb_intersect,
+        "ray / box intersection -> (t_mins [N, M], t_maxs [N, M], hits [N, M])");
+  m.def("ray_march", &pe::host::ray_march,
+        "occupancy-grid marching -> (packed_info [R, 2], ray_indices [S], t_starts [S], t_ends [S])");
 }

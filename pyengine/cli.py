@@ -3,6 +3,7 @@
 Jobs:
   doctor                 versions, devices, and which backends each op can use (and why not)
   fit-image [k=v ...]    fit a 2-D hash grid + MLP to an image (bundled procedural default)
+  fit-nerf [k=v ...]     fit a NeRF to multi-view ShapeWorld renders (occupancy grid, fused ops)
 """
 
 from __future__ import annotations
@@ -62,18 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("fit-image", help="fit a hash grid + MLP to an image")
     p.add_argument("--config", help="YAML file with FitImageConfig keys")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=200 out=runs/x")
+    p = sub.add_parser("fit-nerf", help="fit a NeRF to multi-view ShapeWorld renders")
+    p.add_argument("--config", help="YAML file with FitNeRFConfig keys")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. shape=torus steps=2000")
     args = parser.parse_args(argv)
     if args.job == "doctor":
         return doctor()
-    if args.job == "fit-image":
-        from pyengine.config import load_config
-        from pyengine.engines.image import FitImageConfig, run
+    jobs = {"fit-image": ("pyengine.engines.image", "FitImageConfig"),
+            "fit-nerf": ("pyengine.engines.nerf", "FitNeRFConfig")}
+    if args.job in jobs:
+        import importlib
 
+        from pyengine.config import load_config
+
+        mod = importlib.import_module(jobs[args.job][0])
         try:
-            cfg = load_config(FitImageConfig, args.config, args.overrides)
+            cfg = load_config(getattr(mod, jobs[args.job][1]), args.config, args.overrides)
         except ValueError as exc:
             parser.error(str(exc))
-        run(cfg)
+        mod.run(cfg)
         return 0
     return 2
 

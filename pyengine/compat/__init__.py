@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
-__all__ = ["install_tinycudann"]
+__all__ = ["install_nerfacc", "install_tinycudann"]
 
 
 def _install(name: str, shim: str, force: bool, submodules=()) -> ModuleType:
@@ -62,3 +62,26 @@ def install_tinycudann(force: bool = False, strict: bool | None = None) -> Modul
     if strict is not None and module.__name__ == "pyengine.compat.tcnn":
         module.STRICT = bool(strict)
     return module
+
+
+def install_nerfacc(force: bool = False) -> ModuleType:
+    """Makes ``import nerfacc`` return ``pyengine.compat.nerfacc``, the drop-in for nerfacc 0.5.
+
+    Args:
+        force: install the shim even when a real ``nerfacc`` imports fine (or another module is
+            already registered under that name). Without it, a working real one wins.
+
+    Returns:
+        The module that ``import nerfacc`` now gives (the real one or the shim). The shim is also
+        registered as ``nerfacc.volrend``, ``nerfacc.estimators``, ``nerfacc.estimators.occ_grid``,
+        ``nerfacc.grid``, ``nerfacc.pack`` and ``nerfacc.scan``.
+
+    Example:
+        >>> import pyengine.compat
+        >>> shim = pyengine.compat.install_nerfacc(force=True)
+        >>> from nerfacc.estimators.occ_grid import OccGridEstimator
+        >>> OccGridEstimator is shim.OccGridEstimator
+        True
+    """
+    submodules = ("volrend", "estimators", "estimators.occ_grid", "grid", "pack", "scan")
+    return _install("nerfacc", "pyengine.compat.nerfacc", force, submodules=submodules)

@@ -1,0 +1,1 @@
+"""Procedural data: ShapeWorld (shapes, colours, cameras, multi-view renders, surface points)."""

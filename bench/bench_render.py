@@ -1,0 +1,175 @@
+"""Benchmark the volume-rendering path: compositing, ray marching, and one NeRF training step.
+
+    python bench/bench_render.py                      # CPU: reference vs cpu
+    python bench/bench_render.py --device cuda        # GPU: reference vs cuda / triton (nerfacc if installed)
+
+Compositing: R rays with 1..2*spr samples each (mean spr), density mode, C = 3 values, forward and
+backward of every output. Ray marching: rays from a 64x64 camera ring against a 128^3 grid
+holding a sphere (fixed step, about 512 steps across the box). Training step: a 64x64 image
+(4096 rays), 512 samples per ray before pruning, hash grid + MLP with analytic normals (double
+backward through the grid), fused ops vs the same step with every op on its reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import bench, commit, machine, print_table, save_json  # noqa: E402
+
+import pyengine  # noqa: E402
+from pyengine.nn import NeRFField, OccupancyGrid  # noqa: E402
+from pyengine.ops.composite import composite, pack_info  # noqa: E402
+from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect  # noqa: E402
+from pyengine.ops.ray_march import ray_march  # noqa: E402
+from pyengine.render.camera import orbit_cameras, generate_rays  # noqa: E402
+from pyengine.render.volume import render_rays  # noqa: E402
+
+
+def composite_inputs(log2_samples: int, spr: int, dev, gen):
+    S_target = 1 << log2_samples
+    R = S_target // spr
+    counts = torch.randint(1, 2 * spr, (R,), generator=gen)
+    S = int(counts.sum())
+    starts = torch.cumsum(counts, 0) - counts
+    packed = torch.stack([starts, counts], -1).to(dev)
+    t0 = torch.rand(S, generator=gen) * 4
+    dt = torch.rand(S, generator=gen) * 0.02 + 1e-3
+    sig = torch.rand(S, generator=gen) * 5
+    vals = torch.rand(S, 3, generator=gen)
+    return packed, t0.to(dev), (t0 + dt).to(dev), sig.to(dev), vals.to(dev), S
+
+
+def nerfacc_composite(packed, ts, te, sig, vals):
+    import nerfacc
+
+    ray_indices = torch.repeat_interleave(torch.arange(packed.shape[0], device=ts.device), packed[:, 1])
+    w, trans, alphas = nerfacc.render_weight_from_density(ts, te, sig, ray_indices=ray_indices,
+                                                          n_rays=packed.shape[0])
+    acc = nerfacc.accumulate_along_rays(w, vals, ray_indices=ray_indices, n_rays=packed.shape[0])
+    return w, acc
+
+
+def sphere_grid(res: int, dev, radius=0.8, half=1.1):
+    c = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 * half - half
+    x, y, z = torch.meshgrid(c, c, c, indexing="ij")
+    return ((x * x + y * y + z * z).sqrt() < radius)[None].to(dev)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--providers", nargs="+", default=None)
+    ap.add_argument("--sizes", nargs="+", type=int, default=None, help="log2 of the number of samples")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["composite", "march", "step"])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    dev = args.device
+    gpu = dev.startswith("cuda")
+    provs = args.providers or (["reference", "cuda", "triton", "nerfacc"] if gpu else ["reference", "cpu"])
+    sizes = args.sizes or ([20, 22] if gpu else [20])
+    gen = torch.Generator().manual_seed(0)
+    rows, skipped = [], []
+
+    def row(what, size, prov, ms, base):
+        rows.append({"benchmark": what, "size": size, "provider": prov, "ms": f"{ms:.3f}",
+                     "x vs reference": f"{base / ms:.1f}" if base else ""})
+
+    if "composite" not in args.skip:
+        for log2s in sizes:
+            packed, ts, te, sig, vals, S = composite_inputs(log2s, 64, dev, gen)
+            base = None
+            for prov in provs:
+                if prov == "triton" and not gpu:
+                    continue
+                sg, vg = sig.clone().requires_grad_(), vals.clone().requires_grad_()
+                if prov == "nerfacc":
+                    try:
+                        import nerfacc  # noqa: F401
+                    except Exception:
+                        skipped.append("nerfacc: not installed here")
+                        continue
+
+                    def fn():
+                        w, acc = nerfacc_composite(packed, ts, te, sg, vg)
+                        (acc.sum() + w.sum()).backward()
+                else:
+                    def fn(prov=prov):
+                        r = composite(packed, ts, te, densities=sg, values=vg, backend=prov)
+                        (r.accumulated.sum() + r.weights.sum() + r.opacity.sum() + r.depth.sum()).backward()
+                try:
+                    ms = bench(fn, dev, reps=args.reps)
+                except Exception as exc:
+                    skipped.append(f"composite {prov} 2^{log2s}: {type(exc).__name__}: {exc}")
+                    continue
+                base = ms if prov == "reference" else base
+                row("composite fwd+bwd", f"2^{log2s} samples ({S})", prov, ms, base)
+
+    if "march" not in args.skip:
+        res, half = 128, 1.1
+        binaries = sphere_grid(res, dev, half=half)
+        aabb = torch.tensor([-half] * 3 + [half] * 3, device=dev)
+        n_cams = 16 if gpu else 4
+        cams = orbit_cameras(n_cams, radius=4.0, width=64, height=64, device=dev)
+        o, d = (t.reshape(-1, 3) for t in generate_rays(cams))
+        tmin, tmax, hit = ray_aabb_intersect(o, d, aabb[None])
+        step = 2 * half * math.sqrt(3) / 512
+        base = None
+        for prov in provs:
+            if prov in ("triton", "nerfacc"):
+                continue
+            try:
+                ms = bench(lambda p=prov: ray_march(o, d, tmin[:, 0], tmax[:, 0], binaries, aabb, step, backend=p),
+                           dev, reps=args.reps)
+            except Exception as exc:
+                skipped.append(f"ray_march {prov}: {type(exc).__name__}: {exc}")
+                continue
+            base = ms if prov == "reference" else base
+            S = ray_march(o, d, tmin[:, 0], tmax[:, 0], binaries, aabb, step)[1].numel()
+            row("ray_march", f"{o.shape[0]} rays, {S} samples", prov, ms, base)
+
+    if "step" not in args.skip:
+        torch.manual_seed(0)
+        half = 1.1
+        field = NeRFField([-half] * 3 + [half] * 3, n_levels=16, log2_hashmap_size=19, finest_resolution=1024).to(dev)
+        est = OccupancyGrid(torch.tensor([-half] * 3 + [half] * 3), resolution=128).to(dev)
+        est.binaries.copy_(sphere_grid(128, dev, half=half))
+        cams = orbit_cameras(1, radius=4.0, width=64, height=64, device=dev)
+        o, d = (t.reshape(-1, 3) for t in generate_rays(cams))
+        target = torch.rand(o.shape[0], 3, device=dev)
+        opt = torch.optim.Adam(field.parameters(), lr=1e-3)
+        step = 2 * half * math.sqrt(3) / 512
+
+        def train_step():
+            out = render_rays(field, est, o, d, render_step_size=step, with_normals=True, stratified=True)
+            loss = ((out["rgb"] - target) ** 2).mean() + 1e-3 * (out["normal"].norm(dim=-1) - out["opacity"]).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        base = None
+        for name in ("reference", "fused"):
+            with pyengine.use_backend("reference" if name == "reference" else None):
+                try:
+                    ms = bench(train_step, dev, reps=args.reps, warmup=1)
+                except Exception as exc:
+                    skipped.append(f"train step {name}: {type(exc).__name__}: {exc}")
+                    continue
+            base = ms if name == "reference" else base
+            row("NeRF train step (64x64, 512 spp, analytic normals)", "4096 rays", name, ms, base)
+
+    print(f"render benchmark: {machine(dev)}; commit {commit()}; torch {torch.__version__}")
+    print_table(rows, ["benchmark", "size", "provider", "ms", "x vs reference"])
+    for s in sorted(set(skipped)):
+        print(f"skipped: {s}")
+    save_json(args.json, {"device": machine(dev), "commit": commit(), "rows": rows, "skipped": sorted(set(skipped))})
+
+
+if __name__ == "__main__":
+    main()
