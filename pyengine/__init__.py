@@ -5,8 +5,12 @@ says which backends each op can use and why not.
 """
 
 from pyengine.ops._dispatch import BackendError, use_backend
+from pyengine.ops.composite import CompositeResult, composite, pack_info
 from pyengine.ops.hash_encode import HashGridConfig, hash_encode
+from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
+from pyengine.ops.ray_march import ray_march
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendError", "HashGridConfig", "hash_encode", "use_backend", "__version__"]
+__all__ = ["BackendError", "CompositeResult", "HashGridConfig", "composite", "hash_encode", "pack_info",
+           "ray_aabb_intersect", "ray_march", "use_backend", "__version__"]
