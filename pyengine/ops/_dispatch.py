@@ -131,6 +131,14 @@ def check_triton(device: torch.device) -> str | None:
     return f"does not run on {device.type}"
 
 
+def check_triton_float32(device: torch.device, dtypes=()) -> str | None:
+    """check_triton, for kernels that compute in float32 only."""
+    reason = check_triton(device)
+    if reason is None and torch.float64 in dtypes:
+        reason = "computes in float32; float64 inputs need the cpu, cuda or reference backend"
+    return reason
+
+
 # Selection -------------------------------------------------------------------------------------
 
 def select(op: str, device: torch.device, backend: str | None = None, **facts) -> Backend:

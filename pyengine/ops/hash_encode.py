@@ -78,19 +78,12 @@ def _triton_module():
     return mod
 
 
-def _check_triton(device, dtypes=()):
-    reason = _dispatch.check_triton(device)
-    if reason is None and torch.float64 in dtypes:
-        reason = "computes in float32; float64 inputs need the cpu, cuda or reference backend"
-    return reason
-
-
 _dispatch.register(OP, "reference", lambda device, dtypes=(): None, lambda cfg: _ref_backend(cfg))
 _dispatch.register(OP, "cpu", lambda device, dtypes=(): _dispatch.check_cpu_ext(device),
                    lambda cfg: _compiled_backend(_ext.load(), cfg))
 _dispatch.register(OP, "cuda", lambda device, dtypes=(): _dispatch.check_cuda_ext(device),
                    lambda cfg: _compiled_backend(_ext.load(), cfg))
-_dispatch.register(OP, "triton", _check_triton, lambda cfg: _compiled_backend(_triton_module(), cfg))
+_dispatch.register(OP, "triton", _dispatch.check_triton_float32, lambda cfg: _compiled_backend(_triton_module(), cfg))
 
 
 def _backend(name: str, x: torch.Tensor, params: torch.Tensor, cfg: HashGridConfig):

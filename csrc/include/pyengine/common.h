@@ -4,6 +4,7 @@
 // maths compiles with g++ for csrc/cpu and with nvcc for csrc/cuda.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -42,5 +43,37 @@ PE_HD void store_to(__half* p, T v) { *p = __float2half_rn(static_cast<float>(v)
 template <typename T>
 PE_HD void store_to(__nv_bfloat16* p, T v) { *p = __float2bfloat16_rn(static_cast<float>(v)); }
 #endif
+
+// Portable maths: the device function in nvcc's device pass, std:: on the host, for float and
+// double alike (the CPU and CUDA kernels must round the same way).
+#if defined(__CUDA_ARCH__)
+#define PE_MATH_PAIR(name, ffun, dfun)                   \
+  PE_HD float name(float a) { return ffun(a); }          \
+  PE_HD double name(double a) { return ::dfun(a); }
+#else
+#define PE_MATH_PAIR(name, ffun, dfun)                   \
+  PE_HD float name(float a) { return std::dfun(a); }     \
+  PE_HD double name(double a) { return std::dfun(a); }
+#endif
+PE_MATH_PAIR(pe_floor, floorf, floor)
+PE_MATH_PAIR(pe_exp, expf, exp)
+PE_MATH_PAIR(pe_expm1, expm1f, expm1)
+#undef PE_MATH_PAIR
+
+// a * b + c rounded once.
+PE_HD float pe_fma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return fmaf(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+PE_HD double pe_fma(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
 
 }  // namespace pe

@@ -35,35 +35,6 @@
 
 namespace pe {
 
-PE_HD float composite_exp(float a) {
-#if defined(__CUDA_ARCH__)
-  return expf(a);
-#else
-  return std::exp(a);
-#endif
-}
-PE_HD double composite_exp(double a) {
-#if defined(__CUDA_ARCH__)
-  return ::exp(a);
-#else
-  return std::exp(a);
-#endif
-}
-PE_HD float composite_expm1(float a) {
-#if defined(__CUDA_ARCH__)
-  return expm1f(a);
-#else
-  return std::expm1(a);
-#endif
-}
-PE_HD double composite_expm1(double a) {
-#if defined(__CUDA_ARCH__)
-  return ::expm1(a);
-#else
-  return std::expm1(a);
-#endif
-}
-
 // Pointers of one forward call. T = float or double (void in the CUDA launchers' signatures).
 template <typename T>
 struct CompositeFwdPtrs {
@@ -107,8 +78,8 @@ PE_HD void composite_step(T x, T dt, T& run, T& trans, T& alpha) {
     run *= T(1) - x;
   } else {
     const T tau = x * dt;
-    trans = composite_exp(-run);
-    alpha = -composite_expm1(-tau);  // 1 - exp(-tau), precise for small tau
+    trans = pe_exp(-run);
+    alpha = -pe_expm1(-tau);  // 1 - exp(-tau), precise for small tau
     run += tau;
   }
 }
@@ -122,8 +93,8 @@ PE_HD void composite_alpha(T x, T dt, T& alpha, T& one_minus) {
     one_minus = T(1) - x;
   } else {
     const T tau = x * dt;
-    alpha = -composite_expm1(-tau);
-    one_minus = composite_exp(-tau);
+    alpha = -pe_expm1(-tau);
+    one_minus = pe_exp(-tau);
   }
 }
 

@@ -70,35 +70,6 @@ struct CornerIndex {
   }
 };
 
-PE_HD float pe_fma(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
-  return fmaf(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-PE_HD double pe_fma(double a, double b, double c) {
-#if defined(__CUDA_ARCH__)
-  return fma(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-PE_HD float pe_floor(float a) {
-#if defined(__CUDA_ARCH__)
-  return floorf(a);
-#else
-  return std::floor(a);
-#endif
-}
-PE_HD double pe_floor(double a) {
-#if defined(__CUDA_ARCH__)
-  return ::floor(a);
-#else
-  return std::floor(a);
-#endif
-}
-
 // The cell a point falls into at one level, with interpolation weights and their derivatives
 // with respect to x (scale folded in, zero along dims where x was clamped).
 template <typename T, int D>
