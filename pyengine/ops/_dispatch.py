@@ -27,13 +27,14 @@ from pyengine import _ext
 
 BACKENDS = ("cuda", "triton", "cpu", "reference")
 
-# Default order per device type. On GPUs the order follows bench/RESULTS.md (see the hash_encode
-# rows). On CPU the OpenMP kernel is the fast path; Triton only runs on CPU under its interpreter
-# (tests), so it is never chosen there automatically.
+# Default order per device type; an op may override it for a device type (``set_order``), with
+# the reason next to the call. On CPU the OpenMP kernel is the fast path; Triton only runs on CPU
+# under its interpreter (tests), so it is never chosen there automatically.
 DEFAULT_ORDER = {
     "cuda": ("cuda", "triton", "reference"),
     "cpu": ("cpu", "reference"),
 }
+_op_order: dict[tuple[str, str], tuple[str, ...]] = {}
 
 _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyengine_backend", default=None)
 _warned: set = set()
@@ -57,6 +58,18 @@ def register(op: str, name: str, check: Callable[..., str | None], impl: object)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     _registry.setdefault(op, {})[name] = Backend(name, check, impl)
+
+
+def set_order(op: str, device_type: str, order: tuple[str, ...]) -> None:
+    """Automatic-choice order of ``op``'s backends on ``device_type``, replacing DEFAULT_ORDER's."""
+    bad = [b for b in order if b not in BACKENDS]
+    if bad:
+        raise ValueError(f"set_order: unknown backends {bad}")
+    _op_order[(op, device_type)] = tuple(order)
+
+
+def order(op: str, device_type: str) -> tuple[str, ...]:
+    return _op_order.get((op, device_type), DEFAULT_ORDER.get(device_type, ("reference",)))
 
 
 def ops() -> list[str]:
@@ -158,7 +171,7 @@ def select(op: str, device: torch.device, backend: str | None = None, **facts) -
             raise BackendError(f"{op}: backend {name!r} (from {source}) cannot run these inputs: {reason}")
         return table[name]
     rejected = []
-    for cand in DEFAULT_ORDER.get(device.type, ("reference",)):
+    for cand in order(op, device.type):
         b = table.get(cand)
         if b is None:
             continue
