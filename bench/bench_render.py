@@ -24,10 +24,10 @@ from common import bench, commit, machine, print_table, save_json  # noqa: E402
 
 import pyengine  # noqa: E402
 from pyengine.nn import NeRFField, OccupancyGrid  # noqa: E402
-from pyengine.ops.composite import composite, pack_info  # noqa: E402
+from pyengine.ops.composite import composite  # noqa: E402
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect  # noqa: E402
 from pyengine.ops.ray_march import ray_march  # noqa: E402
-from pyengine.render.camera import orbit_cameras, generate_rays  # noqa: E402
+from pyengine.render.camera import generate_rays, orbit_cameras  # noqa: E402
 from pyengine.render.volume import render_rays  # noqa: E402
 
 
@@ -148,7 +148,8 @@ def main(argv=None):
 
         def train_step():
             out = render_rays(field, est, o, d, render_step_size=step, with_normals=True, stratified=True)
-            loss = ((out["rgb"] - target) ** 2).mean() + 1e-3 * (out["normal"].norm(dim=-1) - out["opacity"]).square().mean()
+            normal_term = (out["normal"].norm(dim=-1) - out["opacity"]).square().mean()
+            loss = ((out["rgb"] - target) ** 2).mean() + 1e-3 * normal_term
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -25,7 +25,7 @@ def main(backend="cuda"):
                 x[10, 0], x[11, -1], x[12, 0] = -3.0, 7.0, float("nan")
                 if dtype == torch.float64:
                     x = x.double()
-                p = ((torch.rand(cfg.n_params(), device=dev) - 0.5)).to(dtype).requires_grad_()
+                p = (torch.rand(cfg.n_params(), device=dev) - 0.5).to(dtype).requires_grad_()
                 x.requires_grad_()
                 y = hash_encode(x, p, cfg, backend=backend)
                 (dx,) = torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)

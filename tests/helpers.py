@@ -1,4 +1,3 @@
-import torch
 
 
 def assert_close(actual, expected, atol, rtol, what=""):

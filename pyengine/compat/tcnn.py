@@ -617,7 +617,8 @@ class Encoding(Module):
     def __init__(self, n_input_dims: int, encoding_config: dict, seed: int = 1337, dtype: torch.dtype | None = None):
         _check_dims("Encoding", n_input_dims=n_input_dims)
         if dtype is not None and dtype not in _DTYPES:
-            raise ValueError(f"Encoding: dtype must be None, torch.float32, torch.float16 or torch.bfloat16, got {dtype}")
+            raise ValueError("Encoding: dtype must be None, torch.float32, torch.float16 or torch.bfloat16, "
+                             f"got {dtype}")
         self.n_input_dims = int(n_input_dims)
         self.encoding_config = encoding_config
         self.dtype = torch.float32 if dtype is None else dtype

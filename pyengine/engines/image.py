@@ -67,9 +67,8 @@ class ImageField(torch.nn.Module):
 
 
 def run(cfg: FitImageConfig) -> dict:
-    from tqdm import tqdm
-
     import imageio.v3 as iio
+    from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
     if cfg.image:

@@ -170,9 +170,8 @@ class NeRFTrainer:
 
 
 def run(cfg: FitNeRFConfig) -> dict:
-    from tqdm import tqdm
-
     import imageio.v3 as iio
+    from tqdm import tqdm
 
     trainer = NeRFTrainer(cfg)
     resumed = cfg.resume and trainer.load()
@@ -198,7 +197,8 @@ def run(cfg: FitNeRFConfig) -> dict:
     gt = (trainer.test["images"].cpu().numpy() * 255).round().astype(np.uint8)
     iio.imwrite(os.path.join(cfg.out, "heldout.png"), np.concatenate(
         [np.concatenate(list(gt), 1), np.concatenate(list(pred), 1)], 0))
-    result = {"psnr": test_psnr, "steps": trainer.step, "seconds": train_s, "caption": shapeworld.caption(trainer.scene),
+    result = {"psnr": test_psnr, "steps": trainer.step, "seconds": train_s,
+              "caption": shapeworld.caption(trainer.scene),
               "out": cfg.out}
     if cfg.turntable_frames:
         frames = trainer.turntable(cfg.turntable_frames)

@@ -12,35 +12,11 @@ from collections.abc import Callable
 
 import torch
 
+from pyengine.ops.composite import composite
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 from pyengine.ops.ray_march import ray_march
 
-__all__ = ["OccupancyGrid", "exclusive_transmittance"]
-
-#: optical thickness cap per sample: exp(-1e4) is 0 in float64, and the cap keeps the prefix sums
-#: finite for alphas of exactly 1.
-_TAU_MAX = 1e4
-
-
-def exclusive_transmittance(tau: torch.Tensor, packed_info: torch.Tensor, ray_indices: torch.Tensor) -> torch.Tensor:
-    """Transmittance before each sample, ``T_i = exp(-sum_{j < i, same ray} tau_j)``.
-
-    Plain PyTorch: one prefix sum over all samples in float64, minus its value at each ray's
-    first sample. (To be swapped for the fused compositing op once it lands.)
-
-    Args:
-        tau: [S] optical thickness per sample (``sigma * dt``, or ``-log(1 - alpha)``).
-        packed_info: [R, 2] int64 (start, count) of each ray's samples, as ``ray_march`` returns.
-        ray_indices: [S] int64 ray of each sample, grouped by ray.
-
-    Returns:
-        [S] float32 transmittance.
-    """
-    tau = tau.to(torch.float64).clamp(0.0, _TAU_MAX)
-    prefix = torch.cat([tau.new_zeros(1), torch.cumsum(tau, 0)])
-    first = packed_info[ray_indices, 0]
-    return torch.exp(-(prefix[:-1] - prefix[first])).to(torch.float32)
-
+__all__ = ["OccupancyGrid"]
 
 def _enlarge_aabb(aabb: torch.Tensor, factor: float) -> torch.Tensor:
     center = (aabb[:3] + aabb[3:]) / 2
@@ -166,22 +142,22 @@ class OccupancyGrid(torch.nn.Module):
         if ((alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None)
                 and ray_indices.numel() > 0):
             alpha_thre = min(alpha_thre, self.occs.mean().item())
+            # transmittance and alphas from the fused compositing op (ray_march built packed_info)
             if sigma_fn is not None:
                 sigmas = sigma_fn(t_starts, t_ends, ray_indices)
                 if sigmas.shape != t_starts.shape:
                     raise ValueError(f"OccupancyGrid.sampling: sigma_fn must return [{t_starts.numel()}] "
                                      f"(one density per sample), got {tuple(sigmas.shape)}")
-                tau = sigmas * (t_ends - t_starts)
-                alphas = 1.0 - torch.exp(-tau)
+                res = composite(packed_info, t_starts, t_ends, densities=sigmas, validate=False)
             else:
                 alphas = alpha_fn(t_starts, t_ends, ray_indices)
                 if alphas.shape != t_starts.shape:
                     raise ValueError(f"OccupancyGrid.sampling: alpha_fn must return [{t_starts.numel()}] "
                                      f"(one opacity per sample), got {tuple(alphas.shape)}")
-                tau = -torch.log1p(-alphas.to(torch.float64).clamp(0.0, 1.0))
-            keep = exclusive_transmittance(tau, packed_info, ray_indices) >= early_stop_eps
+                res = composite(packed_info, t_starts, t_ends, alphas=alphas, validate=False)
+            keep = res.transmittance >= early_stop_eps
             if alpha_thre > 0:
-                keep &= alphas >= alpha_thre
+                keep &= res.alphas >= alpha_thre
             ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
         return ray_indices, t_starts, t_ends
 

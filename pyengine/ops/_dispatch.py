@@ -18,8 +18,8 @@ import contextlib
 import contextvars
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -84,7 +84,7 @@ class HashGridConfig:
     def n_output_dims(self) -> int:
         return self.n_levels * self.n_features_per_level
 
-    def layout(self) -> "HashGridLayout":
+    def layout(self) -> HashGridLayout:
         return hash_grid_layout(self)
 
     def n_params(self) -> int:

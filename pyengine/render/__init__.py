@@ -1,7 +1,6 @@
 """Cameras, ray generation and volume rendering."""
 
-from pyengine.render.camera import (Cameras, generate_rays, look_at, orbit_cameras, random_orbit_cameras,
-                                    rays_for_pixels)
+from pyengine.render.camera import Cameras, generate_rays, look_at, orbit_cameras, random_orbit_cameras, rays_for_pixels
 
 __all__ = ["Cameras", "generate_rays", "look_at", "orbit_cameras", "random_orbit_cameras", "rays_for_pixels",
            "render_image", "render_rays"]

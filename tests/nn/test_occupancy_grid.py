@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from pyengine.nn.occupancy_grid import OccupancyGrid, exclusive_transmittance
+from pyengine.nn.occupancy_grid import OccupancyGrid
 from pyengine.reference import ray_march as ref_march
 
 ROI = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
@@ -172,21 +172,3 @@ def test_early_stop_behind_an_opaque_wall():
     assert idx.numel() == 64 and (mids(idx, t0, t1) > 0).all()
     with pytest.raises(ValueError, match="sigma_fn must return"):
         grid.sampling(o, d, render_step_size=step, sigma_fn=lambda t0, t1, r: t0[:, None])
-
-
-def test_exclusive_transmittance_matches_per_ray_product():
-    g = torch.Generator().manual_seed(3)
-    counts = torch.tensor([0, 5, 1, 0, 40, 7])
-    starts = torch.cumsum(counts, 0) - counts
-    info = torch.stack([starts, counts], -1)
-    ray_indices = torch.repeat_interleave(torch.arange(6), counts)
-    tau = torch.rand(int(counts.sum()), generator=g) * 0.5
-    tau[3] = float("inf")  # an opaque sample (alpha = 1)
-    got = exclusive_transmittance(tau, info, ray_indices)
-    want = []
-    for s, n in info.tolist():
-        alpha = 1 - torch.exp(-tau[s:s + n].double())
-        want.append(torch.cumprod(torch.cat([torch.ones(1, dtype=torch.float64), 1 - alpha[:-1]]), 0)[:n])
-    want = torch.cat(want).float()
-    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
-    assert got[4] == 0 and got[5] == 1.0  # behind the opaque sample, and the next ray's first sample

@@ -1,7 +1,6 @@
 """hash_encode: every backend against the reference, forward, backward and double backward."""
 
 import math
-import os
 import warnings
 
 import pytest

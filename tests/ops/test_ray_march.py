@@ -34,7 +34,9 @@ def make_case(R, levels, res, seed, roi=ODD_ROI, p=0.5, step=0.02):
         t_min[2], t_max[2] = 1.0, 0.5
         t_min[3] = float("nan")
     bins = torch.rand((levels,) + tuple(res), generator=g) < p
-    return {"rays_o": o, "rays_d": d, "t_min": t_min, "t_max": t_max, "binaries": bins, "roi_aabb": roi, "step_size": step}, g
+    args = {"rays_o": o, "rays_d": d, "t_min": t_min, "t_max": t_max, "binaries": bins, "roi_aabb": roi,
+            "step_size": step}
+    return args, g
 
 
 def assert_same(got, want, what):
