@@ -4,6 +4,7 @@
 // dtype and checked packed_info's values; here only shapes, dtypes and devices are checked, which
 // costs no device synchronisation. The kernels clamp each ray's range into [0, S], so a malformed
 // packed_info that gets this far cannot make them access memory out of bounds.
+#include "host/common.h"
 #include "host/composite.h"
 
 #include "pyengine/composite.h"
@@ -119,7 +120,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> composite_fwd(
   Tensor acc = torch::empty({d.R, d.C}, opts), opacity = torch::empty({d.R}, opts),
          depth = torch::empty({d.R}, opts);
   if (d.R > 0) {
-    if (t0.is_cuda()) {
+    if (on_device(t0)) {
 #ifdef PE_WITH_CUDA
       const c10::cuda::CUDAGuard guard(t0.device());
       check_cuda(pe::cuda::composite_fwd(
@@ -170,7 +171,7 @@ std::tuple<Tensor, Tensor> composite_bwd(const Tensor& g_weights, const Tensor& 
   Tensor grad_x = need_x ? torch::zeros({d.S}, opts) : Tensor();
   Tensor grad_v = need_values ? torch::zeros({d.S, d.C}, opts) : Tensor();
   if (d.R > 0 && (need_x || need_values)) {
-    if (t0.is_cuda()) {
+    if (on_device(t0)) {
 #ifdef PE_WITH_CUDA
       const c10::cuda::CUDAGuard guard(t0.device());
       check_cuda(pe::cuda::composite_bwd(

@@ -1,4 +1,5 @@
 // hash_encode host code: tensor checks, dtype handling, output allocation, CPU / CUDA dispatch.
+#include "host/common.h"
 #include "host/hash_encode.h"
 
 #include "pyengine/hash_encode.h"
@@ -102,7 +103,7 @@ Prepared prepare(const Tensor& x, const Tensor& params) {
                    "hash_encode: positions must be float32 or float64, got ", x.scalar_type());
   const auto T = compute_type(x, params);
   Tensor table = params;
-  if (T == torch::kFloat64 || !x.is_cuda()) table = params.to(T);
+  if (T == torch::kFloat64 || !on_device(x)) table = params.to(T);
   return {x.to(T).contiguous(), table.contiguous(), T};
 }
 
@@ -116,7 +117,7 @@ Tensor hash_encode_fwd(const Tensor& x_in, const Tensor& params, std::vector<int
   const int64_t N = p.x.size(0);
   Tensor out = torch::empty({N, a.lv.n_levels * F}, p.table.options());
   if (N > 0) {
-    if (p.x.is_cuda()) {
+    if (on_device(p.x)) {
 #ifdef PE_WITH_CUDA
       const c10::cuda::CUDAGuard guard(p.x.device());
       check_cuda(pe::cuda::hash_encode_fwd(N, a.D, a.F, a.lv, a.interp,
@@ -158,7 +159,7 @@ std::tuple<Tensor, Tensor> hash_encode_bwd(const Tensor& grad_out_in, const Tens
   Tensor gp = need_params ? torch::zeros({params.numel()}, opts) : Tensor();
   Tensor gx = need_x ? torch::zeros({N, a.D}, opts) : Tensor();
   if (N > 0 && (need_params || need_x)) {
-    if (p.x.is_cuda()) {
+    if (on_device(p.x)) {
 #ifdef PE_WITH_CUDA
       const c10::cuda::CUDAGuard guard(p.x.device());
       check_cuda(pe::cuda::hash_encode_bwd(
@@ -209,7 +210,7 @@ std::tuple<Tensor, Tensor, Tensor> hash_encode_bwd_bwd(
   Tensor gx = need_x ? torch::zeros({N, a.D}, opts) : Tensor();
   Tensor gp = need_params ? torch::zeros({params.numel()}, opts) : Tensor();
   if (N > 0 && (need_grad_out || need_x || need_params)) {
-    if (p.x.is_cuda()) {
+    if (on_device(p.x)) {
 #ifdef PE_WITH_CUDA
       const c10::cuda::CUDAGuard guard(p.x.device());
       check_cuda(pe::cuda::hash_encode_bwd_bwd(

@@ -1,6 +1,7 @@
 // ray_aabb_intersect / ray_march host code: tensor checks, output allocation, the exclusive scan
 // between the two marching passes, CPU / CUDA dispatch. The Python layer (pyengine/ops) checks
 // the same things with friendlier messages; these checks guard direct calls into pyengine._C.
+#include "host/common.h"
 #include "host/ray_march.h"
 
 #include "pyengine/ray_march.h"
@@ -60,7 +61,7 @@ std::tuple<Tensor, Tensor, Tensor> ray_aabb_intersect(const Tensor& rays_o_in,
   Tensor t_maxs = torch::empty({N, M}, rays_o.options());
   Tensor hits = torch::empty({N, M}, rays_o.options().dtype(torch::kBool));
   if (N * M == 0) return {t_mins, t_maxs, hits};
-  if (rays_o.is_cuda()) {
+  if (on_device(rays_o)) {
 #ifdef PE_WITH_CUDA
     const c10::cuda::CUDAGuard guard(rays_o.device());
     check_cuda(pe::cuda::ray_aabb_intersect(
@@ -157,9 +158,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
   Tensor counts = torch::empty({R}, lopts);
 #ifdef PE_WITH_CUDA
   std::optional<c10::cuda::CUDAGuard> guard;
-  if (rays_o.is_cuda()) guard.emplace(rays_o.device());
+  if (on_device(rays_o)) guard.emplace(rays_o.device());
 #endif
-  if (rays_o.is_cuda()) {
+  if (on_device(rays_o)) {
 #ifdef PE_WITH_CUDA
     check_cuda(pe::cuda::ray_march_count(R, g, rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
                                          t_min.data_ptr<float>(), t_max.data_ptr<float>(), jit,
@@ -183,7 +184,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
   Tensor t_starts = torch::empty({S}, fopts);
   Tensor t_ends = torch::empty({S}, fopts);
   if (S > 0) {
-    if (rays_o.is_cuda()) {
+    if (on_device(rays_o)) {
 #ifdef PE_WITH_CUDA
       check_cuda(pe::cuda::ray_march_fill(
                      R, g, rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),

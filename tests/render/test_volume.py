@@ -9,7 +9,7 @@ import pyengine
 from pyengine.data import shapeworld
 from pyengine.nn import OccupancyGrid
 from pyengine.ops import _dispatch
-from pyengine.ops.composite import composite, pack_info
+from pyengine.ops.composite import composite
 from pyengine.ops.ray_march import ray_march
 from pyengine.render import orbit_cameras
 from pyengine.render.camera import generate_rays

@@ -1,0 +1,102 @@
+"""Build pyengine's extension with its CUDA kernels compiled for the CPU (see include/cuda_runtime.h).
+
+Every csrc/cuda/*.cu is copied with its kernel launches rewritten for the emulator, then the
+whole extension (ext.cpp, host code with PE_WITH_CUDA and PE_EMULATE_CUDA, CPU kernels, the
+rewritten CUDA kernels) is built as the module ``pyengine_cuda_emu``. With
+``PYENGINE_EXT=pyengine_cuda_emu`` pyengine loads it instead of pyengine._C, and the "cpu"
+backend then runs the CUDA kernels.
+
+    python tests/cuda_emu/build.py BUILD_DIR
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+NAME = "pyengine_cuda_emu"
+
+
+def _matching(src: str, i: int, open_ch: str, close_ch: str) -> int:
+    depth = 0
+    for j in range(i, len(src)):
+        if src[j] == open_ch:
+            depth += 1
+        elif src[j] == close_ch:
+            depth -= 1
+            if depth == 0:
+                return j
+    raise ValueError("unbalanced brackets")
+
+
+def translate(src: str) -> str:
+    """`k<T><<<grid, block, smem, stream>>>(args);` -> `::pe_emu::launch(grid, block, [&] { k<T>(args); });`"""
+    out, pos = [], 0
+    for m in re.finditer(r"<<<", src):
+        if m.start() < pos:
+            continue
+        start = src.rfind(";", 0, m.start())
+        start = max(start, src.rfind("{", 0, m.start()), src.rfind("}", 0, m.start())) + 1
+        kernel = src[start:m.start()].strip()
+        cfg_end = src.index(">>>", m.end())
+        config = [c.strip() for c in _split_top(src[m.end():cfg_end])]
+        args_open = src.index("(", cfg_end)
+        args_close = _matching(src, args_open, "(", ")")
+        args = src[args_open + 1:args_close]
+        semi = src.index(";", args_close)
+        lead = src[start:m.start()][: len(src[start:m.start()]) - len(src[start:m.start()].lstrip())]
+        out.append(src[pos:start])
+        out.append(f"{lead}::pe_emu::launch({config[0]}, {config[1]}, [&] {{ {kernel}({args}); }});")
+        pos = semi + 1
+    out.append(src[pos:])
+    return "#define __CUDACC__ 1\n#include <cuda_runtime.h>\n" + "".join(out)
+
+
+def _split_top(s: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in s:
+        if ch in "([{<":
+            depth += 1
+        elif ch in ")]}>":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def build(build_dir: str, verbose: bool = False):
+    from torch.utils.cpp_extension import load
+
+    os.makedirs(build_dir, exist_ok=True)
+    gen = os.path.join(build_dir, "gen")
+    os.makedirs(gen, exist_ok=True)
+    sources = []
+    # one flat folder of uniquely named copies: the extension builder names objects by basename
+    for sub, pattern in (("", "ext.cpp"), ("host", "*.cpp"), ("cpu", "*.cpp"), ("cuda", "*.cu")):
+        for path in sorted(glob.glob(os.path.join(ROOT, "csrc", sub, pattern))):
+            text = open(path).read()
+            name = os.path.basename(path)
+            if sub == "cuda":
+                text, name = translate(text), name[:-3] + ".cpp"
+            dst = os.path.join(gen, f"{sub or 'top'}_{name}")
+            if not os.path.exists(dst) or open(dst).read() != text:
+                with open(dst, "w") as f:
+                    f.write(text)
+            sources.append(dst)
+    includes = [os.path.join(HERE, "include"), os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+    return load(NAME, sources, extra_include_paths=includes,
+                extra_cflags=["-O1", "-fopenmp", "-DPE_WITH_CUDA", "-DPE_EMULATE_CUDA"], extra_ldflags=["-fopenmp"],
+                build_directory=build_dir, verbose=verbose)
+
+
+if __name__ == "__main__":
+    mod = build(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build", "cuda_emu"), verbose=True)
+    print(mod.__file__)
