@@ -456,7 +456,7 @@ def hash_encode_bwd(
     if N > 0 and L > 0 and (need_params or need_x):
         meta, sc = _launch_args(x, offsets, scales, resolutions, hashed_mask)
         g = grad_out.reshape(N, L * F).to(torch.float32).contiguous()
-        dummy = g  # placeholder for the pointer of a gradient that is not needed (never touched)
+        dummy = g  # stands in for the pointer of a gradient not asked for (never touched)
         grid = (triton.cdiv(N, _BLOCK), L)
         with _on_device(x):
             _hash_bwd_kernel[grid](
@@ -511,7 +511,7 @@ def hash_encode_bwd_bwd(
         meta, sc = _launch_args(x, offsets, scales, resolutions, hashed_mask)
         g = grad_out.reshape(N, L * F).to(torch.float32).contiguous()
         gg = gg_x.reshape(N, D).to(torch.float32).contiguous()
-        dummy = g  # placeholder for the pointer of a gradient that is not needed (never touched)
+        dummy = g  # stands in for the pointer of a gradient not asked for (never touched)
         grid = (triton.cdiv(N, _BLOCK), L)
         with _on_device(x):
             _hash_bwd_bwd_kernel[grid](
