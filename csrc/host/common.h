@@ -3,6 +3,11 @@
 
 #include <torch/extension.h>
 
+#ifdef PE_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace pe {
 namespace host {
 
@@ -17,6 +22,14 @@ inline bool on_device(const torch::Tensor& t) {
   return t.is_cuda();
 #endif
 }
+
+#ifdef PE_WITH_CUDA
+// err: what a CUDA launcher returned (0, or a cudaError_t).
+inline void check_cuda(int err, const char* op, const char* what) {
+  TORCH_CHECK(err == 0, op, ": CUDA ", what, " failed: ",
+              cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+#endif
 
 }  // namespace host
 }  // namespace pe

@@ -9,10 +9,6 @@
 
 #include "pyengine/composite.h"
 
-#ifdef PE_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace pe {
 namespace host {
@@ -98,13 +94,6 @@ pe::CompositeBwdPtrs<T> bwd_ptrs(const Tensor& pi, const Tensor& t0, const Tenso
           cptr<T>(gop),      cptr<T>(gdep), mptr<T>(grad_x), mptr<T>(grad_v)};
 }
 
-#ifdef PE_WITH_CUDA
-void check_cuda(int err, const char* what) {
-  TORCH_CHECK(err == 0, "composite: CUDA ", what, " failed: ",
-              cudaGetErrorString(static_cast<cudaError_t>(err)));
-}
-#endif
-
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> composite_fwd(
@@ -128,7 +117,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> composite_fwd(
                      d.T == torch::kFloat64 ? pe::cuda::kCompositeF64 : pe::cuda::kCompositeF32,
                      fwd_ptrs<void>(pi, t0, t1, x, v, weights, trans, alphas, acc, opacity, depth),
                      c10::cuda::getCurrentCUDAStream().stream()),
-                 "forward");
+                 "composite", "forward");
 #else
       TORCH_CHECK(false, "composite: pyengine._C was built without CUDA");
 #endif
@@ -179,7 +168,7 @@ std::tuple<Tensor, Tensor> composite_bwd(const Tensor& g_weights, const Tensor& 
                      d.T == torch::kFloat64 ? pe::cuda::kCompositeF64 : pe::cuda::kCompositeF32,
                      bwd_ptrs<void>(pi, t0, t1, x, v, tr, gw, gt, ga, gacc, gop, gdep, grad_x, grad_v),
                      c10::cuda::getCurrentCUDAStream().stream()),
-                 "backward");
+                 "composite", "backward");
 #else
       TORCH_CHECK(false, "composite: pyengine._C was built without CUDA");
 #endif

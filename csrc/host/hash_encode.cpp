@@ -4,10 +4,6 @@
 
 #include "pyengine/hash_encode.h"
 
-#ifdef PE_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace pe {
 namespace host {
@@ -84,10 +80,6 @@ int table_type(torch::ScalarType s) {
     default: return pe::cuda::kTableF64;
   }
 }
-void check_cuda(int err, const char* what) {
-  TORCH_CHECK(err == 0, "hash_encode: CUDA ", what, " failed: ",
-              cudaGetErrorString(static_cast<cudaError_t>(err)));
-}
 #endif
 
 // Tensors as the kernels want them: x in the compute type, the table in the compute type on CPU
@@ -124,7 +116,7 @@ Tensor hash_encode_fwd(const Tensor& x_in, const Tensor& params, std::vector<int
                                            table_type(p.table.scalar_type()), p.x.data_ptr(),
                                            p.table.data_ptr(), out.data_ptr(),
                                            c10::cuda::getCurrentCUDAStream().stream()),
-                 "forward");
+                 "hash_encode", "forward");
 #else
       TORCH_CHECK(false, "hash_encode: pyengine._C was built without CUDA");
 #endif
@@ -167,7 +159,7 @@ std::tuple<Tensor, Tensor> hash_encode_bwd(const Tensor& grad_out_in, const Tens
                      p.x.data_ptr(), p.table.data_ptr(), grad_out.data_ptr(),
                      need_params ? gp.data_ptr() : nullptr, need_x ? gx.data_ptr() : nullptr,
                      c10::cuda::getCurrentCUDAStream().stream()),
-                 "backward");
+                 "hash_encode", "backward");
 #else
       TORCH_CHECK(false, "hash_encode: pyengine._C was built without CUDA");
 #endif
@@ -219,7 +211,7 @@ std::tuple<Tensor, Tensor, Tensor> hash_encode_bwd_bwd(
                      need_grad_out ? dgo.data_ptr() : nullptr, need_x ? gx.data_ptr() : nullptr,
                      need_params ? gp.data_ptr() : nullptr,
                      c10::cuda::getCurrentCUDAStream().stream()),
-                 "double backward");
+                 "hash_encode", "double backward");
 #else
       TORCH_CHECK(false, "hash_encode: pyengine._C was built without CUDA");
 #endif

@@ -6,10 +6,6 @@
 
 #include "pyengine/ray_march.h"
 
-#ifdef PE_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
 
 namespace pe {
 namespace host {
@@ -26,13 +22,6 @@ void check_same_device(const Tensor& a, const Tensor& b, const char* op, const c
   TORCH_CHECK_VALUE(a.device() == b.device(), op, ": ", name, " is on ", b.device(),
                     " but rays_o on ", a.device());
 }
-
-#ifdef PE_WITH_CUDA
-void check_cuda(int err, const char* op) {
-  TORCH_CHECK(err == 0, op, ": CUDA launch failed: ",
-              cudaGetErrorString(static_cast<cudaError_t>(err)));
-}
-#endif
 
 }  // namespace
 
@@ -69,7 +58,7 @@ std::tuple<Tensor, Tensor, Tensor> ray_aabb_intersect(const Tensor& rays_o_in,
                    aabbs.data_ptr(), near_plane, far_plane, miss_value, t_mins.data_ptr(),
                    t_maxs.data_ptr(), hits.data_ptr<bool>(),
                    c10::cuda::getCurrentCUDAStream().stream()),
-               op);
+               op, "launch");
 #else
     TORCH_CHECK(false, op, ": pyengine._C was built without CUDA");
 #endif
@@ -166,7 +155,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
                                          t_min.data_ptr<float>(), t_max.data_ptr<float>(), jit,
                                          counts.data_ptr<int64_t>(),
                                          c10::cuda::getCurrentCUDAStream().stream()),
-               op);
+               op, "launch");
 #else
     TORCH_CHECK(false, op, ": pyengine._C was built without CUDA");
 #endif
@@ -192,7 +181,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
                      starts.data_ptr<int64_t>(), counts.data_ptr<int64_t>(),
                      ray_indices.data_ptr<int64_t>(), t_starts.data_ptr<float>(),
                      t_ends.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream()),
-                 op);
+                 op, "launch");
 #endif
     } else {
       pe::cpu::ray_march_fill(R, g, rays_o.data_ptr<float>(), rays_d.data_ptr<float>(),
