@@ -150,7 +150,12 @@ def test_low_precision_params(backend, pdtype):
     assert got.dtype == pdtype
     ref_err = (ref_low.double() - exact).abs().max().item()
     err = (got.double() - exact).abs().max().item()
-    assert err <= 2 * ref_err + 1e-6, f"{backend}: err {err:.3e} vs reference-in-{pdtype} {ref_err:.3e}"
+    bound = 2 * ref_err + 1e-6
+    if backend == "triton" and _dispatch.triton_interpret() and pdtype == torch.bfloat16:
+        # Triton's interpreter casts float32 -> bfloat16 by truncation (compiled Triton rounds to
+        # nearest even), so allow it one more bfloat16 ulp of the largest output.
+        bound += torch.finfo(pdtype).eps * exact.abs().max().item()
+    assert err <= bound, f"{backend}: err {err:.3e} vs reference-in-{pdtype} {ref_err:.3e}"
     xg = x.clone().requires_grad_()
     pg = p_low.clone().requires_grad_()
     g_out = torch.randn(got.shape, generator=g).to(pdtype)
