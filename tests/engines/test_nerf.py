@@ -8,7 +8,7 @@ from pyengine.engines.nerf import FitNeRFConfig, NeRFTrainer, run
 
 # The full job (steps=1200) reaches >= 25 dB held-out (see bench/RESULTS.md); CI runs a short fit.
 SHORT_STEPS = 300
-SHORT_PSNR = 21.0
+SHORT_PSNR = 19.5  # measured 21.2 dB at 300 steps (1 and 2 threads); an untrained field scores ~12 dB
 
 
 def test_short_fit_learns_and_writes_outputs(tmp_path):
