@@ -2,14 +2,19 @@
 
 Order of precedence:
   1. the op's ``backend=`` argument,
-  2. the ``PYENGINE_BACKEND`` environment variable,
+  2. the ``PYENGINE_BACKEND`` environment variable, a preference for a whole program: it applies
+     to the ops that have that backend and can run it on these inputs; every other op chooses
+     automatically, with one warning per op saying why,
   3. the innermost ``pyengine.use_backend(...)`` context,
-  4. the device's default order (``DEFAULT_ORDER``).
+  4. the device's default order (``DEFAULT_ORDER``, or the op's own from ``set_order``).
 
-A backend requested by 1-3 that cannot run the inputs raises ``BackendError`` saying why. The
-automatic choice walks the default order; when it has to skip a faster backend it warns once per
-(op, backend) with the reason, and when nothing fits the error lists every backend and why.
-Each op registers, per backend, a ``check(**facts) -> reason | None`` and its implementation.
+1 and 3 are strict: a backend that cannot run the inputs (or that the op does not have) raises
+``BackendError`` saying why.
+
+The automatic choice walks the default order; when it has to skip a faster backend it warns once
+per (op, backend) with the reason, and when nothing fits the error lists every backend and why.
+Each op registers, per backend, a ``check(**facts) -> reason | None`` and its implementation (a
+namespace with one function per kernel; see ``_define``).
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ def use_backend(name: str | None):
 
 
 def requested(backend: str | None = None) -> tuple[str | None, str]:
-    """The explicitly requested backend and where the request came from."""
+    """The requested backend and where the request came from."""
     if backend is not None and backend != "auto":
         return backend, "backend= argument"
     env = os.environ.get("PYENGINE_BACKEND", "").strip()
@@ -144,14 +149,6 @@ def check_triton(device: torch.device) -> str | None:
     return f"does not run on {device.type}"
 
 
-def check_triton_float32(device: torch.device, dtypes=()) -> str | None:
-    """check_triton, for kernels that compute in float32 only."""
-    reason = check_triton(device)
-    if reason is None and torch.float64 in dtypes:
-        reason = "computes in float32; float64 inputs need the cpu, cuda or reference backend"
-    return reason
-
-
 # Selection -------------------------------------------------------------------------------------
 
 def select(op: str, device: torch.device, backend: str | None = None, **facts) -> Backend:
@@ -164,12 +161,18 @@ def select(op: str, device: torch.device, backend: str | None = None, **facts) -
         if name not in BACKENDS:
             raise ValueError(f"{op}: unknown backend {name!r} (from {source}); expected one of {BACKENDS}")
         if name not in table:
-            raise BackendError(f"{op}: backend {name!r} (from {source}) is not implemented for this op; "
-                               f"it has {sorted(table)}")
-        reason = table[name].check(device=device, **facts)
-        if reason is not None:
-            raise BackendError(f"{op}: backend {name!r} (from {source}) cannot run these inputs: {reason}")
-        return table[name]
+            reason = f"is not implemented for this op; it has {sorted(table)}"
+        else:
+            reason = table[name].check(device=device, **facts)
+            reason = None if reason is None else f"cannot run these inputs: {reason}"
+        if reason is None:
+            return table[name]
+        if source != "PYENGINE_BACKEND":
+            raise BackendError(f"{op}: backend {name!r} (from {source}) {reason}")
+        if (op, source, name) not in _warned:
+            _warned.add((op, source, name))
+            warnings.warn(f"pyengine.{op}: the {name!r} backend preferred by {source} {reason}; "
+                          "choosing automatically", RuntimeWarning, stacklevel=3)
     rejected = []
     for cand in order(op, device.type):
         b = table.get(cand)

@@ -1,183 +1,42 @@
 """``composite``: volume-rendering compositing over packed samples (nerfacc's maths), with backward.
 
-Layers: ``composite()`` checks the inputs (packed_info's values too) and picks a backend name,
-then calls the registered op ``torch.ops.pyengine.composite_fwd``; its autograd calls
-``torch.ops.pyengine.composite_bwd``. ``pack_info()`` builds packed_info from sorted ray indices.
-
-Backends share one signature (that of the compiled ``_C.composite_*`` functions); ``x`` is the
-densities (``alpha_mode`` false) or the alphas (``alpha_mode`` true), ``values`` is ``[S, C]``
-with ``C = 0`` when there is nothing to accumulate:
-
-* ``composite_fwd(packed_info, t_starts, t_ends, x, values, alpha_mode)``
-  ``-> (weights, transmittance, alphas, accumulated, opacity, depth)``
-* ``composite_bwd(g_weights, g_trans, g_alphas, g_acc, g_opacity, g_depth, packed_info, t_starts,
-  t_ends, x, values, transmittance, alpha_mode, need_x, need_values) -> (grad_x | None,
-  grad_values | None)``; ``transmittance`` is the forward's output (the kernels' reverse scan
-  reads it instead of recomputing it).
+``composite()`` checks its inputs (packed_info's values too, unless ``validate=False``) and runs
+the op defined below. Kernels (``pyengine.reference.composite``, ``pyengine._C``,
+``pyengine.kernels.composite``): ``composite_fwd(packed_info, t_starts, t_ends, x, values,
+alpha_mode)`` where x is the densities (``alpha_mode`` false) or the alphas and ``values`` is
+``[S, C]`` (C = 0 when there is nothing to accumulate); ``composite_bwd`` reads the forward's
+transmittance. ``pack_info()`` builds packed_info from sorted ray indices.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
-from pyengine import _ext
-from pyengine.ops import _dispatch
+from pyengine.ops._define import FLOAT, INDEX, T, check, define
 from pyengine.reference import composite as _ref
 from pyengine.reference.composite import CompositeResult
 
 __all__ = ["CompositeResult", "composite", "pack_info"]
 
-OP = "composite"
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_INT_DTYPES = (torch.int32, torch.int64)
 
-
-# Reference backend with the compiled functions' signatures, derived by autograd ----------------
-
-def _ref_fwd(packed_info, t_starts, t_ends, x, values, alpha_mode):
-    dens, alph = (None, x) if alpha_mode else (x, None)
-    return tuple(_ref.composite(packed_info, t_starts, t_ends, dens, alph, values))
-
-
-def _ref_bwd(g_weights, g_trans, g_alphas, g_acc, g_opacity, g_depth, packed_info, t_starts,
-             t_ends, x, values, trans, alpha_mode, need_x, need_values):
-    # torch.func rather than torch.autograd: this runs inside the custom op, below the autograd
-    # dispatch key, where the tape would record nothing.
-    _, vjp = torch.func.vjp(lambda xs, vs: _ref_fwd(packed_info, t_starts, t_ends, xs, vs, alpha_mode),
-                            x, values)
-    gx, gv = vjp((g_weights, g_trans, g_alphas, g_acc, g_opacity, g_depth))
-    return (gx if need_x else None, gv if need_values else None)
-
-
-_REFERENCE = SimpleNamespace(composite_fwd=_ref_fwd, composite_bwd=_ref_bwd)
-
-
-def _triton_module():
-    from pyengine.kernels import composite as mod
-
-    return mod
-
-
-# GPU order (the global DEFAULT_ORDER, cuda first) fits this op: on an H200, 2^20 samples, C = 3,
-# the CUDA kernels took 58 us forward / 113 us backward against Triton's 186 / 111 us. With many
-# channels (C >= 16) Triton's backward is about 2x faster (vector stores of the [rays, C] tile).
-_dispatch.register(OP, "reference", lambda device, dtypes=(): None, lambda: _REFERENCE)
-_dispatch.register(OP, "cpu", lambda device, dtypes=(): _dispatch.check_cpu_ext(device), _ext.load)
-_dispatch.register(OP, "cuda", lambda device, dtypes=(): _dispatch.check_cuda_ext(device), _ext.load)
-_dispatch.register(OP, "triton", _dispatch.check_triton_float32, _triton_module)
-
-
-def _backend(name: str, t_starts: torch.Tensor):
-    b = _dispatch.select(OP, t_starts.device, None if name == "auto" else name, dtypes=(t_starts.dtype,))
-    return b.impl()
-
-
-# Registered ops ----------------------------------------------------------------------------------
-
-@torch.library.custom_op("pyengine::composite_fwd", mutates_args=())
-def _composite_fwd_op(packed_info: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor,
-                      x: torch.Tensor, values: torch.Tensor, alpha_mode: bool,
-                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                             torch.Tensor, torch.Tensor]:
-    """(weights [S], transmittance [S], alphas [S], accumulated [R, C], opacity [R], depth [R])."""
-    return tuple(_backend(backend, t_starts).composite_fwd(packed_info, t_starts, t_ends, x, values,
-                                                           alpha_mode))
-
-
-@_composite_fwd_op.register_fake
-def _(packed_info, t_starts, t_ends, x, values, alpha_mode, backend):
+def _fake(packed_info, t_starts, t_ends, x, values, alpha_mode):
     S, R, C = t_starts.shape[0], packed_info.shape[0], values.shape[1]
     new = t_starts.new_empty
     return new(S), new(S), new(S), new(R, C), new(R), new(R)
 
 
-@torch.library.custom_op("pyengine::composite_bwd", mutates_args=())
-def _composite_bwd_op(g_weights: torch.Tensor, g_trans: torch.Tensor, g_alphas: torch.Tensor,
-                      g_acc: torch.Tensor, g_opacity: torch.Tensor, g_depth: torch.Tensor,
-                      packed_info: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor,
-                      x: torch.Tensor, values: torch.Tensor, trans: torch.Tensor, alpha_mode: bool,
-                      backend: str, need_x: bool,
-                      need_values: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (grad_x, grad_values); a gradient not asked for is an empty tensor."""
-    gx, gv = _backend(backend, t_starts).composite_bwd(
-        g_weights.contiguous(), g_trans.contiguous(), g_alphas.contiguous(), g_acc.contiguous(),
-        g_opacity.contiguous(), g_depth.contiguous(), packed_info, t_starts, t_ends, x, values, trans,
-        alpha_mode, need_x, need_values)
-    if need_values and gv is None:  # C = 0: the compiled backward returns None
-        gv = torch.zeros_like(values)
-    return (gx if need_x else x.new_empty(0), gv if need_values else values.new_empty(0))
+# GPU order (cuda first) fits this op: on an H200, 2^20 samples, C = 3, the CUDA kernels took
+# 58 us forward / 113 us backward against Triton's 186 / 111 us. With many channels (C >= 16)
+# Triton's backward is about 2x faster (vector stores of the [rays, C] tile).
+OP = define(
+    "composite",
+    "(Tensor packed_info, Tensor t_starts, Tensor t_ends, Tensor x, Tensor values, bool alpha_mode)"
+    " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    grads=("x", "values"), save=(1,), fake=_fake, reference=_ref, cpu=True, cuda=True,
+    triton="pyengine.kernels.composite")
 
-
-@_composite_bwd_op.register_fake
-def _(g_weights, g_trans, g_alphas, g_acc, g_opacity, g_depth, packed_info, t_starts, t_ends, x,
-      values, trans, alpha_mode, backend, need_x, need_values):
-    return (torch.empty_like(x) if need_x else x.new_empty(0),
-            torch.empty_like(values) if need_values else values.new_empty(0))
-
-
-# Autograd ----------------------------------------------------------------------------------------
-
-def _fwd_setup(ctx, inputs, output):
-    packed_info, t_starts, t_ends, x, values, alpha_mode, backend = inputs
-    ctx.save_for_backward(packed_info, t_starts, t_ends, x, values, output[1])
-    ctx.alpha_mode, ctx.backend = alpha_mode, backend
-
-
-def _fwd_backward(ctx, *grads):
-    packed_info, t_starts, t_ends, x, values, trans = ctx.saved_tensors
-    need_x, need_v = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-    gx = gv = None
-    if need_x or need_v:
-        R, C = packed_info.shape[0], values.shape[1]
-        shapes = [(x.shape[0],)] * 3 + [(R, C), (R,), (R,)]
-        grads = [g if g is not None else x.new_zeros(s) for g, s in zip(grads, shapes)]
-        gx, gv = torch.ops.pyengine.composite_bwd(*grads, packed_info, t_starts, t_ends, x, values,
-                                                  trans, ctx.alpha_mode, ctx.backend, need_x, need_v)
-    return None, None, None, (gx if need_x else None), (gv if need_v else None), None, None
-
-
-torch.library.register_autograd("pyengine::composite_fwd", _fwd_backward, setup_context=_fwd_setup)
-
-
-# Public functions --------------------------------------------------------------------------------
-
-def _check_tensor(t, name, dtypes, what):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"composite: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"composite: {name} must be {what}, got {t.dtype}")
-
-
-def check_inputs(packed_info, t_starts, t_ends, densities, alphas, values):
-    """Raises TypeError / ValueError naming the argument for bad types, shapes and devices."""
-    if (densities is None) == (alphas is None):
-        which = "both" if densities is not None else "neither"
-        raise ValueError(f"composite: pass exactly one of densities and alphas, got {which}")
-    floats = "float16, bfloat16, float32 or float64"
-    _check_tensor(packed_info, "packed_info", _INT_DTYPES, "int32 or int64")
-    _check_tensor(t_starts, "t_starts", _FLOAT_DTYPES, floats)
-    _check_tensor(t_ends, "t_ends", _FLOAT_DTYPES, floats)
-    x_name = "densities" if densities is not None else "alphas"
-    x = densities if densities is not None else alphas
-    _check_tensor(x, x_name, _FLOAT_DTYPES, floats)
-    if values is not None:
-        _check_tensor(values, "values", _FLOAT_DTYPES, floats)
-    if packed_info.dim() != 2 or packed_info.shape[1] != 2:
-        raise ValueError(f"composite: packed_info must be [R, 2] (start, count), got shape "
-                         f"{tuple(packed_info.shape)}")
-    if t_starts.dim() != 1:
-        raise ValueError(f"composite: t_starts must be [S], got shape {tuple(t_starts.shape)}")
-    S = t_starts.shape[0]
-    for name, t in (("t_ends", t_ends), (x_name, x)):
-        if tuple(t.shape) != (S,):
-            raise ValueError(f"composite: {name} must be [S] = [{S}] like t_starts, got shape {tuple(t.shape)}")
-    if values is not None and (values.dim() != 2 or values.shape[0] != S):
-        raise ValueError(f"composite: values must be [S, C] with S = {S}, got shape {tuple(values.shape)}")
-    for name, t in (("packed_info", packed_info), ("t_ends", t_ends), (x_name, x), ("values", values)):
-        if t is not None and t.device != t_starts.device:
-            raise ValueError(f"composite: {name} is on {t.device} but t_starts on {t_starts.device}")
+SPECS = {"packed_info": T(INDEX, "R 2"), "t_starts": T(FLOAT, "S"), "t_ends": T(FLOAT, "S"),
+         "x": T(FLOAT, "S"), "values": T(FLOAT, "S C", optional=True)}
 
 
 def check_packed_info(packed_info: torch.Tensor, n_samples: int) -> None:
@@ -262,21 +121,23 @@ def composite(packed_info: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.T
         >>> out.accumulated.shape, out.opacity.shape
         (torch.Size([3, 3]), torch.Size([3]))
     """
-    check_inputs(packed_info, t_starts, t_ends, densities, alphas, values)
-    if validate:
-        check_packed_info(packed_info, t_starts.shape[0])
+    if (densities is None) == (alphas is None):
+        which = "both" if densities is not None else "neither"
+        raise ValueError(f"composite: pass exactly one of densities and alphas, got {which}")
     alpha_mode = alphas is not None
     x = alphas if alpha_mode else densities
+    specs = dict(SPECS)
+    specs[("alphas" if alpha_mode else "densities")] = specs.pop("x")
+    check("composite", specs, {"packed_info": packed_info, "t_starts": t_starts, "t_ends": t_ends,
+                               "densities": densities, "alphas": alphas, "values": values})
+    if validate:
+        check_packed_info(packed_info, t_starts.shape[0])
     floats = [t_starts, t_ends, x] + ([values] if values is not None else [])
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in floats) else torch.float32
-    # resolve once here, so errors surface at the call and backward runs the same backend
-    name = _dispatch.select(OP, t_starts.device, backend, dtypes=(dtype,)).name
-    S = t_starts.shape[0]
-    v = values if values is not None else t_starts.new_empty(S, 0)
-    out = torch.ops.pyengine.composite_fwd(
-        packed_info.to(torch.int64).contiguous(), t_starts.to(dtype).contiguous(),
-        t_ends.to(dtype).contiguous(), x.to(dtype).contiguous(), v.to(dtype).contiguous(),
-        alpha_mode, name)
+    v = values if values is not None else t_starts.new_empty(t_starts.shape[0], 0)
+    out = OP(packed_info.to(torch.int64).contiguous(), t_starts.to(dtype).contiguous(),
+             t_ends.to(dtype).contiguous(), x.to(dtype).contiguous(), v.to(dtype).contiguous(), alpha_mode,
+             backend=backend)
     return CompositeResult(*out)
 
 

@@ -1,245 +1,94 @@
 """``hash_encode``: multiresolution hash encoding (Instant-NGP), with backward and double backward.
 
-Layers: ``hash_encode()`` checks inputs and picks a backend name, then calls the registered op
-``torch.ops.pyengine.hash_encode``; its autograd calls ``hash_encode_bwd``, whose own autograd
-(the double backward, for analytic normals and eikonal losses) calls ``hash_encode_bwd_bwd``
-plus the forward and backward with the table replaced by the incoming gradient.
-
-Backends share one signature (that of the compiled ``_C.hash_encode_*`` functions):
-``fwd(x, params, offsets, scales, resolutions, hashed_mask, F, interp)`` and so on.
+``hash_encode()`` checks its inputs and runs the op defined below on the config's layout
+(``kernel_args``). Kernels (``pyengine.reference.hash_encode``, ``pyengine._C``,
+``pyengine.kernels.hash_encode``): ``hash_encode_fwd(x, params, offsets, scales, resolutions,
+hashed_mask, F, interp)``, ``hash_encode_bwd`` and ``hash_encode_bwd_bwd``. The backward is
+itself differentiable (analytic normals, eikonal losses): its autograd below calls
+``hash_encode_bwd_bwd`` plus the forward and backward with the table replaced by the incoming
+gradient.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from types import SimpleNamespace
 
 import torch
 
-from pyengine import _ext
-from pyengine.ops import _dispatch
+from pyengine.ops._define import F32_F64, FLOAT, T, check, define
 from pyengine.reference import hash_encode as _ref
 from pyengine.reference.hash_encode import HashGridConfig, hash_grid_layout
 
 __all__ = ["hash_encode", "HashGridConfig"]
 
-OP = "hash_encode"
-_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INTERP = {"linear": 0, "smoothstep": 1}
 
 
 @lru_cache(maxsize=256)
-def _kernel_args(cfg: HashGridConfig):
+def kernel_args(cfg: HashGridConfig) -> tuple:
+    """(offsets, scales, resolutions, hashed_mask, F, interp): the layout as the kernels take it."""
     lay = hash_grid_layout(cfg)
     mask = sum(1 << i for i, h in enumerate(lay.hashed) if h)
-    return (list(lay.offsets), list(lay.scales), list(lay.resolutions), mask,
-            cfg.n_features_per_level, _INTERP[cfg.interpolation])
+    return (list(lay.offsets), list(lay.scales), list(lay.resolutions), mask, cfg.n_features_per_level,
+            _INTERP[cfg.interpolation])
 
 
-# Reference backend with the compiled functions' signatures, derived by autograd ----------------
+_LAYOUT = "int[] offsets, float[] scales, int[] resolutions, int hashed_mask, int F, int interp"
 
-def _ref_backend(cfg: HashGridConfig):
-    f = lambda x, p: _ref.hash_encode(x, p, cfg)  # noqa: E731
-
-    def fwd(x, params):
-        return f(x, params)
-
-    # torch.func rather than torch.autograd: these run inside the custom op, below the autograd
-    # dispatch key, where the tape would record nothing.
-    def bwd(grad_out, x, params, need_params, need_x):
-        _, vjp = torch.func.vjp(f, x, params)
-        gx, gp = vjp(grad_out.to(params.dtype))
-        return (gp if need_params else None, gx if need_x else None)
-
-    def bwd_bwd(gg_x, grad_out, x, params, need_grad_out, need_x, need_params):
-        def dx_of(go, xs, ps):
-            return torch.func.vjp(f, xs, ps)[1](go)[0]
-
-        _, vjp = torch.func.vjp(dx_of, grad_out.to(params.dtype), x, params)
-        d_go, d_x, d_p = vjp(gg_x.to(x.dtype))
-        return (d_go if need_grad_out else None, d_x if need_x else None, d_p if need_params else None)
-
-    return SimpleNamespace(fwd=fwd, bwd=bwd, bwd_bwd=bwd_bwd)
-
-
-def _compiled_backend(mod, cfg: HashGridConfig):
-    """Wraps a module of C-style functions (pyengine._C or pyengine.kernels.hash_encode)."""
-    a = _kernel_args(cfg)
-    return SimpleNamespace(
-        fwd=lambda x, p: mod.hash_encode_fwd(x, p, *a),
-        bwd=lambda g, x, p, need_p, need_x: mod.hash_encode_bwd(g, x, p, *a, need_p, need_x),
-        bwd_bwd=lambda gg, g, x, p, n_go, n_x, n_p: mod.hash_encode_bwd_bwd(gg, g, x, p, *a, n_go, n_x, n_p),
-    )
-
-
-def _triton_module():
-    from pyengine.kernels import hash_encode as mod
-
-    return mod
-
-
-_dispatch.register(OP, "reference", lambda device, dtypes=(): None, lambda cfg: _ref_backend(cfg))
-_dispatch.register(OP, "cpu", lambda device, dtypes=(): _dispatch.check_cpu_ext(device),
-                   lambda cfg: _compiled_backend(_ext.load(), cfg))
-_dispatch.register(OP, "cuda", lambda device, dtypes=(): _dispatch.check_cuda_ext(device),
-                   lambda cfg: _compiled_backend(_ext.load(), cfg))
 # On GPUs Triton comes first for now: its kernel has been checked against the reference on an H100
 # (bench/RESULTS.md) while the CUDA kernel has only been compiled. Revisit once
 # bench/gpu_check.sh has timed both.
-_dispatch.set_order(OP, "cuda", ("triton", "cuda", "reference"))
-_dispatch.register(OP, "triton", _dispatch.check_triton_float32, lambda cfg: _compiled_backend(_triton_module(), cfg))
+OP = define(
+    "hash_encode", f"(Tensor x, Tensor params, {_LAYOUT}) -> Tensor", grads=("params", "x"),
+    fake=lambda x, params, offsets, scales, *a: x.new_empty((x.shape[0], len(scales) * a[-2]), dtype=params.dtype),
+    reference=_ref, cpu=True, cuda=True, triton="pyengine.kernels.hash_encode",
+    triton_dtypes=(torch.float16, torch.bfloat16, torch.float32), gpu_order=("triton", "cuda", "reference"))
+
+_bwd_bwd = OP.kernel(
+    "hash_encode_bwd_bwd",
+    f"(Tensor gg_x, Tensor grad_out, Tensor x, Tensor params, {_LAYOUT}, bool need_grad_out, bool need_x, "
+    "bool need_params) -> (Tensor, Tensor, Tensor)",
+    fake=lambda gg, go, x, p, *a: tuple(torch.empty_like(t) if n else t.new_empty(0)
+                                        for t, n in zip((go, x, p), a[-3:])),
+    derive=_ref.hash_encode_bwd_bwd,
+    post=lambda args, got: tuple(g if (g is not None and n) else t.new_empty(0)
+                                 for g, t, n in zip(got, args[1:4], args[-3:])))
 
 
-def _backend(name: str, x: torch.Tensor, params: torch.Tensor, cfg: HashGridConfig):
-    b = _dispatch.select(OP, x.device, None if name == "auto" else name, dtypes=(x.dtype, params.dtype))
-    return b.impl(cfg)
-
-
-# Registered ops ----------------------------------------------------------------------------------
-# The config travels as plain scalars so that the schema stays simple for torch.compile.
-
-def _cfg(D, n_levels, F, log2_T, base, pls, interp, grid_type) -> HashGridConfig:
-    return HashGridConfig(D, n_levels, F, log2_T, base, pls, interp, grid_type)
-
-
-@torch.library.custom_op("pyengine::hash_encode", mutates_args=())
-def _hash_encode_op(positions: torch.Tensor, params: torch.Tensor, n_levels: int,
-                    n_features_per_level: int, log2_hashmap_size: int, base_resolution: float,
-                    per_level_scale: float, interpolation: str, grid_type: str,
-                    backend: str) -> torch.Tensor:
-    cfg = _cfg(positions.shape[-1], n_levels, n_features_per_level, log2_hashmap_size,
-               base_resolution, per_level_scale, interpolation, grid_type)
-    return _backend(backend, positions, params, cfg).fwd(positions, params)
-
-
-@_hash_encode_op.register_fake
-def _(positions, params, n_levels, n_features_per_level, *args):
-    return positions.new_empty((positions.shape[0], n_levels * n_features_per_level), dtype=params.dtype)
-
-
-@torch.library.custom_op("pyengine::hash_encode_bwd", mutates_args=())
-def _hash_encode_bwd_op(grad_out: torch.Tensor, positions: torch.Tensor, params: torch.Tensor,
-                        n_levels: int, n_features_per_level: int, log2_hashmap_size: int,
-                        base_resolution: float, per_level_scale: float, interpolation: str,
-                        grid_type: str, backend: str, need_params: bool,
-                        need_positions: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (grad_params, grad_positions); a gradient not asked for is an empty tensor."""
-    cfg = _cfg(positions.shape[-1], n_levels, n_features_per_level, log2_hashmap_size,
-               base_resolution, per_level_scale, interpolation, grid_type)
-    gp, gx = _backend(backend, positions, params, cfg).bwd(
-        grad_out.contiguous(), positions, params, need_params, need_positions)
-    return (gp if gp is not None else params.new_empty(0),
-            gx if gx is not None else positions.new_empty(0))
-
-
-@_hash_encode_bwd_op.register_fake
-def _(grad_out, positions, params, *args):
-    need_params, need_positions = args[-2], args[-1]
-    return (torch.empty_like(params) if need_params else params.new_empty(0),
-            torch.empty_like(positions) if need_positions else positions.new_empty(0))
-
-
-@torch.library.custom_op("pyengine::hash_encode_bwd_bwd", mutates_args=())
-def _hash_encode_bwd_bwd_op(gg_positions: torch.Tensor, grad_out: torch.Tensor,
-                            positions: torch.Tensor, params: torch.Tensor, n_levels: int,
-                            n_features_per_level: int, log2_hashmap_size: int,
-                            base_resolution: float, per_level_scale: float, interpolation: str,
-                            grid_type: str, backend: str, need_grad_out: bool,
-                            need_positions: bool,
-                            need_params: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Terms of the double backward that flow through grad_positions (empty when not asked)."""
-    cfg = _cfg(positions.shape[-1], n_levels, n_features_per_level, log2_hashmap_size,
-               base_resolution, per_level_scale, interpolation, grid_type)
-    dgo, dx, dp = _backend(backend, positions, params, cfg).bwd_bwd(
-        gg_positions.contiguous(), grad_out.contiguous(), positions, params,
-        need_grad_out, need_positions, need_params)
-    return (dgo if dgo is not None else grad_out.new_empty(0),
-            dx if dx is not None else positions.new_empty(0),
-            dp if dp is not None else params.new_empty(0))
-
-
-@_hash_encode_bwd_bwd_op.register_fake
-def _(gg_positions, grad_out, positions, params, *args):
-    n_go, n_x, n_p = args[-3:]
-    return (torch.empty_like(grad_out) if n_go else grad_out.new_empty(0),
-            torch.empty_like(positions) if n_x else positions.new_empty(0),
-            torch.empty_like(params) if n_p else params.new_empty(0))
-
-
-# Autograd ----------------------------------------------------------------------------------------
-
-def _fwd_setup(ctx, inputs, output):
-    positions, params, *cfg = inputs
-    ctx.save_for_backward(positions, params)
-    ctx.cfg = cfg  # n_levels, ..., grid_type, backend
-
-
-def _fwd_backward(ctx, grad):
-    positions, params = ctx.saved_tensors
-    need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    gx = gp = None
-    if need_x or need_p:
-        gp, gx = torch.ops.pyengine.hash_encode_bwd(grad, positions, params, *ctx.cfg, need_p, need_x)
-    return (gx if need_x else None, gp if need_p else None) + (None,) * len(ctx.cfg)
-
+# The double backward: autograd of hash_encode_bwd(grad_out, x, params, *layout, need_params,
+# need_x, backend) -> (grad_params, grad_x).
 
 def _bwd_setup(ctx, inputs, output):
-    grad_out, positions, params, *rest = inputs
-    ctx.save_for_backward(grad_out, positions, params)
-    ctx.cfg = rest[:-2]
+    grad_out, x, params, *rest = inputs
+    ctx.save_for_backward(grad_out, x, params)
+    ctx.layout, ctx.backend = rest[:6], rest[-1]
 
 
 def _defined(t):
     return t is not None and t.numel() > 0
 
 
-def _bwd_backward(ctx, gg_params, gg_positions):
-    grad_out, positions, params = ctx.saved_tensors
+def _bwd_backward(ctx, gg_params, gg_x):
+    grad_out, x, params = ctx.saved_tensors
     n_go, n_x, n_p = ctx.needs_input_grad[:3]
     d_go = d_x = d_p = None
-    if _defined(gg_positions) and (n_go or n_x or n_p):
-        a, b, c = torch.ops.pyengine.hash_encode_bwd_bwd(gg_positions, grad_out, positions, params,
-                                                         *ctx.cfg, n_go, n_x, n_p)
+    if _defined(gg_x) and (n_go or n_x or n_p):
+        a, b, c = _bwd_bwd(gg_x.contiguous(), grad_out, x, params, *ctx.layout, n_go, n_x, n_p, ctx.backend)
         d_go, d_x, d_p = (a if n_go else None), (b if n_x else None), (c if n_p else None)
     if _defined(gg_params):
         # dtable = sum_c w_c(x) g  is linear in g and in the table: its gradient is the forward and
         # the input-backward with the table replaced by gg_params.
         gg_params = gg_params.to(params.dtype)
         if n_go:
-            t = torch.ops.pyengine.hash_encode(positions, gg_params, *ctx.cfg).to(grad_out.dtype)
+            t = OP.fwd(x, gg_params, *ctx.layout, ctx.backend).to(grad_out.dtype)
             d_go = t if d_go is None else d_go + t
         if n_x:
-            _, t = torch.ops.pyengine.hash_encode_bwd(grad_out, positions, gg_params, *ctx.cfg, False, True)
+            _, t = torch.ops.pyengine.hash_encode_bwd(grad_out, x, gg_params, *ctx.layout, False, True, ctx.backend)
             d_x = t if d_x is None else d_x + t
-    return (d_go, d_x, d_p) + (None,) * (len(ctx.cfg) + 2)
+    return (d_go, d_x, d_p) + (None,) * (len(ctx.layout) + 3)
 
 
-torch.library.register_autograd("pyengine::hash_encode", _fwd_backward, setup_context=_fwd_setup)
-torch.library.register_autograd("pyengine::hash_encode_bwd", _bwd_backward, setup_context=_bwd_setup)
-
-
-# Public function ---------------------------------------------------------------------------------
-
-def check_inputs(positions, params, cfg: HashGridConfig):
-    """Raises TypeError / ValueError naming the argument when the inputs do not fit ``cfg``."""
-    if not isinstance(cfg, HashGridConfig):
-        raise TypeError(f"hash_encode: config must be a HashGridConfig, got {type(cfg).__name__}")
-    if not isinstance(positions, torch.Tensor):
-        raise TypeError(f"hash_encode: positions must be a torch.Tensor, got {type(positions).__name__}")
-    if not isinstance(params, torch.Tensor):
-        raise TypeError(f"hash_encode: params must be a torch.Tensor, got {type(params).__name__}")
-    if positions.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"hash_encode: positions must be float32 or float64, got {positions.dtype}")
-    if params.dtype not in _PARAM_DTYPES:
-        raise TypeError(f"hash_encode: params must be float16, bfloat16, float32 or float64, got {params.dtype}")
-    if positions.dim() < 1 or positions.shape[-1] != cfg.n_input_dims:
-        raise ValueError(f"hash_encode: positions must be [..., {cfg.n_input_dims}] "
-                         f"(config.n_input_dims), got shape {tuple(positions.shape)}")
-    if params.dim() != 1 or params.numel() != cfg.n_params():
-        raise ValueError(f"hash_encode: params must be 1-D with {cfg.n_params()} values for this config, "
-                         f"got shape {tuple(params.shape)}")
-    if positions.device != params.device:
-        raise ValueError(f"hash_encode: positions are on {positions.device} but params on {params.device}")
+OP.double_backward(_bwd_backward, _bwd_setup)
 
 
 def hash_encode(positions: torch.Tensor, params: torch.Tensor, config: HashGridConfig,
@@ -262,13 +111,11 @@ def hash_encode(positions: torch.Tensor, params: torch.Tensor, config: HashGridC
         >>> hash_encode(torch.rand(4, 5, 3), params, cfg).shape
         torch.Size([4, 5, 16])
     """
-    cfg = config
-    check_inputs(positions, params, cfg)
-    # resolve once here, so errors surface at the call and backward runs the same backend
-    name = _dispatch.select(OP, positions.device, backend, dtypes=(positions.dtype, params.dtype)).name
+    if not isinstance(config, HashGridConfig):
+        raise TypeError(f"hash_encode: config must be a HashGridConfig, got {type(config).__name__}")
+    check("hash_encode", {"positions": T(F32_F64, "... D"), "params": T(FLOAT, "P")},
+          {"positions": positions, "params": params}, D=config.n_input_dims, P=config.n_params())
     batch = positions.shape[:-1]
-    x = positions.reshape(-1, cfg.n_input_dims).contiguous()
-    out = torch.ops.pyengine.hash_encode(
-        x, params.contiguous(), cfg.n_levels, cfg.n_features_per_level, cfg.log2_hashmap_size,
-        float(cfg.base_resolution), float(cfg.per_level_scale), cfg.interpolation, cfg.grid_type, name)
-    return out.reshape(*batch, cfg.n_output_dims)
+    x = positions.reshape(-1, config.n_input_dims).contiguous()
+    out = OP(x, params.contiguous(), *kernel_args(config), backend=backend)
+    return out.reshape(*batch, config.n_output_dims)

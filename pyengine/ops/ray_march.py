@@ -1,104 +1,46 @@
 """``ray_march``: fixed-step or cone-angle marching through a cascaded occupancy grid.
 
 The replacement for nerfacc's ``traverse_grids`` marching path: the samples of every ray whose
-midpoints fall in occupied cells, packed ray by ray. Layers: ``ray_march()`` checks inputs and
-picks a backend name, then calls the registered op ``torch.ops.pyengine.ray_march``. Not
-differentiable (t's carry no gradient; the public function runs under ``torch.no_grad``).
-
-Backends: ``cuda`` and ``cpu`` (pyengine._C: a count pass, an exclusive scan with torch.cumsum,
-a fill pass; one thread per ray) and ``reference`` (pyengine/reference/ray_march.py, the
-specification). All share the signature
-``fn(rays_o, rays_d, t_min, t_max, binaries, roi_aabb, step_size, cone_angle, jitter)`` and
-return bit-identical samples (float32 throughout, same operation order; see the header comment
-of csrc/include/pyengine/ray_march.h).
+midpoints fall in occupied cells, packed ray by ray. Not differentiable (t's carry no gradient;
+the public function runs under ``torch.no_grad``). Kernels (``pyengine.reference.ray_march``,
+``pyengine._C``: a count pass, an exclusive scan, a fill pass bounded by each ray's count; one
+thread per ray): ``ray_march(rays_o, rays_d, t_min, t_max, binaries, roi_aabb, step_size,
+cone_angle, jitter, max_steps)``. All return bit-identical samples (float32 throughout, same
+operation order; see the header comment of csrc/include/pyengine/ray_march.h).
 """
 
 from __future__ import annotations
 
 import torch
 
-from pyengine import _ext
-from pyengine.ops import _dispatch
+from pyengine.ops._define import BOOL, F32, T, check, define
 from pyengine.reference import ray_march as _ref
 
-__all__ = ["ray_march"]
+__all__ = ["ray_march", "DEFAULT_MAX_STEPS"]
 
-OP = "ray_march"
-
-_dispatch.register(OP, "reference", lambda device: None, lambda: _ref.ray_march)
-_dispatch.register(OP, "cpu", lambda device: _dispatch.check_cpu_ext(device), lambda: _ext.load().ray_march)
-_dispatch.register(OP, "cuda", lambda device: _dispatch.check_cuda_ext(device), lambda: _ext.load().ray_march)
+DEFAULT_MAX_STEPS = 1 << 20
 
 
-@torch.library.custom_op("pyengine::ray_march", mutates_args=())
-def _ray_march_op(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor,
-                  binaries: torch.Tensor, roi_aabb: torch.Tensor, step_size: float, cone_angle: float,
-                  jitter: torch.Tensor | None,
-                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (packed_info [R, 2] int64, ray_indices [S] int64, t_starts [S], t_ends [S])."""
-    fn = _dispatch.select(OP, rays_o.device, None if backend == "auto" else backend).impl()
-    c = lambda t: None if t is None else t.contiguous()
-    return fn(c(rays_o), c(rays_d), c(t_min), c(t_max), c(binaries), c(roi_aabb), step_size, cone_angle,
-              c(jitter))
-
-
-@_ray_march_op.register_fake
-def _(rays_o, rays_d, t_min, t_max, binaries, roi_aabb, step_size, cone_angle, jitter, backend):
+def _fake(rays_o, *args):
     S = torch.library.get_ctx().new_dynamic_size()  # the number of samples depends on the data
     R = rays_o.shape[0]
     return (rays_o.new_empty((R, 2), dtype=torch.int64), rays_o.new_empty((S,), dtype=torch.int64),
             rays_o.new_empty((S,)), rays_o.new_empty((S,)))
 
 
-def check_inputs(rays_o, rays_d, t_min, t_max, binaries, roi_aabb, step_size, cone_angle, jitter):
-    """Raises TypeError / ValueError naming the argument when the inputs are malformed.
+OP = define("ray_march", "(Tensor rays_o, Tensor rays_d, Tensor t_min, Tensor t_max, Tensor binaries, "
+            "Tensor roi_aabb, float step_size, float cone_angle, Tensor? jitter, int max_steps) "
+            "-> (Tensor, Tensor, Tensor, Tensor)", fake=_fake, reference=_ref, cpu=True, cuda=True)
 
-    Value checks on tensors (``roi_aabb`` max > min, ``jitter`` in [0, 1)) read one small result
-    back from the device (a sync on CUDA, which the op has anyway to size its outputs).
-    """
-    named = [("rays_o", rays_o), ("rays_d", rays_d), ("t_min", t_min), ("t_max", t_max),
-             ("binaries", binaries), ("roi_aabb", roi_aabb)] + ([("jitter", jitter)] if jitter is not None else [])
-    for name, t in named:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"ray_march: {name} must be a torch.Tensor, got {type(t).__name__}")
-        want = torch.bool if name == "binaries" else torch.float32
-        if t.dtype != want:
-            raise TypeError(f"ray_march: {name} must be {want}, got {t.dtype}")
-        if t.device != rays_o.device:
-            raise ValueError(f"ray_march: rays_o is on {rays_o.device} but {name} on {t.device}")
-    if rays_o.dim() != 2 or rays_o.shape[1] != 3:
-        raise ValueError(f"ray_march: rays_o must be [R, 3], got shape {tuple(rays_o.shape)}")
-    R = rays_o.shape[0]
-    if rays_d.shape != rays_o.shape:
-        raise ValueError(f"ray_march: rays_d must be [{R}, 3] like rays_o, got shape {tuple(rays_d.shape)}")
-    for name, t in (("t_min", t_min), ("t_max", t_max), ("jitter", jitter)):
-        if t is not None and tuple(t.shape) != (R,):
-            raise ValueError(f"ray_march: {name} must be [{R}] (one value per ray), got shape {tuple(t.shape)}")
-    if binaries.dim() != 4 or min(binaries.shape) < 1:
-        raise ValueError(f"ray_march: binaries must be [L, X, Y, Z] with every size >= 1, got shape "
-                         f"{tuple(binaries.shape)}")
-    if tuple(roi_aabb.shape) != (6,):
-        raise ValueError(f"ray_march: roi_aabb must be [6] (xmin, ymin, zmin, xmax, ymax, zmax), got shape "
-                         f"{tuple(roi_aabb.shape)}")
-    if not float(step_size) > 0:
-        raise ValueError(f"ray_march: step_size must be > 0, got {step_size}")
-    if not float(cone_angle) >= 0:
-        raise ValueError(f"ray_march: cone_angle must be >= 0, got {cone_angle}")
-    flags = [(roi_aabb[3:] > roi_aabb[:3]).all()]
-    if jitter is not None and jitter.numel() > 0:
-        flags.append(((jitter >= 0) & (jitter < 1)).all())
-    flags = torch.stack(flags).tolist()
-    if not flags[0]:
-        raise ValueError(f"ray_march: roi_aabb must have max > min on every axis, got {roi_aabb.tolist()}")
-    if len(flags) > 1 and not flags[1]:
-        raise ValueError(f"ray_march: jitter must lie in [0, 1), got values in "
-                         f"[{jitter.min().item()}, {jitter.max().item()}]")
+SPECS = {"rays_o": T(F32, "R 3"), "rays_d": T(F32, "R 3"), "t_min": T(F32, "R"), "t_max": T(F32, "R"),
+         "binaries": T(BOOL, "L X Y Z"), "roi_aabb": T(F32, "6"), "jitter": T(F32, "R", optional=True)}
 
 
 @torch.no_grad()
 def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor,
               binaries: torch.Tensor, roi_aabb: torch.Tensor, step_size: float, cone_angle: float = 0.0,
-              jitter: torch.Tensor | None = None, *, backend: str | None = None):
+              jitter: torch.Tensor | None = None, *, max_steps: int = DEFAULT_MAX_STEPS,
+              validate: bool = True, backend: str | None = None):
     """Marches rays through a cascaded occupancy grid and keeps the steps in occupied cells.
 
     Steps ``[t_k, min(t_k + dt(t_k), t_max)]`` from ``t_0 = t_min + jitter * dt(t_min)`` while
@@ -117,6 +59,12 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         step_size: minimum step, > 0. cone_angle: >= 0; 0 gives fixed steps.
         jitter: optional [R] float32 in [0, 1), the first step's offset in units of ``dt(t_min)``
             (stratified sampling).
+        max_steps: at most this many steps are marched per ray, occupied or not (> 0); bounds
+            the work of a ray with a huge ``[t_min, t_max]``. The default is far above what a
+            scene of 1024 steps across needs.
+        validate: check the values of ``roi_aabb`` (max > min) and ``jitter`` (in [0, 1)),
+            which reads one flag back from the device. The op syncs once anyway to size its
+            outputs; pass False in a training loop to keep it to that one.
         backend: "cuda", "cpu" or "reference"; default: automatic (see ``_dispatch``).
 
     Returns:
@@ -131,7 +79,26 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         >>> info.tolist(), t0.tolist(), t1.tolist()
         ([[0, 4]], [1.0, 1.5, 2.0, 2.5], [1.5, 2.0, 2.5, 3.0])
     """
-    check_inputs(rays_o, rays_d, t_min, t_max, binaries, roi_aabb, step_size, cone_angle, jitter)
-    name = _dispatch.select(OP, rays_o.device, backend).name
-    return torch.ops.pyengine.ray_march(rays_o, rays_d, t_min, t_max, binaries, roi_aabb, float(step_size),
-                                        float(cone_angle), jitter, name)
+    check("ray_march", SPECS, locals())
+    if min(binaries.shape) < 1:
+        raise ValueError(f"ray_march: binaries must be [L, X, Y, Z] with every size >= 1, got shape "
+                         f"{tuple(binaries.shape)}")
+    if not float(step_size) > 0:
+        raise ValueError(f"ray_march: step_size must be > 0, got {step_size}")
+    if not float(cone_angle) >= 0:
+        raise ValueError(f"ray_march: cone_angle must be >= 0, got {cone_angle}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"ray_march: max_steps must be an int >= 1, got {max_steps!r}")
+    if validate:
+        flags = [(roi_aabb[3:] > roi_aabb[:3]).all()]
+        if jitter is not None and jitter.numel() > 0:
+            flags.append(((jitter >= 0) & (jitter < 1)).all())
+        flags = torch.stack(flags).tolist()
+        if not flags[0]:
+            raise ValueError(f"ray_march: roi_aabb must have max > min on every axis, got {roi_aabb.tolist()}")
+        if len(flags) > 1 and not flags[1]:
+            raise ValueError(f"ray_march: jitter must lie in [0, 1), got values in "
+                             f"[{jitter.min().item()}, {jitter.max().item()}]")
+    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    return OP(c(rays_o), c(rays_d), c(t_min), c(t_max), c(binaries), c(roi_aabb), float(step_size),
+              float(cone_angle), c(jitter), int(max_steps), backend=backend)

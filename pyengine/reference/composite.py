@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["CompositeResult", "composite"]
+__all__ = ["CompositeResult", "composite", "composite_fwd"]
 
 
 class CompositeResult(NamedTuple):
@@ -123,3 +123,9 @@ def composite(packed_info: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.T
         opacity=opacity,
         depth=depth,
     )
+
+
+def composite_fwd(packed_info, t_starts, t_ends, x, values, alpha_mode):
+    """``composite`` with the kernels' arguments: x is the densities or (alpha_mode) the alphas."""
+    dens, alph = (None, x) if alpha_mode else (x, None)
+    return tuple(composite(packed_info, t_starts, t_ends, dens, alph, values))

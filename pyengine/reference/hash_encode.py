@@ -159,13 +159,15 @@ def _fma(x: torch.Tensor, a: torch.Tensor, b: float) -> torch.Tensor:
     return (x.double() * a.double() + b).to(x.dtype)
 
 
-def hash_encode(positions: torch.Tensor, params: torch.Tensor, cfg: HashGridConfig) -> torch.Tensor:
+def hash_encode(positions: torch.Tensor, params: torch.Tensor, cfg: HashGridConfig,
+                layout: HashGridLayout | None = None) -> torch.Tensor:
     """Multiresolution hash encoding, plain PyTorch (differentiable to any order by autograd).
 
     Args:
         positions: [..., D] floating point, expected in [0, 1] (clamped otherwise).
         params: [n_params * F] flat table (``cfg.n_params()`` values), any float dtype.
         cfg: the grid's hyper-parameters.
+        layout: ``hash_grid_layout(cfg)``, or the layout to use instead (kernel arguments).
 
     Returns:
         [..., L * F] in ``params.dtype``; computed in float64 when either input is float64,
@@ -178,7 +180,7 @@ def hash_encode(positions: torch.Tensor, params: torch.Tensor, cfg: HashGridConf
         torch.Size([10, 8])
     """
     D, L, F = cfg.n_input_dims, cfg.n_levels, cfg.n_features_per_level
-    lay = hash_grid_layout(cfg)
+    lay = layout if layout is not None else hash_grid_layout(cfg)
     compute = torch.float64 if torch.float64 in (positions.dtype, params.dtype) else torch.float32
     batch = positions.shape[:-1]
     x = _clamp_unit(positions.reshape(-1, D).to(compute))
@@ -214,3 +216,35 @@ def hash_encode(positions: torch.Tensor, params: torch.Tensor, cfg: HashGridConf
         outs.append((w[..., None] * feats).sum(1))
     out = torch.cat(outs, dim=-1) if outs else x.new_zeros(N, 0)
     return out.to(params.dtype).reshape(*batch, L * F)
+
+
+# The kernels' arguments: the layout as plain lists (see pyengine.ops.hash_encode.kernel_args).
+
+def _config_of(D, offsets, scales, resolutions, hashed_mask, F, interp) -> tuple[HashGridConfig, HashGridLayout]:
+    L = len(scales)
+    lay = HashGridLayout(tuple(offsets), tuple(float(s) for s in scales), tuple(resolutions),
+                         tuple(bool(hashed_mask >> level & 1) for level in range(L)))
+    # only D, L, F and the interpolation of the config are read once the layout is given
+    cfg = HashGridConfig(D, L, F, interpolation=("linear", "smoothstep")[interp])
+    return cfg, lay
+
+
+def hash_encode_fwd(x, params, offsets, scales, resolutions, hashed_mask, F, interp):
+    """``hash_encode`` with the kernels' arguments: x [N, D], the layout as lists -> [N, L * F]."""
+    cfg, lay = _config_of(x.shape[-1], offsets, scales, resolutions, hashed_mask, F, interp)
+    return hash_encode(x, params, cfg, layout=lay)
+
+
+def hash_encode_bwd_bwd(gg_x, grad_out, x, params, offsets, scales, resolutions, hashed_mask, F, interp,
+                        need_grad_out, need_x, need_params):
+    """Gradients of ``<gg_x, d/dx <grad_out, hash_encode(x, params)>>`` w.r.t. grad_out, x and
+    params (the terms of the double backward that flow through the positions-gradient)."""
+    def f(xs, ps):
+        return hash_encode_fwd(xs, ps, offsets, scales, resolutions, hashed_mask, F, interp)
+
+    def dx_of(go, xs, ps):
+        return torch.func.vjp(f, xs, ps)[1](go)[0]
+
+    _, vjp = torch.func.vjp(dx_of, grad_out.to(params.dtype), x, params)
+    d_go, d_x, d_p = vjp(gg_x.to(x.dtype))
+    return (d_go if need_grad_out else None, d_x if need_x else None, d_p if need_params else None)

@@ -1,4 +1,4 @@
-"""composite: every backend against the reference, forward and backward, both modes; pack_info."""
+"""composite: semantics by hand, then every backend against the reference through the harness."""
 
 import math
 
@@ -7,16 +7,17 @@ import torch
 
 import pyengine
 from pyengine.ops import _dispatch
+from pyengine.ops import composite as composite_mod
 from pyengine.ops.composite import CompositeResult, composite, pack_info
 from pyengine.reference import composite as ref_mod
 from tests.helpers import assert_close
+from tests.op_harness import Bad, Case, OpSuite
 
 # backends that run on CPU tensors here; Triton only under its interpreter (no GPU)
-CPU_BACKENDS = ["cpu"] + (["triton"] if _dispatch.triton_interpret() else [])
+CPU_BACKENDS = ["cpu"] + (["triton"] if _dispatch.triton_interpret() and not torch.cuda.is_available() else [])
 ALL_CPU = ["reference"] + CPU_BACKENDS
 NAMES = CompositeResult._fields
 FP32_TOL = {"atol": 1e-5, "rtol": 1e-4}
-GRADCHECK_EPS, GRADCHECK_ATOL = 1e-6, 1e-6
 # rays with no sample, one sample, a long one, and ordinary ones
 COUNTS = [3, 0, 1, 300, 0, 2, 17, 5, 1, 0, 9]
 
@@ -132,45 +133,7 @@ def test_reference_matches_a_plain_loop():
             assert abs(out.opacity[r].item() - op) < 1e-12 and abs(out.depth[r].item() - depth) < 1e-12
 
 
-# --------------------------------------------------------------------------------- forward / backward
-
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("alpha_mode", [False, True], ids=["density", "alpha"])
-@pytest.mark.parametrize("C", [0, 1, 3, 7, 33])  # 7, 33: the kernels' bounded and runtime-C paths
-def test_forward_backward_against_reference(backend, alpha_mode, C):
-    counts = COUNTS if backend != "triton" else [3, 0, 1, 40, 0, 2, 5]
-    pi, t0, t1, x, v = make(counts, C, alpha_mode, seed=C)
-    want = run("reference", pi, t0.double(), t1.double(), x.double(), None if v is None else v.double(), alpha_mode)
-    got = run(backend, pi, t0, t1, x, v, alpha_mode)
-    assert all(o.dtype == torch.float32 for o in got[0])
-    compare(got, want, f"{backend} C={C}")
-
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_float64(backend):
-    if backend == "triton":
-        pi, t0, t1, x, v = make(dtype=torch.float64)
-        with pytest.raises(pyengine.BackendError, match="float32"):
-            composite(pi, t0, t1, densities=x, backend=backend)
-        return
-    for alpha_mode in (False, True):
-        pi, t0, t1, x, v = make(COUNTS, 3, alpha_mode, dtype=torch.float64)
-        got = run(backend, pi, t0, t1, x, v, alpha_mode)
-        assert got[0][0].dtype == torch.float64
-        compare(got, run("reference", pi, t0, t1, x, v, alpha_mode), backend, {"atol": 1e-12, "rtol": 1e-10})
-
-
-@pytest.mark.parametrize("backend", ALL_CPU)
-@pytest.mark.parametrize("counts", [[], [0, 0, 0], [1], [0, 1, 0]], ids=["R=0", "S=0", "one", "one-of-three"])
-def test_empty_and_tiny(backend, counts):
-    pi, t0, t1, x, v = make(counts, C=2)
-    for alpha_mode in (False, True):
-        got = run(backend, pi, t0, t1, x, v, alpha_mode)
-        R, S = len(counts), t0.shape[0]
-        assert [tuple(o.shape) for o in got[0]] == [(S,), (S,), (S,), (R, 2), (R,), (R,)]
-        assert got[1].shape == (S,) and got[2].shape == (S, 2)
-        compare(got, run("reference", pi, t0, t1, x, v, alpha_mode), f"{backend} {counts}")
+# --------------------------------------------------------------------------------- special cases
 
 
 @pytest.mark.parametrize("backend", ALL_CPU)
@@ -187,24 +150,6 @@ def test_opaque_sample_keeps_its_exact_gradient(backend):
     compare(got, want, backend)
     assert got[0][1][3:].abs().max() == 0  # transmittance behind the opaque sample
     assert torch.isfinite(got[1]).all() and got[1][2] != 0
-
-
-def _composite_fn(pi, t0, t1, alpha_mode, backend):
-    """(x, values) -> the six outputs as a tuple, for gradcheck."""
-    def fn(xs, vs):
-        kw = {"alphas": xs} if alpha_mode else {"densities": xs}
-        return tuple(composite(pi, t0, t1, values=vs, backend=backend, **kw))
-
-    return fn
-
-
-def test_gradcheck_reference_and_cpu():
-    for alpha_mode in (False, True):
-        pi, t0, t1, x, v = make([3, 0, 1, 4], C=2, alpha_mode=alpha_mode, dtype=torch.float64)
-        for backend in ("reference", "cpu"):
-            inputs = (x.clone().requires_grad_(), v.clone().requires_grad_())
-            fn = _composite_fn(pi, t0, t1, alpha_mode, backend)
-            assert torch.autograd.gradcheck(fn, inputs, eps=GRADCHECK_EPS, atol=GRADCHECK_ATOL), (backend, alpha_mode)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -286,32 +231,8 @@ def test_pack_info_errors():
 # --------------------------------------------------------------------------------- checks & registration
 
 
-def test_bad_inputs_raise_clear_errors():
+def test_packed_info_values_are_checked():
     pi, t0, t1, x, v = make([2, 3], C=2)
-    with pytest.raises(ValueError, match="exactly one of densities and alphas, got both"):
-        composite(pi, t0, t1, densities=x, alphas=x)
-    with pytest.raises(ValueError, match="got neither"):
-        composite(pi, t0, t1)
-    with pytest.raises(TypeError, match="packed_info must be int32 or int64"):
-        composite(pi.float(), t0, t1, densities=x)
-    with pytest.raises(ValueError, match=r"packed_info must be \[R, 2\]"):
-        composite(pi.reshape(-1), t0, t1, densities=x)
-    with pytest.raises(TypeError, match="t_starts must be float16"):
-        composite(pi, t0.long(), t1, densities=x)
-    with pytest.raises(TypeError, match="alphas must be float16"):
-        composite(pi, t0, t1, alphas=x.int())
-    with pytest.raises(TypeError, match="densities must be a torch.Tensor"):
-        composite(pi, t0, t1, densities=[1.0] * 5)
-    with pytest.raises(ValueError, match=r"t_ends must be \[S\] = \[5\]"):
-        composite(pi, t0, t1[:-1], densities=x)
-    with pytest.raises(ValueError, match=r"densities must be \[S\] = \[5\]"):
-        composite(pi, t0, t1, densities=x[:, None])
-    with pytest.raises(ValueError, match=r"t_starts must be \[S\]"):
-        composite(pi, t0[:, None], t1, densities=x)
-    with pytest.raises(ValueError, match=r"values must be \[S, C\] with S = 5"):
-        composite(pi, t0, t1, densities=x, values=v[:, 0])
-    with pytest.raises(ValueError, match="values is on meta but t_starts on cpu"):
-        composite(pi, t0, t1, densities=x, values=v.to("meta"))
     with pytest.raises(ValueError, match="counts must be >= 0; ray 1 has count -1"):
         composite(torch.tensor([[0, 2], [2, -1]]), t0, t1, densities=x)
     with pytest.raises(ValueError, match="starts must be >= 0; ray 0 starts at -1"):
@@ -322,12 +243,6 @@ def test_bad_inputs_raise_clear_errors():
         composite(torch.tensor([[0, 3], [2, 3]]), t0, t1, densities=x)
     with pytest.raises(ValueError, match=r"must not overlap; ray 1 covers \[0, 3\) and ray 0 starts at 2"):
         composite(torch.tensor([[2, 3], [0, 3]]), t0, t1, densities=x)
-    with pytest.raises(ValueError, match="unknown backend 'fast'"):
-        composite(pi, t0, t1, densities=x, backend="fast")
-    with pytest.raises(pyengine.BackendError, match="'cuda'.*CUDA tensors"):
-        composite(pi, t0, t1, densities=x, backend="cuda")
-    with pytest.raises(ValueError, match="must not overlap"):
-        composite(torch.tensor([[0, 3], [2, 3]]), t0, t1, densities=x, validate=True)
     composite(torch.tensor([[0, 3], [2, 3]]), t0, t1, densities=x, validate=False, backend="reference")  # unchecked
     # rays out of order, an empty ray inside another's range, samples left uncovered: all valid
     out = composite(torch.tensor([[3, 2], [1, 0], [0, 2]]), t0, t1, densities=x)
@@ -347,62 +262,68 @@ def test_kernels_clamp_bad_ranges(backend):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_opcheck(backend):
-    pi, t0, t1, x, v = make([3, 0, 2, 4], C=2)
-    for alpha_mode in (False, True):
-        xs = (x.clamp(max=1) if alpha_mode else x).requires_grad_()
-        args = (pi, t0, t1, xs, v.clone().requires_grad_(), alpha_mode, backend)
-        torch.library.opcheck(torch.ops.pyengine.composite_fwd.default, args)
-        out = torch.ops.pyengine.composite_fwd(*args)
-        if backend == "reference":
-            # the reference backward runs torch.func.vjp, whose wrapped tensors have no storage
-            # for opcheck's eager cross-checks to read (hash_encode's reference is no different)
-            continue
-        grads = tuple(torch.randn_like(o) for o in out)
-        torch.library.opcheck(torch.ops.pyengine.composite_bwd.default,
-                              grads + (pi, t0, t1, xs.detach(), v, out[1].detach(), alpha_mode, backend, True, True))
+# --------------------------------------------------------------------------------- the harness
 
 
-def test_torch_compile_traces_through():
-    pi, t0, t1, x, v = make([3, 0, 2, 4], C=2)
+def _case(counts, C, alpha_mode, **kw):
+    def make_(g, dtype, device):
+        pi, t0, t1, x, v = make(counts, C, alpha_mode, dtype=dtype, seed=int(torch.randint(0, 2**31, (1,),
+                                                                                        generator=g)), device=device)
+        return (pi, t0, t1), {("alphas" if alpha_mode else "densities"): x, "values": v}
 
-    @torch.compile(backend="aot_eager", fullgraph=True)
-    def f(xs, vs):
-        return torch.ops.pyengine.composite_fwd(pi, t0, t1, xs, vs, False, "cpu")[3].sum(-1)
-
-    assert_close(f(x, v), ref_mod.composite(pi, t0, t1, densities=x, values=v).accumulated.sum(-1), **FP32_TOL)
-
-
-# --------------------------------------------------------------------------------- GPU
+    return Case(f"{'alpha' if alpha_mode else 'density'}-C{C}-R{len(counts)}", make_, **kw)
 
 
-# the Triton kernel computes in float32, so it has no float64 case
-GPU_BACKEND_DTYPES = [("cuda", torch.float32), ("cuda", torch.float64), ("triton", torch.float32)]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend,dtype", GPU_BACKEND_DTYPES)
-@pytest.mark.parametrize("alpha_mode", [False, True], ids=["density", "alpha"])
-@pytest.mark.parametrize("C", [0, 1, 3, 7, 33])  # 7, 33: the kernels' bounded and runtime-C paths
-def test_gpu_backends(backend, dtype, alpha_mode, C):
-    g = torch.Generator().manual_seed(C)
+def _many_rays():
+    g = torch.Generator().manual_seed(7)
     counts = torch.randint(0, 40, (3000,), generator=g)
     counts[::97] = 0
     counts[5], counts[6], counts[7] = 1, 300, 1000
-    pi, t0, t1, x, v = make(counts.tolist(), C, alpha_mode, dtype=dtype, seed=C)
-    want = run("reference", pi, t0.double(), t1.double(), x.double(), None if v is None else v.double(), alpha_mode)
-    cuda = lambda t: None if t is None else t.cuda()
-    got = run(backend, *map(cuda, (pi, t0, t1, x, v)), alpha_mode, upstream=None)
-    got = ([o.cpu() for o in got[0]], got[1].cpu(), None if got[2] is None else got[2].cpu())
-    tol = FP32_TOL if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-10}
-    compare(got, want, f"{backend} {dtype} C={C}", tol)
+    return counts.tolist()
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_gpu_empty(backend):
-    for counts in ([], [0, 0], [0, 1, 0]):
-        pi, t0, t1, x, v = make(counts, C=2, device="cuda")
-        out, gx, _gv = run(backend, pi, t0, t1, x, v, False)
-        assert out[3].shape == (len(counts), 2) and gx.shape == t0.shape
+CASES = ([_case(COUNTS, C, am, triton=C in (0, 3, 33)) for am in (False, True) for C in (0, 1, 3, 7, 33)]
+         + [_case(c, 2, am) for am in (False, True) for c in ([], [0, 0, 0], [1], [0, 1, 0])]  # empty and tiny
+         + [_case(_many_rays(), 3, am, cpu=False) for am in (False, True)]
+         + [_case([3, 0, 1, 4], 2, am) for am in (False, True)])
+
+
+def _base(g, device):
+    pi, t0, t1, x, v = make([2, 3], C=2, device=device)
+    return (pi, t0, t1), {"densities": x, "values": v}
+
+
+def _set(**changes):
+    def mutate(args, kwargs):
+        names = ["packed_info", "t_starts", "t_ends"]
+        for k, f in changes.items():
+            if k in names:
+                args[names.index(k)] = f(args[names.index(k)])
+            else:
+                kwargs[k] = f(kwargs.get(k, kwargs.get("densities")))
+        return args, kwargs
+    return mutate
+
+
+BAD = [
+    Bad("both-modes", _set(alphas=lambda x: x), ValueError, "exactly one of densities and alphas, got both"),
+    Bad("neither-mode", lambda a, k: (a, {"values": k["values"]}), ValueError, "got neither"),
+    Bad("float-packed-info", _set(packed_info=lambda t: t.float()), TypeError, "packed_info must be int32 or int64"),
+    Bad("flat-packed-info", _set(packed_info=lambda t: t.reshape(-1)), ValueError, r"packed_info must be \[R, 2\]"),
+    Bad("int-t-starts", _set(t_starts=lambda t: t.long()), TypeError, "t_starts must be float16"),
+    Bad("not-a-tensor", _set(densities=lambda t: [1.0] * 5), TypeError, "densities must be a torch.Tensor"),
+    Bad("short-t-ends", _set(t_ends=lambda t: t[:-1]), ValueError,
+        r"t_ends must be \[S\] with S = 5 \(from t_starts\), got shape \(4,\)"),
+    Bad("2d-densities", _set(densities=lambda t: t[:, None]), ValueError, r"densities must be \[S\] with S = 5"),
+    Bad("1d-values", _set(values=lambda t: t[:, 0]), ValueError, r"values must be \[S, C\] with S = 5"),
+    Bad("meta-values", _set(values=lambda t: t.to("meta")), ValueError, "values is on meta but packed_info is on cpu"),
+    Bad("unknown-backend", lambda a, k: (a, {**k, "backend": "fast"}), ValueError, "unknown backend 'fast'"),
+    Bad("cuda-on-cpu", lambda a, k: (a, {**k, "backend": "cuda"}), pyengine.BackendError, "'cuda'.*CUDA tensors"),
+    Bad("triton-float64", lambda a, k: ([a[0], a[1].double(), a[2]], {**k, "backend": "triton"}),
+        pyengine.BackendError, "computes in float32"),
+]
+
+SUITE = OpSuite(composite_mod.OP, composite, CASES, grads=("densities", "alphas", "values"),
+                tol={torch.float32: (1e-5, 1e-4), torch.float64: (1e-12, 1e-10)}, base=_base, bad=BAD,
+                gradcheck_case="density-C2-R4", compile_kwargs={"validate": False})
+globals().update(SUITE.tests())
