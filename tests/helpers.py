@@ -5,7 +5,10 @@ def assert_close(actual, expected, atol, rtol, what=""):
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     a, e = actual.double(), expected.double()
     diff = (a - e).abs()
-    bad = diff > atol + rtol * e.abs()
+    # equal values (infinities included) and NaN against NaN agree; any other NaN does not
+    same = (a == e) | (a.isnan() & e.isnan())
+    bad = ~same & ~(diff <= atol + rtol * e.abs())
+    diff = torch.where(same, torch.zeros_like(diff), diff)
     if bad.any():
         raise AssertionError(
             f"{what}: {int(bad.sum())}/{diff.numel()} elements differ; max abs diff {diff.max().item():.3e}, "

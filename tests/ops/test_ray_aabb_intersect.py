@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import pyengine
+from pyengine.ops import ray_aabb_intersect as op_mod
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 from pyengine.reference import ray_aabb_intersect as ref_mod
+from tests.op_harness import Bad, Case, OpSuite
 
 INF = math.inf
 BOX = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
@@ -45,23 +47,7 @@ def nerfacc_formula(o, d, aabbs):
     return t_min, t_max, (t_max > t_min) & (t_max > 0)
 
 
-# --------------------------------------------------------------------------------- against the reference
-
-
-@pytest.mark.parametrize("backend", ["cpu"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("planes", [(-INF, INF, INF), (0.0, 2.5, -1.0), (0.3, 0.3, 1e10)])
-def test_matches_reference_bitwise(backend, dtype, planes):
-    seed = torch.seed() % 2**31
-    o, d, aabbs = random_case(301, 7, dtype, seed=seed)
-    near, far, miss = planes
-    got = ray_aabb_intersect(o, d, aabbs, near, far, miss, backend=backend)
-    want = ref_mod.ray_aabb_intersect(o, d, aabbs, near, far, miss)
-    for name, a, b in zip(("t_mins", "t_maxs", "hits"), got, want):
-        assert a.dtype == b.dtype and a.shape == (301, 7), name
-        bad = ~((a == b) | (a.isnan() & b.isnan()))
-        assert not bad.any(), f"{backend} {name} (seed {seed}): {int(bad.sum())} of {a.numel()} differ"
-    assert got[2].any() and not got[2].all()
+# --------------------------------------------------------------------------------- semantics
 
 
 def test_agrees_with_nerfacc_formula_on_generic_rays():
@@ -81,14 +67,6 @@ def test_agrees_with_nerfacc_formula_on_generic_rays():
     p = o[:, None] + mid[..., None] * d[:, None]
     inside = ((p >= aabbs[None, :, :3] - 1e-9) & (p <= aabbs[None, :, 3:] + 1e-9)).all(-1)
     assert inside[hit].all()
-
-
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_empty_inputs(backend):
-    o, d, aabbs = random_case(4, 3)
-    for a, b, c in ((o[:0], d[:0], aabbs), (o, d, aabbs[:0])):
-        t0, t1, hit = ray_aabb_intersect(a, b, c, backend=backend)
-        assert t0.shape == t1.shape == hit.shape == (a.shape[0], c.shape[0]) and hit.dtype == torch.bool
 
 
 # --------------------------------------------------------------------------------- hand-made cases
@@ -137,52 +115,54 @@ def test_parallel_and_touching(backend):
     assert one([float("nan"), 0, 0], [1, 0, 0], backend=backend)[2] is False
 
 
-# --------------------------------------------------------------------------------- checks
+# --------------------------------------------------------------------------------- the harness
 
 
-def test_bad_inputs_raise_clear_errors():
-    o, d, aabbs = random_case(5, 2)
-    with pytest.raises(ValueError, match=r"rays_o must be \[N, 3\]"):
-        ray_aabb_intersect(o[:, :2], d, aabbs)
-    with pytest.raises(ValueError, match=r"rays_d must be \[5, 3\]"):
-        ray_aabb_intersect(o, d[:4], aabbs)
-    with pytest.raises(ValueError, match=r"aabbs must be \[M, 6\]"):
-        ray_aabb_intersect(o, d, aabbs[:, :5])
-    with pytest.raises(TypeError, match="rays_o must be float32 or float64"):
-        ray_aabb_intersect(o.half(), d, aabbs)
-    with pytest.raises(TypeError, match="share one dtype"):
-        ray_aabb_intersect(o, d.double(), aabbs)
-    with pytest.raises(TypeError, match="aabbs must be a torch.Tensor"):
-        ray_aabb_intersect(o, d, BOX)
-    with pytest.raises(ValueError, match="rays_o is on cpu but aabbs on meta"):
-        ray_aabb_intersect(o, d, aabbs.to("meta"))
-    with pytest.raises(ValueError, match="near_plane must be <= far_plane"):
-        ray_aabb_intersect(o, d, aabbs, near_plane=2.0, far_plane=1.0)
-    with pytest.raises(pyengine.BackendError, match="'cuda'.*CUDA tensors"):
-        ray_aabb_intersect(o, d, aabbs, backend="cuda")
-
-
-def test_not_differentiable_and_opcheck():
+def test_not_differentiable():
     o, d, aabbs = random_case(6, 3)
     t0, t1, _hit = ray_aabb_intersect(o.requires_grad_(), d, aabbs)
     assert not t0.requires_grad and not t1.requires_grad
-    torch.library.opcheck(torch.ops.pyengine.ray_aabb_intersect.default,
-                          (o.detach(), d, aabbs, 0.0, 10.0, -1.0, "cpu"),
-                          test_utils=("test_schema", "test_faketensor"))
 
 
-# --------------------------------------------------------------------------------- GPU
+def _case(N, M, planes, cpu=True):
+    def make_(g, dtype, device):
+        o, d, aabbs = random_case(N, M, dtype, seed=int(torch.randint(0, 2**31, (1,), generator=g)))
+        return (o.to(device), d.to(device), aabbs.to(device), *planes), {}
+
+    return Case(f"N{N}-M{M}-planes{planes}", make_, cpu=cpu)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_matches_reference(dtype):
-    o, d, aabbs = random_case(4099, 13, dtype, seed=3)
-    o, d, aabbs = o.cuda(), d.cuda(), aabbs.cuda()
-    for near, far, miss in ((-INF, INF, INF), (0.0, 2.5, -1.0)):
-        got = ray_aabb_intersect(o, d, aabbs, near, far, miss, backend="cuda")
-        want = ref_mod.ray_aabb_intersect(o.cpu(), d.cpu(), aabbs.cpu(), near, far, miss)
-        for name, a, b in zip(("t_mins", "t_maxs", "hits"), got, want):
-            a = a.cpu()
-            bad = ~((a == b) | (a.isnan() & b.isnan()))
-            assert not bad.any(), f"cuda {name}: {int(bad.sum())} of {a.numel()} differ"
+PLANES = [(-INF, INF, INF), (0.0, 2.5, -1.0), (0.3, 0.3, 1e10)]
+# bit-identical to the reference on every case (atol = rtol = 0)
+CASES = ([_case(301, 7, p) for p in PLANES] + [_case(0, 3, PLANES[0]), _case(4, 0, PLANES[0]), _case(1, 1, PLANES[1])]
+         + [_case(4099, 13, p, cpu=False) for p in PLANES[:2]])
+
+
+def _base(g, device):
+    o, d, aabbs = random_case(5, 2)
+    return (o, d, aabbs), {}
+
+
+def _arg(i, f):
+    def mutate(args, kwargs):
+        args[i] = f(args[i])
+        return args, kwargs
+    return mutate
+
+
+BAD = [
+    Bad("rays-o-2", _arg(0, lambda t: t[:, :2]), ValueError, r"rays_o must be \[N, 3\], got shape \(5, 2\)"),
+    Bad("rays-d-short", _arg(1, lambda t: t[:4]), ValueError, r"rays_d must be \[N, 3\] with N = 5 \(from rays_o\)"),
+    Bad("aabbs-5", _arg(2, lambda t: t[:, :5]), ValueError, r"aabbs must be \[M, 6\]"),
+    Bad("half", _arg(0, lambda t: t.half()), TypeError, "rays_o must be float32 or float64"),
+    Bad("mixed-dtypes", _arg(1, lambda t: t.double()), TypeError, "share one dtype"),
+    Bad("list-box", _arg(2, lambda t: BOX), TypeError, "aabbs must be a torch.Tensor"),
+    Bad("meta-box", _arg(2, lambda t: t.to("meta")), ValueError, "aabbs is on meta but rays_o is on cpu"),
+    Bad("near-after-far", lambda a, k: (a, {"near_plane": 2.0, "far_plane": 1.0}), ValueError,
+        "near_plane must be <= far_plane"),
+    Bad("cuda-on-cpu", lambda a, k: (a, {"backend": "cuda"}), pyengine.BackendError, "'cuda'.*CUDA tensors"),
+]
+
+SUITE = OpSuite(op_mod.OP, ray_aabb_intersect, CASES, tol={torch.float32: (0, 0), torch.float64: (0, 0)},
+                base=_base, bad=BAD)
+globals().update(SUITE.tests())
