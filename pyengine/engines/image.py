@@ -2,7 +2,10 @@
 
 The bundled default target is procedural (rings, discs, a checkerboard and a gradient), so the
 job runs anywhere without data; ``image=path.png`` fits a file instead. Writes the target, the
-reconstruction and a checkpoint, and reports PSNR.
+reconstruction and a checkpoint (safetensors), and reports PSNR.
+
+Each setting gets its own directory (``runs/fit-image/<image>-<hash of the config>``); a run never
+writes over a directory that holds a run with another config.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from pyengine.engines import _runs
 from pyengine.nn import HashGrid
 from pyengine.ops.hash_encode import HashGridConfig
 
@@ -34,7 +38,25 @@ class FitImageConfig:
     hidden: int = 64
     backend: str = ""  # empty: automatic
     seed: int = 0
-    out: str = "runs/fit-image"
+    out: str = ""  # empty: runs/fit-image/<image name or "procedural">-<hash of the other fields>
+
+
+#: fit-image does not resume, so every field but ``out`` defines a run.
+RUN_FREE = frozenset({"out"})
+
+
+def default_out(cfg: FitImageConfig) -> str:
+    label = os.path.splitext(os.path.basename(cfg.image))[0] if cfg.image else f"procedural{cfg.size}"
+    return os.path.join("runs", "fit-image", f"{label}-{_runs.config_hash(cfg, RUN_FREE)}")
+
+
+def _run_dir(cfg: FitImageConfig) -> str:
+    """``cfg.out`` (or the default), or ``<it>-2``, ``-3``, ... if it holds a run with another config.
+
+    A run with the same config is replaced: fit-image does not resume.
+    """
+    out, _ = _runs.choose_run_dir("fit-image", cfg.out or default_out(cfg), cfg, True, RUN_FREE, verb="reusing")
+    return out
 
 
 def procedural_image(size: int) -> np.ndarray:
@@ -70,6 +92,7 @@ def run(cfg: FitImageConfig) -> dict:
     import imageio.v3 as iio
     from tqdm import tqdm
 
+    out = _run_dir(cfg)
     torch.manual_seed(cfg.seed)
     if cfg.image:
         target = iio.imread(cfg.image)[..., :3].astype(np.float32) / 255.0
@@ -100,12 +123,13 @@ def run(cfg: FitImageConfig) -> dict:
         pred = torch.cat([model(c) for c in uv_all.split(1 << 16)]).clamp(0, 1)
     mse = torch.mean((pred - tgt) ** 2).item()
     psnr = -10 * math.log10(max(mse, 1e-12))
-    os.makedirs(cfg.out, exist_ok=True)
-    iio.imwrite(os.path.join(cfg.out, "target.png"), (target * 255).round().astype(np.uint8))
-    iio.imwrite(os.path.join(cfg.out, "reconstruction.png"),
+    os.makedirs(out, exist_ok=True)
+    iio.imwrite(os.path.join(out, "target.png"), (target * 255).round().astype(np.uint8))
+    iio.imwrite(os.path.join(out, "reconstruction.png"),
                 (pred.reshape(H, W, 3).numpy() * 255).round().astype(np.uint8))
-    torch.save({"config": cfg.__dict__, "model": model.state_dict()}, os.path.join(cfg.out, "checkpoint.pt"))
+    _runs.save_checkpoint(os.path.join(out, _runs.CHECKPOINT), _runs.prefixed("model", model.state_dict()),
+                          {"job": "fit-image", "config": asdict(cfg), "step": cfg.steps, "psnr": psnr})
     result = {"psnr": psnr, "steps": cfg.steps, "seconds": train_s, "backend": model.grid.backend or "auto",
-              "out": cfg.out}
-    print(f"fit-image: PSNR {psnr:.2f} dB after {cfg.steps} steps in {train_s:.1f} s; wrote {cfg.out}/")
+              "out": out}
+    print(f"fit-image: PSNR {psnr:.2f} dB after {cfg.steps} steps in {train_s:.1f} s; wrote {out}/")
     return result

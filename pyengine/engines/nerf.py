@@ -3,10 +3,17 @@
 Hash-grid field (``NeRFField``), occupancy grid (``OccupancyGrid``), fused ray marching and
 compositing. Reports held-out PSNR, writes a turntable (MP4 and GIF), held-out renders and a
 checkpoint it resumes from.
+
+Each setting gets its own run directory (``runs/fit-nerf/<shape>-<color>-<hash>``, the hash over
+every field but those in ``RESUME_FREE``), and a checkpoint is resumed only when its saved config
+matches; otherwise the run starts fresh in a new directory. The learning rate is a function of
+the step and the current ``steps``, so a run resumed with a larger ``steps=`` follows the schedule
+that a fresh run of that length would.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import time
@@ -16,6 +23,7 @@ import numpy as np
 import torch
 
 from pyengine.data import shapeworld
+from pyengine.engines import _runs
 from pyengine.nn.nerf_field import NeRFField
 from pyengine.nn.occupancy_grid import OccupancyGrid
 from pyengine.render.camera import orbit_cameras, rays_for_pixels
@@ -55,7 +63,28 @@ class FitNeRFConfig:
     backend: str = ""  # hash grid backend; empty: automatic
     seed: int = 0
     device: str = "cpu"
-    out: str = "runs/fit-nerf"
+    out: str = ""  # empty: runs/fit-nerf/<shape>-<color>-<hash of the fields that define the run>
+
+
+#: Fields that may change when a run is resumed: they are left out of the run's hash and of the
+#: comparison with the saved config. Everything else defines the run.
+RESUME_FREE = frozenset({"steps", "eval_every", "checkpoint_every", "out", "resume", "turntable_frames",
+                         "device", "backend"})
+#: Learning-rate decay: times GAMMA at these fractions of ``steps``.
+LR_MILESTONES = (0.5, 0.75, 0.9)
+LR_GAMMA = 0.33
+
+
+def default_out(cfg: FitNeRFConfig) -> str:
+    """``runs/fit-nerf/<shape>-<color>-<hash>``: one directory per setting."""
+    label = f"random{cfg.scene_seed}" if cfg.shape == "random" else f"{cfg.shape}-{cfg.color}"
+    return os.path.join("runs", "fit-nerf", f"{label}-{_runs.config_hash(cfg, RESUME_FREE)}")
+
+
+def lr_at(cfg: FitNeRFConfig, step: int) -> float:
+    """Learning rate of step ``step`` (0-based) in a run of ``cfg.steps`` steps."""
+    milestones = sorted(int(cfg.steps * f) for f in LR_MILESTONES)
+    return cfg.lr * LR_GAMMA ** bisect.bisect_right(milestones, step)
 
 
 def _scene(cfg: FitNeRFConfig):
@@ -72,8 +101,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class NeRFTrainer:
-    def __init__(self, cfg: FitNeRFConfig):
+    """One fit-nerf run: data, field, occupancy grid, optimizer, and its checkpoint in ``run_dir``.
+
+    ``run_dir`` defaults to ``cfg.out``, or :func:`default_out` when that is empty.
+    """
+
+    def __init__(self, cfg: FitNeRFConfig, run_dir: str | None = None):
         self.cfg = cfg
+        self.run_dir = run_dir or cfg.out or default_out(cfg)
         dev = torch.device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.scene = _scene(cfg)
@@ -95,31 +130,44 @@ class NeRFTrainer:
             {"params": list(self.field.density_net.parameters()) + list(self.field.albedo_net.parameters()),
              "weight_decay": 1e-6},
         ], lr=cfg.lr, betas=(0.9, 0.99))
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(
-            self.opt, milestones=[int(cfg.steps * f) for f in (0.5, 0.75, 0.9)], gamma=0.33)
         self.step = 0
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+        self.ckpt_path = os.path.join(self.run_dir, _runs.CHECKPOINT)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self):
-        os.makedirs(self.cfg.out, exist_ok=True)
-        tmp = self.ckpt_path + ".tmp"
-        torch.save({"config": asdict(self.cfg), "step": self.step, "field": self.field.state_dict(),
-                    "estimator": self.estimator.state_dict(), "opt": self.opt.state_dict(),
-                    "sched": self.sched.state_dict(), "gen": self.gen.get_state()}, tmp)
-        os.replace(tmp, self.ckpt_path)
+        """Write the run's state to ``ckpt_path`` (safetensors + JSON metadata, atomically)."""
+        opt_tensors, opt_rest = _runs.optimizer_to_flat(self.opt)
+        tensors = {**_runs.prefixed("field", self.field.state_dict()),
+                   **_runs.prefixed("estimator", self.estimator.state_dict()),
+                   **_runs.prefixed("opt", opt_tensors),
+                   "rng.batch": self.gen.get_state(), "rng.torch": torch.get_rng_state()}
+        if torch.device(self.cfg.device).type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(torch.device(self.cfg.device))
+        state = {"job": "fit-nerf", "config": asdict(self.cfg), "step": self.step, "opt": opt_rest}
+        _runs.save_checkpoint(self.ckpt_path, tensors, state)
 
     def load(self) -> bool:
+        """Restore the state saved in ``ckpt_path``; False if there is none.
+
+        Raises ValueError when the file is not a pyengine checkpoint or its config differs from
+        ``self.cfg`` in a field outside ``RESUME_FREE``. Loading runs no code from the file.
+        """
         if not os.path.exists(self.ckpt_path):
             return False
-        ck = torch.load(self.ckpt_path, map_location=self.cfg.device, weights_only=False)
-        self.field.load_state_dict(ck["field"])
-        self.estimator.load_state_dict(ck["estimator"])
-        self.opt.load_state_dict(ck["opt"])
-        self.sched.load_state_dict(ck["sched"])
-        self.gen.set_state(ck["gen"])
-        self.step = ck["step"]
+        tensors, state = _runs.load_checkpoint(self.ckpt_path)
+        diff = _runs.config_diff(state.get("config", {}), asdict(self.cfg), RESUME_FREE)
+        if state.get("job") != "fit-nerf" or diff:
+            raise ValueError(f"fit-nerf: {self.ckpt_path} belongs to another run "
+                             f"({_runs.format_diff(diff) if diff else 'job ' + repr(state.get('job'))})")
+        self.field.load_state_dict(_runs.unprefixed("field", tensors))
+        self.estimator.load_state_dict(_runs.unprefixed("estimator", tensors))
+        _runs.optimizer_from_flat(self.opt, _runs.unprefixed("opt", tensors), state["opt"])
+        self.gen.set_state(tensors["rng.batch"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.device(self.cfg.device).type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], torch.device(self.cfg.device))
+        self.step = int(state["step"])
         return True
 
     # -- training ----------------------------------------------------------------------------------
@@ -146,8 +194,10 @@ class NeRFTrainer:
         loss = torch.nn.functional.smooth_l1_loss(out["rgb"], target, beta=0.01)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        lr = lr_at(cfg, self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.step()
-        self.sched.step()
         self.step += 1
         return torch.nn.functional.mse_loss(out["rgb"].detach(), target).item()
 
@@ -173,10 +223,11 @@ def run(cfg: FitNeRFConfig) -> dict:
     import imageio.v3 as iio
     from tqdm import tqdm
 
-    trainer = NeRFTrainer(cfg)
-    resumed = cfg.resume and trainer.load()
-    if resumed:
+    run_dir, ckpt = _runs.choose_run_dir("fit-nerf", cfg.out or default_out(cfg), cfg, cfg.resume, RESUME_FREE)
+    trainer = NeRFTrainer(cfg, run_dir)
+    if ckpt is not None and trainer.load():
         print(f"fit-nerf: resumed from {trainer.ckpt_path} at step {trainer.step}")
+    start_step = trainer.step
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=trainer.step, desc="fit-nerf", unit="step")
     while trainer.step < cfg.steps:
@@ -192,21 +243,20 @@ def run(cfg: FitNeRFConfig) -> dict:
     train_s = time.perf_counter() - t0
     trainer.save()
     test_psnr = trainer.evaluate()
-    os.makedirs(cfg.out, exist_ok=True)
+    out = trainer.run_dir
     pred = (trainer.last_eval["rgb"].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
     gt = (trainer.test["images"].cpu().numpy() * 255).round().astype(np.uint8)
-    iio.imwrite(os.path.join(cfg.out, "heldout.png"), np.concatenate(
+    iio.imwrite(os.path.join(out, "heldout.png"), np.concatenate(
         [np.concatenate(list(gt), 1), np.concatenate(list(pred), 1)], 0))
-    result = {"psnr": test_psnr, "steps": trainer.step, "seconds": train_s,
-              "caption": shapeworld.caption(trainer.scene),
-              "out": cfg.out}
+    result = {"psnr": test_psnr, "steps": trainer.step, "start_step": start_step, "seconds": train_s,
+              "caption": shapeworld.caption(trainer.scene), "out": out}
     if cfg.turntable_frames:
         frames = trainer.turntable(cfg.turntable_frames)
-        iio.imwrite(os.path.join(cfg.out, "turntable.gif"), frames, duration=80, loop=0)
+        iio.imwrite(os.path.join(out, "turntable.gif"), frames, duration=80, loop=0)
         try:
-            iio.imwrite(os.path.join(cfg.out, "turntable.mp4"), frames, fps=12, codec="libx264")
+            iio.imwrite(os.path.join(out, "turntable.mp4"), frames, fps=12, codec="libx264")
         except Exception as exc:  # imageio-ffmpeg missing or broken: the GIF is still there
             print(f"fit-nerf: could not write MP4 ({exc}); wrote the GIF")
     print(f"fit-nerf: {result['caption']}: held-out PSNR {test_psnr:.2f} dB after {trainer.step} steps "
-          f"({train_s:.0f} s); wrote {cfg.out}/")
+          f"({train_s:.0f} s); wrote {out}/")
     return result

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,56 +21,51 @@ SMALL_MLP = {"otype": "FullyFusedMLP", "activation": "ReLU", "output_activation"
              "n_hidden_layers": 2}
 
 
-def tcnn_grid_n_params(D, n_levels, F, log2_hashmap_size, base_resolution, per_level_scale, dense=False):
-    """tcnn's GridEncoding parameter count, written out from grid.h / common_device.h (float32 maths).
-
-    scale_l = exp2(l * log2(per_level_scale)) * base - 1, res_l = ceil(scale_l) + 1; each level holds
-    next_multiple(res_l^D, 8) entries (capped at 2^31 - 1 before rounding), at most 2^log2_hashmap_size
-    for hash grids; n_params = F * sum of the level sizes (= offsets[-1] * F).
-    """
-    log2_pls = np.log2(np.float32(per_level_scale), dtype=np.float32)
-    total = 0
-    for level in range(n_levels):
-        scale = np.float32(np.exp2(np.float32(level) * log2_pls, dtype=np.float32) * np.float32(base_resolution))
-        scale = scale - np.float32(1.0)
-        res = int(np.ceil(scale)) + 1
-        size = (min(res**D, 2**31 - 1) + 7) // 8 * 8
-        if not dense:
-            size = min(size, 2**log2_hashmap_size)
-        total += size
-    return total * F
-
-
 # Grid encodings ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("D,cfg", [
+# tcnn's grid.h, level l of a grid over D dims:
+#   scale_l = base_resolution * per_level_scale^l - 1,  res_l = ceil(scale_l) + 1,
+#   entries_l = res_l^D rounded up to a multiple of 8, at most 2^log2_hashmap_size for hash grids,
+#   n_params = n_features_per_level * sum_l entries_l.
+# The counts below are worked out by hand from these rules (not by pyengine's layout code), so a
+# change in that code that departs from tcnn makes these tests fail.
+GRID_COUNTS = [
+    # Instant-NGP's standard grid, per_level_scale 1.447269: per_level_scale^l = 1, 1.447, 2.095, 3.031,
+    # 4.387, 6.350 -> scale_l = 15, 22.16, 32.51, 47.50, 69.20, 100.59 -> res_l = 16, 24, 34, 49, 71, 102.
+    # 16^3 = 4096, 24^3 = 13824, 34^3 = 39304, 49^3 = 117649 -> 117656, 71^3 = 357911 -> 357912 (all under
+    # 2^19 = 524288); 102^3 = 1061208 > 2^19, so levels 5..15 hold 2^19 each.
     (3, {"otype": "HashGrid", "n_levels": 16, "n_features_per_level": 2, "log2_hashmap_size": 19,
-         "base_resolution": 16, "per_level_scale": 1.447269}),
+         "base_resolution": 16, "per_level_scale": 1.447269},
+     (16, 24, 34, 49, 71, 102), 2 * (4096 + 13824 + 39304 + 117656 + 357912 + 11 * 524288)),  # 12599920
+    # res_l = 4 * 2^l: 4^3 = 64, 8^3 = 512, 16^3 = 4096, then 32^3 = 32768 > 2^13 = 8192 for levels 3..7
     (3, {"otype": "Grid", "type": "Hash", "n_levels": 8, "n_features_per_level": 4, "log2_hashmap_size": 13,
-         "base_resolution": 4, "per_level_scale": 2.0}),
+         "base_resolution": 4, "per_level_scale": 2.0},
+     (4, 8, 16, 32, 64, 128, 256, 512), 4 * (64 + 512 + 4096 + 5 * 8192)),  # 182528
+    # 2-D, 12 features of 1 = 12 levels: 5 * 1.3^l - 1 = 4, 5.5, 7.45, 9.99, 13.28, 17.56, 23.13, 30.37,
+    # 39.79 -> res 5, 7, 9, 11, 15, 19, 25, 32, 41; res^2 = 25, 49, 81, 121, 225, 361, 625, 1024, 1681
+    # -> 32, 56, 88, 128, 232, 368, 632, 1024 (fits 2^10 exactly), then 1024 for levels 8..11
     (2, {"otype": "HashGrid", "n_features": 12, "n_features_per_level": 1, "log2_hashmap_size": 10,
-         "base_resolution": 5, "per_level_scale": 1.3}),
-    (3, {"otype": "Grid", "type": "Dense", "n_levels": 3, "base_resolution": 4, "per_level_scale": 2.0}),
-])
-def test_grid_param_count_matches_tcnn(D, cfg):
+         "base_resolution": 5, "per_level_scale": 1.3},
+     (5, 7, 9, 11, 15, 19, 25, 32, 41), 32 + 56 + 88 + 128 + 232 + 368 + 632 + 1024 + 4 * 1024),  # 6656
+    # dense, 2 features by default: res 4, 8, 16 -> 64 + 512 + 4096 entries, no cap
+    (3, {"otype": "Grid", "type": "Dense", "n_levels": 3, "base_resolution": 4, "per_level_scale": 2.0},
+     (4, 8, 16), 2 * (64 + 512 + 4096)),  # 9344
+]
+
+
+@pytest.mark.parametrize("D,cfg,resolutions,n_params", GRID_COUNTS)
+def test_grid_param_count_matches_tcnn(D, cfg, resolutions, n_params):
     enc = tcnn.Encoding(D, cfg)
     F_ = cfg.get("n_features_per_level", 2)
     n_levels = cfg["n_levels"] if "n_levels" in cfg else cfg["n_features"] // F_
-    expected = tcnn_grid_n_params(D, n_levels, F_, cfg.get("log2_hashmap_size", 19), cfg["base_resolution"],
-                                  cfg["per_level_scale"], dense=cfg.get("type") == "Dense")
     layout = enc._encoding.config.layout()
-    assert enc.params.shape == (expected,)
-    assert layout.offsets[-1] * F_ == expected
+    assert enc.params.shape == (n_params,)
+    assert layout.offsets[-1] * F_ == n_params
+    assert layout.resolutions[:len(resolutions)] == resolutions
     assert enc.n_output_dims == n_levels * F_
-
-
-def test_standard_hash_grid_count_is_the_known_value():
-    # 16 levels, 2^19 entries, base 16, per_level_scale 1.447269: resolutions 16, 24, 34, 49, 71 fit
-    # densely (16^3, 24^3, 34^3, 49^3 -> 117656, 71^3 -> 357912 after rounding up to multiples of 8);
-    # from level 5 (102^3 > 2^19) on, each level is a 2^19-entry hash table
-    expected = 2 * (16**3 + 24**3 + 34**3 + 117656 + 357912 + 11 * 2**19)
-    assert expected == tcnn_grid_n_params(3, 16, 2, 19, 16, 1.447269)
-    assert HashGridConfig(3, 16, 2, 19, 16.0, 1.447269).n_params() == expected
+    grid_type = "dense" if cfg.get("type") == "Dense" else "hash"
+    assert HashGridConfig(D, n_levels, F_, cfg.get("log2_hashmap_size", 19), float(cfg["base_resolution"]),
+                          cfg["per_level_scale"], grid_type=grid_type).n_params() == n_params
 
 
 def test_dense_grid_default_per_level_scale_is_tcnns():
@@ -79,7 +73,8 @@ def test_dense_grid_default_per_level_scale_is_tcnns():
     expected = math.exp(math.log(256 / 16) / 2)  # finest level reaches resolution 256
     assert enc._encoding.config.grid_type == "dense"
     assert enc._encoding.config.per_level_scale == pytest.approx(expected, rel=1e-6)
-    assert enc.params.numel() == tcnn_grid_n_params(3, 3, 2, 19, 16, expected, dense=True)
+    # per_level_scale 4: res 16, 64, 256, dense: 2 features * (16^3 + 64^3 + 256^3)
+    assert enc.params.numel() == 2 * (4096 + 262144 + 16777216)
 
 
 @pytest.mark.parametrize("interpolation", ["Linear", "Smoothstep"])

@@ -1,10 +1,18 @@
 """fit-nerf end to end on a small budget: it learns, resumes, and writes what users look at."""
 
+import dataclasses
 import os
+import pickle
 
 import pytest
+import torch
 
 from pyengine.engines.nerf import FitNeRFConfig, NeRFTrainer, run
+
+# A few seconds per run on a CPU core: enough to exercise every path of the job, not to learn.
+TINY = dict(n_views=4, n_test_views=1, width=16, height=16, batch_rays=128, n_levels=4, log2_hashmap_size=12,
+            hidden=16, grid_resolution=16, samples_per_ray=64, occ_warmup_steps=4, occ_update_every=2,
+            turntable_frames=0, checkpoint_every=0)
 
 # The full job (steps=1200) reaches >= 25 dB held-out (see bench/RESULTS.md); CI runs a short fit.
 SHORT_STEPS = 300
@@ -15,7 +23,7 @@ def test_short_fit_learns_and_writes_outputs(tmp_path):
     out = tmp_path / "run"
     res = run(FitNeRFConfig(steps=SHORT_STEPS, out=str(out), turntable_frames=4, checkpoint_every=0))
     assert res["psnr"] >= SHORT_PSNR, f"held-out PSNR {res['psnr']:.2f} dB after {SHORT_STEPS} steps"
-    for name in ("checkpoint.pt", "heldout.png", "turntable.gif", "turntable.mp4"):
+    for name in ("checkpoint.safetensors", "heldout.png", "turntable.gif", "turntable.mp4"):
         assert (out / name).stat().st_size > 0, name
 
 
@@ -39,10 +47,128 @@ def test_bad_shape_is_a_clear_error(tmp_path):
         NeRFTrainer(FitNeRFConfig(shape="dodecahedron", out=str(tmp_path)))
 
 
-def test_cli_overrides_and_unknown_key(tmp_path):
+def test_cli_overrides_and_unknown_key(tmp_path, capsys):
     from pyengine.cli import main
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["fit-nerf", "no_such_key=1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "FitNeRFConfig" in err and "no_such_key" in err and "known keys: shape, color" in err, err
     assert main(["fit-nerf", "steps=5", "n_test_views=1", "turntable_frames=0", f"out={tmp_path}"]) == 0
-    assert os.path.exists(tmp_path / "checkpoint.pt")
+    assert os.path.exists(tmp_path / "checkpoint.safetensors")
+
+
+# Run directories and resuming ----------------------------------------------------------------------
+
+def test_other_settings_get_their_own_default_directory(tmp_path, monkeypatch):
+    # The issue: `fit-nerf` then `fit-nerf shape=torus` resumed the cube and reported its PSNR.
+    monkeypatch.chdir(tmp_path)
+    cube = run(FitNeRFConfig(steps=3, **TINY))
+    torus = run(FitNeRFConfig(steps=3, shape="torus", **TINY))
+    assert cube["out"] != torus["out"]
+    assert os.path.basename(cube["out"]).startswith("cube-red-")
+    assert os.path.basename(torus["out"]).startswith("torus-red-")
+    assert torus["start_step"] == 0 and torus["steps"] == 3 and "torus" in torus["caption"]
+    # the fields that may change on resume do not change the directory; the others do
+    more = dict(TINY, checkpoint_every=2, turntable_frames=2)
+    longer = run(FitNeRFConfig(steps=5, eval_every=5, **more))
+    assert longer["out"] == cube["out"] and longer["start_step"] == 3 and longer["steps"] == 5
+    assert run(FitNeRFConfig(steps=3, lr=0.02, **TINY))["out"] != cube["out"]
+
+
+def test_mismatched_run_is_not_resumed_or_overwritten(tmp_path, capsys):
+    out = tmp_path / "shared"
+    run(FitNeRFConfig(steps=3, out=str(out), **TINY))
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    res = run(FitNeRFConfig(steps=3, shape="torus", color="blue", out=str(out), **TINY))
+    printed = capsys.readouterr().out
+    assert "shape: 'cube' -> 'torus'" in printed and "color: 'red' -> 'blue'" in printed, printed
+    assert res["out"] == f"{out}-2" and res["start_step"] == 0 and res["steps"] == 3
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    # the same command again finds the torus run next to the cube's
+    again = run(FitNeRFConfig(steps=4, shape="torus", color="blue", out=str(out), **TINY))
+    assert again["out"] == f"{out}-2" and again["start_step"] == 3 and again["steps"] == 4
+    # and the loader itself refuses a checkpoint of another run
+    with pytest.raises(ValueError, match="shape: 'cube' -> 'torus'"):
+        NeRFTrainer(FitNeRFConfig(steps=3, shape="torus", out=str(out), **TINY)).load()
+
+
+def _lrs_used(trainer, n):
+    """The learning rate of each group at each optimizer step, for n training steps."""
+    seen, step = [], trainer.opt.step
+
+    def recording_step(*args, **kwargs):
+        seen.append([g["lr"] for g in trainer.opt.param_groups])
+        return step(*args, **kwargs)
+
+    trainer.opt.step = recording_step
+    for _ in range(n):
+        trainer.train_step()
+    return seen
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path):
+    short = FitNeRFConfig(steps=8, out=str(tmp_path / "a"), **TINY)
+    long = dataclasses.replace(short, steps=16)
+    fresh = _lrs_used(NeRFTrainer(dataclasses.replace(long, out=str(tmp_path / "fresh"))), 16)
+    assert len({lr[0] for lr in fresh}) == 4  # the schedule decays three times in 16 steps
+    a = NeRFTrainer(short)
+    assert _lrs_used(a, 4) == fresh[:4]
+    a.save()
+    b = NeRFTrainer(long)
+    assert b.load() and b.step == 4
+    assert _lrs_used(b, 12) == fresh[4:]
+
+
+def test_checkpoint_round_trip_restores_every_state(tmp_path):
+    cfg = FitNeRFConfig(steps=20, out=str(tmp_path), **TINY)
+    a = NeRFTrainer(cfg)
+    for _ in range(3):
+        a.train_step()
+    a.save()
+    rng_a = torch.get_rng_state()
+    torch.manual_seed(123)
+    b = NeRFTrainer(dataclasses.replace(cfg, steps=30))
+    assert b.load() and b.step == 3
+    assert torch.equal(torch.get_rng_state(), rng_a)
+    assert torch.equal(b.gen.get_state(), a.gen.get_state())
+    for name, value in a.estimator.state_dict().items():
+        assert torch.equal(b.estimator.state_dict()[name], value), name
+    sa, sb = a.opt.state_dict(), b.opt.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for idx, st in sa["state"].items():
+        for key, value in st.items():
+            assert torch.equal(sb["state"][idx][key], value), (idx, key)
+    b.train_step()
+    assert b.step == 4
+
+
+class _RunsCodeOnUnpickle:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["checkpoint.safetensors", "checkpoint.pt"])
+def test_loading_a_crafted_checkpoint_runs_no_code(tmp_path, name):
+    out, marker = tmp_path / "run", tmp_path / "code_ran"
+    out.mkdir()
+    payload = pickle.dumps({"step": 0, "field": _RunsCodeOnUnpickle(marker)})
+    for filename in ("checkpoint.safetensors", "checkpoint.pt"):
+        (out / filename).write_bytes(payload)
+    if name == "checkpoint.pt":
+        (out / "checkpoint.safetensors").unlink()
+    cfg = FitNeRFConfig(steps=2, out=str(out), **TINY)
+    trainer = NeRFTrainer(cfg)
+    try:
+        trainer.load()
+    except Exception:
+        pass  # refusing the file is fine; running it is not
+    assert not marker.exists()
+    res = run(cfg)  # the job neither runs the file nor writes over it
+    assert not marker.exists()
+    assert res["out"] == f"{out}-2" and res["start_step"] == 0
+    assert (out / name).read_bytes() == payload
