@@ -175,7 +175,9 @@ class NeRFTrainer:
         return dict(render_step_size=self.step_size, background=(1.0, 1.0, 1.0), alpha_thre=self.cfg.alpha_thre,
                     early_stop_eps=self.cfg.early_stop_eps, stratified=train)
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
+        """One optimisation step; returns the batch's colour MSE as a 0-d tensor (reading it, e.g.
+        with ``float()``, waits for the device: the loop reads it only when it logs)."""
         cfg, cams = self.cfg, self.train["cameras"]
         self.field.train()
         self.estimator.train()
@@ -199,7 +201,7 @@ class NeRFTrainer:
             group["lr"] = lr
         self.opt.step()
         self.step += 1
-        return torch.nn.functional.mse_loss(out["rgb"].detach(), target).item()
+        return torch.nn.functional.mse_loss(out["rgb"].detach(), target)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -234,7 +236,7 @@ def run(cfg: FitNeRFConfig) -> dict:
         mse = trainer.train_step()
         bar.update(1)
         if trainer.step % 10 == 0:
-            bar.set_postfix(train_psnr=f"{-10 * math.log10(max(mse, 1e-12)):.2f}")
+            bar.set_postfix(train_psnr=f"{-10 * math.log10(max(float(mse), 1e-12)):.2f}")
         if cfg.eval_every and trainer.step % cfg.eval_every == 0:
             bar.write(f"step {trainer.step}: held-out PSNR {trainer.evaluate():.2f} dB")
         if cfg.checkpoint_every and trainer.step % cfg.checkpoint_every == 0:

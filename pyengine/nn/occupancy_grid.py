@@ -135,13 +135,15 @@ class OccupancyGrid(torch.nn.Module):
         start = torch.maximum(t_enter[:, 0], near)  # a miss reports inf: no samples
         end = torch.minimum(t_exit[:, 0], far)
         jitter = torch.rand(n, device=rays_o.device) if stratified else None
+        # the grid's own box and torch.rand's jitter are valid: no value check (it would sync)
         packed_info, ray_indices, t_starts, t_ends = ray_march(
             rays_o, rays_d, start, end, self.binaries, self.aabbs[0], render_step_size, cone_angle, jitter,
-            backend=self.backend)
+            validate=False, backend=self.backend)
 
         if ((alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None)
                 and ray_indices.numel() > 0):
-            alpha_thre = min(alpha_thre, self.occs.mean().item())
+            # nerfacc's min(alpha_thre, mean occupancy), kept on the device (no sync)
+            alpha_thre_t = self.occs.mean().clamp(max=alpha_thre)
             # transmittance and alphas from the fused compositing op (ray_march built packed_info)
             if sigma_fn is not None:
                 sigmas = sigma_fn(t_starts, t_ends, ray_indices)
@@ -157,8 +159,9 @@ class OccupancyGrid(torch.nn.Module):
                 res = composite(packed_info, t_starts, t_ends, alphas=alphas, validate=False)
             keep = res.transmittance >= early_stop_eps
             if alpha_thre > 0:
-                keep &= res.alphas >= alpha_thre
-            ray_indices, t_starts, t_ends = ray_indices[keep], t_starts[keep], t_ends[keep]
+                keep &= res.alphas >= alpha_thre_t
+            kept = torch.nonzero(keep)[:, 0]  # the one sync that sizes the compacted samples
+            ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
         return ray_indices, t_starts, t_ends
 
     # ----------------------------------------------------------------------------- updates
@@ -184,7 +187,7 @@ class OccupancyGrid(torch.nn.Module):
             self._update(step, occ_eval_fn, occ_thre, ema_decay, warmup_steps)
 
     def _cell_coords(self, indices: torch.Tensor) -> torch.Tensor:
-        _, Y, Z = self.resolution.tolist()
+        _, Y, Z = self.binaries.shape[1:]  # the resolution, read without a device sync
         return torch.stack([indices // (Y * Z), (indices // Z) % Y, indices % Z], -1)
 
     def _all_cells(self) -> list:
@@ -220,7 +223,9 @@ class OccupancyGrid(torch.nn.Module):
             cell_ids = lvl * self.cells_per_lvl + indices
             old = self.occs[cell_ids]
             self.occs[cell_ids] = torch.where(old < 0, old, torch.maximum(old * ema_decay, occ))
-        thre = torch.clamp(self.occs[self.occs >= 0].mean(), max=occ_thre)
+        valid = self.occs >= 0  # the mean of the unmarked cells, without a sync for the mask
+        mean = torch.where(valid, self.occs, 0.0).sum() / valid.sum().clamp(min=1)
+        thre = torch.clamp(mean, max=occ_thre)
         self.binaries = (self.occs > thre).view(self.binaries.shape)
 
     def extra_repr(self) -> str:

@@ -141,12 +141,14 @@ def composite(packed_info: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.T
     return CompositeResult(*out)
 
 
-def pack_info(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+def pack_info(ray_indices: torch.Tensor, n_rays: int, *, validate: bool = True) -> torch.Tensor:
     """packed_info [n_rays, 2] (start, count) of samples sorted by ray.
 
     Args:
         ray_indices: [S] int, the ray of each sample, non-decreasing, in [0, n_rays).
         n_rays: R, the number of rays (rays without samples get count 0).
+        validate: check that ray_indices are sorted and in range, which reads one small result
+            back from the device; pass False for indices that a marcher produced (no sync then).
 
     Returns:
         [R, 2] int64 on ray_indices' device: ``count_r`` = number of samples of ray r and
@@ -168,7 +170,7 @@ def pack_info(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
     if isinstance(n_rays, bool) or not isinstance(n_rays, int) or n_rays < 0:
         raise ValueError(f"pack_info: n_rays must be an int >= 0, got {n_rays!r}")
     idx = ray_indices.long()
-    if idx.numel() > 0:
+    if validate and idx.numel() > 0:
         unsorted = idx[1:] < idx[:-1]
         lo, hi, bad = torch.stack([idx.min(), idx.max(), unsorted.any().long()]).tolist()
         if bad:
@@ -178,5 +180,6 @@ def pack_info(ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
         if lo < 0 or hi >= n_rays:
             raise ValueError(f"pack_info: ray_indices must lie in [0, n_rays) = [0, {n_rays}), "
                              f"got values in [{lo}, {hi}]")
-    counts = torch.bincount(idx, minlength=n_rays)
+    # index_add rather than bincount: bincount reads the largest index back to size its output
+    counts = torch.zeros(n_rays, dtype=torch.int64, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
     return torch.stack([torch.cumsum(counts, 0) - counts, counts], -1)

@@ -49,9 +49,9 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
     x = rays_o[ray_indices] + rays_d[ray_indices] * mid
     out = field(x, with_normals=with_normals)
     values = out["albedo"] if not with_normals else torch.cat([out["albedo"], out["normal"]], -1)
-    # pack_info builds valid ranges, so skip the check (it costs a device sync)
-    res = composite(pack_info(ray_indices, R), t_starts, t_ends, densities=out["density"], values=values,
-                    validate=False)
+    # the marcher's indices are sorted and in range: skip both checks (each costs a device sync)
+    res = composite(pack_info(ray_indices, R, validate=False), t_starts, t_ends, densities=out["density"],
+                    values=values, validate=False)
     opacity = res.opacity
     bg = _background(background, R, rays_o.device, rays_o.dtype, rays_d)
     rgb = res.accumulated[:, :3] + (1.0 - opacity)[:, None] * bg

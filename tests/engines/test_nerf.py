@@ -172,3 +172,39 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tmp_path, name):
     assert not marker.exists()
     assert res["out"] == f"{out}-2" and res["start_step"] == 0
     assert (out / name).read_bytes() == payload
+
+
+# Operators that make the host wait for the device on a GPU: reading a value back, and outputs
+# whose size depends on the data. pyengine::ray_march reads its total sample count back to size
+# its outputs (inside the op, so it is counted here by name).
+_SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::bincount",
+             "aten::_unique2", "aten::unique_consecutive", "aten::repeat_interleave", "aten::item",
+             "pyengine::ray_march"}
+
+
+class _SyncCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        bool_index = name == "aten::index" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []) or [])
+        if name in _SYNC_OPS or bool_index:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_step_syncs_only_to_size_samples(tmp_path):
+    """A training step (no grid update) waits for the device twice: the marcher sizing its output
+    and the early-stop compaction sizing the kept samples; without early stopping, once."""
+    for eps, want in ((1e-4, ["pyengine::ray_march", "aten::nonzero"]), (0.0, ["pyengine::ray_march"])):
+        cfg = FitNeRFConfig(steps=40, out=str(tmp_path / f"eps{eps}"), early_stop_eps=eps, **TINY)
+        trainer = NeRFTrainer(cfg)
+        for _ in range(cfg.occ_warmup_steps + 1):
+            trainer.train_step()
+        trainer.step = 1  # an odd step: the grid is not updated (occ_update_every = 2)
+        with _SyncCounter() as counter:
+            trainer.train_step()
+        assert counter.seen == want, counter.seen
