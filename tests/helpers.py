@@ -1,3 +1,6 @@
+"""Test helpers shared by every test file."""
+
+import torch
 
 
 def assert_close(actual, expected, atol, rtol, what=""):

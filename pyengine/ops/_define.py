@@ -205,6 +205,8 @@ class Op:
         schema = "({}) -> ({})".format(", ".join(
             [f"Tensor g_{i}" for i in range(n_out)] + args[:n_t] + [f"Tensor saved_{i}" for i in self.save]
             + args[n_t:] + [f"bool need_{g}" for g in self.grads]), ", ".join("Tensor" for _ in self.grads))
+        one = len(self.grads) == 1  # a schema's "-> (Tensor)" is one tensor, not a tuple
+        unpack = (lambda t: t[0]) if one else (lambda t: t)
         op = self
 
         def forward_args(args):
@@ -217,16 +219,16 @@ class Op:
 
         def fake(*args):
             fwd, needs = forward_args(args)
-            return tuple(torch.empty_like(fwd[i]) if need else fwd[i].new_empty(0)
-                         for i, need in zip(op.grad_idx, needs))
+            return unpack(tuple(torch.empty_like(fwd[i]) if need else fwd[i].new_empty(0)
+                                for i, need in zip(op.grad_idx, needs)))
 
         def post(args, got):
             # a custom op returns tensors: a gradient not asked for is an empty tensor, one asked
             # for but absent (e.g. of a [S, 0] input) is zeros
             fwd, needs = forward_args(args)
             got = (got,) if isinstance(got, torch.Tensor) else tuple(got)
-            return tuple((g if g is not None else torch.zeros_like(fwd[i])) if need else fwd[i].new_empty(0)
-                         for i, need, g in zip(op.grad_idx, needs, got))
+            return unpack(tuple((g if g is not None else torch.zeros_like(fwd[i])) if need else fwd[i].new_empty(0)
+                                for i, need, g in zip(op.grad_idx, needs, got)))
 
         def derive(*args):
             fwd, needs = forward_args(args)
@@ -254,6 +256,7 @@ class Op:
             tensors = [a for a, t in zip(fwd, ctx.is_tensor) if t]
             others = [a for a, t in zip(fwd, ctx.is_tensor) if not t]
             got = bwd(*grads, *tensors, *saved, *others, *needs, backend)
+            got = (got,) if isinstance(got, torch.Tensor) else got
             result = [None] * len(inputs)
             for i, need, g in zip(op.grad_idx, needs, got):
                 result[i] = g if need else None
