@@ -140,8 +140,7 @@ class OccupancyGrid(torch.nn.Module):
             rays_o, rays_d, start, end, self.binaries, self.aabbs[0], render_step_size, cone_angle, jitter,
             validate=False, backend=self.backend)
 
-        if ((alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None)
-                and ray_indices.numel() > 0):
+        if (alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None):
             # nerfacc's min(alpha_thre, mean occupancy), kept on the device (no sync)
             alpha_thre_t = self.occs.mean().clamp(max=alpha_thre)
             # transmittance and alphas from the fused compositing op (ray_march built packed_info)

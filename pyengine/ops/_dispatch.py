@@ -20,7 +20,6 @@ namespace with one function per kernel; see ``_define``).
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import warnings
 from collections.abc import Callable
@@ -41,7 +40,9 @@ DEFAULT_ORDER = {
 }
 _op_order: dict[tuple[str, str], tuple[str, ...]] = {}
 
-_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("pyengine_backend", default=None)
+# use_backend() blocks, innermost last: a plain list (not a ContextVar, which torch.compile cannot
+# trace), so the preference is per process, not per thread or task.
+_context: list[str | None] = []
 _warned: set = set()
 
 
@@ -91,11 +92,11 @@ def use_backend(name: str | None):
     """
     if name is not None and name not in BACKENDS:
         raise ValueError(f"use_backend: expected one of {BACKENDS} or None, got {name!r}")
-    token = _context.set(name)
+    _context.append(name)
     try:
         yield
     finally:
-        _context.reset(token)
+        _context.pop()
 
 
 def requested(backend: str | None = None) -> tuple[str | None, str]:
@@ -105,7 +106,7 @@ def requested(backend: str | None = None) -> tuple[str | None, str]:
     env = os.environ.get("PYENGINE_BACKEND", "").strip()
     if env and env != "auto":
         return env, "PYENGINE_BACKEND"
-    ctx = _context.get()
+    ctx = _context[-1] if _context else None
     if ctx is not None:
         return ctx, "pyengine.use_backend()"
     return None, ""

@@ -208,3 +208,30 @@ def test_training_step_syncs_only_to_size_samples(tmp_path):
         with _SyncCounter() as counter:
             trainer.train_step()
         assert counter.seen == want, counter.seen
+
+
+def test_compiled_render_step_breaks_only_at_data_dependent_sizes(tmp_path):
+    """torch.compile of the renderer's training forward: with dynamic-shape operators captured it is
+    one graph; without, it breaks only at the operators whose output size depends on the data
+    (the marcher and the early-stop compaction)."""
+    import torch._dynamo
+
+    from pyengine.render.volume import render_rays
+
+    trainer = NeRFTrainer(FitNeRFConfig(steps=10, out=str(tmp_path), **TINY))
+    g = torch.Generator().manual_seed(0)
+    rays_o = torch.rand(64, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 3.0])
+    rays_d = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, -1.0]) + 0.05 * torch.randn(64, 3, generator=g), dim=-1)
+
+    def step(o, d):
+        return render_rays(trainer.field, trainer.estimator, o, d, **trainer.render_kwargs(True))["rgb"].sum()
+
+    for capture in (True, False):
+        torch._dynamo.reset()
+        with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=capture, capture_scalar_outputs=capture):
+            ex = torch._dynamo.explain(step)(rays_o, rays_d)
+        if capture:
+            assert ex.graph_break_count == 0, [b.reason for b in ex.break_reasons]
+        else:
+            reasons = [b.reason for b in ex.break_reasons]
+            assert reasons and all("pyengine.ray_march" in r or "aten.nonzero" in r for r in reasons), reasons
