@@ -72,8 +72,8 @@ def translate(src: str, arch: int = ARCH) -> str:
         out.append(f"{lead}::pe_emu::launch({config[0]}, {config[1]}, [&] {{ {kernel}({args}); }});")
         pos = semi + 1
     out.append(src[pos:])
-    head = "#define __CUDACC__ 1\n" + (f"#define __CUDA_ARCH__ {arch}\n" if arch else "") + "#include <cuda_runtime.h>\n"
-    return head + "".join(out)
+    arch_line = f"#define __CUDA_ARCH__ {arch}\n" if arch else ""
+    return "#define __CUDACC__ 1\n" + arch_line + "#include <cuda_runtime.h>\n" + "".join(out)
 
 
 def _split_top(s: str) -> list[str]:

@@ -26,3 +26,18 @@ PE_EMU_EXPORT void pe_emu_reset_counters() {
 PE_EMU_EXPORT float pe_emu_rn_mul_add(float a, float b, float c) { return pe::rn_add(pe::rn_mul(a, b), c); }
 PE_EMU_EXPORT float pe_emu_rn_div(float a, float b) { return pe::rn_div(a, b); }
 PE_EMU_EXPORT float pe_emu_rn_rcp(float a) { return pe::rn_rcp(a); }
+
+// atomicAdd on a float2 that is 4 but not 8-byte aligned: the error a GPU reports (716,
+// misaligned address), or -1 where the architecture has no vector atomics.
+PE_EMU_EXPORT int pe_emu_misaligned_float2_atomic() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  alignas(16) float buf[4] = {};
+  cudaGetLastError();
+  atomicAdd(reinterpret_cast<float2*>(buf + 1), make_float2(1.0f, 1.0f));
+  const int err = cudaGetLastError();
+  atomicAdd(reinterpret_cast<float2*>(buf + 2), make_float2(1.0f, 1.0f));
+  return err == 0 || cudaGetLastError() != 0 || buf[2] != 1.0f ? -2 : err;
+#else
+  return -1;
+#endif
+}

@@ -151,6 +151,11 @@ print(json.dumps(out))
     assert n["__fmul_rn"] == n["__fadd_rn"] == n["__fdiv_rn"] == n["__frcp_rn"] == 4000, n
 
 
+@pytest.mark.skipif(build.ARCH < 900, reason="vector atomics are sm_90+")
+def test_misaligned_vector_atomic_faults(emulated_build):
+    assert _run_emulated(emulated_build, "print(lib.pe_emu_misaligned_float2_atomic())") == 716
+
+
 def test_op_suites_pass_on_the_emulated_cuda_kernels(emulated_build):
     env = _env(emulated_build)
     probe = subprocess.run([sys.executable, "-c", "from pyengine import _ext; m = _ext.load(); "

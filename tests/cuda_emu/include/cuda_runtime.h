@@ -9,7 +9,7 @@
 // __CUDA_ARCH__ (900) before this header, so the `#if defined(__CUDA_ARCH__)` branches of the
 // kernels and of csrc/include/pyengine run, and the device intrinsics below stand in for the
 // hardware's. The host and CPU units of the same build include this header (through the c10
-// stand-ins) without __CUDA_ARCH__ and get no intrinsics. Unlike nvcc, a .cu unit has a single
+// stand-ins) without __CUDACC__ and get no intrinsics. Unlike nvcc, a .cu unit has a single
 // pass: its host-side launchers see __CUDA_ARCH__ too.
 //
 // Rounding: the emulated build uses -ffp-contract=off and no fast-math, so each _rn intrinsic is
@@ -153,9 +153,9 @@ inline const char* cudaGetErrorString(cudaError_t e) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Device intrinsics: only in a device pass, as with nvcc (a host unit that called one would not
-// compile there either). Each is available from the architecture the CUDA headers name.
-#if defined(__CUDA_ARCH__)
+// Device intrinsics: declared in CUDA units (__CUDACC__) only, and, as in CUDA's headers, in a
+// device pass only from the architecture that has them (sm_60: double, sm_90: float2 / float4).
+#if defined(__CUDACC__)
 
 namespace pe_emu {
 template <typename T, Counter C>
@@ -175,12 +175,12 @@ inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v)
   return pe_emu::atomic_add<unsigned long long, pe_emu::kAtomicAddInt>(a, v);
 }
 inline float atomicAdd(float* a, float v) { return pe_emu::atomic_add<float, pe_emu::kAtomicAddF32>(a, v); }
-#if __CUDA_ARCH__ >= 600
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 600
 inline double atomicAdd(double* a, double v) {
   return pe_emu::atomic_add<double, pe_emu::kAtomicAddF64>(a, v);
 }
 #endif
-#if __CUDA_ARCH__ >= 900
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 // One atomic over 8 / 16 bytes: the address must be aligned to the vector's size.
 inline float2 atomicAdd(float2* a, float2 v) {
   pe_emu::count(pe_emu::kAtomicAddF2);
@@ -236,4 +236,4 @@ inline double __drcp_rn(double a) {
   return 1.0 / a;
 }
 
-#endif  // __CUDA_ARCH__
+#endif  // __CUDACC__
