@@ -101,13 +101,21 @@ def _extensions():
     return [ext], {"build_ext": _build_ext(torch, BuildExtension)}
 
 
+def _readme():
+    path = os.path.join(ROOT, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
+
+
 ext_modules, cmdclass = _extensions()
 
 setup(
     name="pyengine",
     version=VERSION,
     description="Fused kernels and engines for text-to-3D and video diffusion",
-    long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists(os.path.join(ROOT, "README.md")) else "",
+    long_description=_readme(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["pyengine"] + ["pyengine." + p for p in (
