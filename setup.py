@@ -5,7 +5,14 @@ The C++/OpenMP sources always build. CUDA sources are added when PYENGINE_CUDA a
   PYENGINE_CUDA=1               CUDA required (fails if it cannot be built)
   PYENGINE_CUDA=0               CPU only
 Other knobs: TORCH_CUDA_ARCH_LIST (e.g. "9.0"), MAX_JOBS (parallel compile jobs),
-PYENGINE_NO_EXT=1 (skip the extension entirely; ops then run on Triton / PyTorch).
+PYENGINE_NO_EXT=1 (skip the extension entirely; ops then run on Triton / PyTorch),
+PYENGINE_BUILD_DIR (where object files are kept between builds; default build/ in the checkout).
+
+Object files persist in build/temp.<platform>-<python>-torch<version>/, also for editable
+installs (whose own build folder is a fresh temporary one each time), so ninja recompiles only
+the sources that changed since the last build.
+
+The nvcc flags are read from csrc/nvcc_flags.txt, which .ci/run reads too.
 
 torch must already be installed (pip install --no-build-isolation), since the build uses
 torch.utils.cpp_extension.
@@ -15,11 +22,41 @@ import glob
 import os
 import shutil
 import sys
+import sysconfig
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
+
+
+def _read_flags(path):
+    """One flag per line; '#' starts a comment."""
+    with open(path) as f:
+        return [flag for flag in (line.split("#", 1)[0].strip() for line in f) if flag]
+
+
+NVCC_FLAGS = _read_flags(os.path.join(ROOT, "csrc", "nvcc_flags.txt"))
+CXX_FLAGS = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
+
+
+def _build_temp(torch_mod):
+    """Object files of this torch and Python: kept, so that the next build reuses them. The torch
+    version is in the name because ninja does not track torch's headers (included as -isystem)."""
+    tag = "".join(c if c.isalnum() or c in "._-" else "_" for c in torch_mod.__version__)
+    base = os.environ.get("PYENGINE_BUILD_DIR") or os.path.join(ROOT, "build")
+    return os.path.join(base, f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}-torch{tag}")
+
+
+def _build_ext(torch_mod, build_extension):
+    base = build_extension.with_options(use_ninja=shutil.which("ninja") is not None)
+
+    class BuildExt(base):
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = _build_temp(torch_mod)
+
+    return BuildExt
 
 
 def _want_cuda(torch_mod):
@@ -45,7 +82,7 @@ def _extensions():
     include = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     sources = ["csrc/ext.cpp"] + sorted(glob.glob("csrc/host/*.cpp", root_dir=ROOT)) + sorted(
         glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
-    cxx = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
+    cxx = list(CXX_FLAGS)
     if _want_cuda(torch):
         sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
         ext = CUDAExtension(
@@ -53,7 +90,7 @@ def _extensions():
             sources,
             include_dirs=include,
             define_macros=[("PE_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": list(NVCC_FLAGS)},
             extra_link_args=["-fopenmp"],
         )
     else:
@@ -61,7 +98,15 @@ def _extensions():
             "pyengine._C", sources, include_dirs=include, extra_compile_args=cxx,
             extra_link_args=["-fopenmp"],
         )
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    return [ext], {"build_ext": _build_ext(torch, BuildExtension)}
+
+
+def _readme():
+    path = os.path.join(ROOT, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return f.read()
 
 
 ext_modules, cmdclass = _extensions()
@@ -70,7 +115,7 @@ setup(
     name="pyengine",
     version=VERSION,
     description="Fused kernels and engines for text-to-3D and video diffusion",
-    long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists(os.path.join(ROOT, "README.md")) else "",
+    long_description=_readme(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["pyengine"] + ["pyengine." + p for p in (
@@ -86,7 +131,7 @@ setup(
         "imageio-ffmpeg",
         "triton; platform_system=='Linux'",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "ruff"], "bench": ["nerfacc==0.5.3", "rich"]},
     entry_points={"console_scripts": ["pyengine=pyengine.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

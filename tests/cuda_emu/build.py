@@ -1,8 +1,11 @@
 """Build pyengine's extension with its CUDA kernels compiled for the CPU (see include/cuda_runtime.h).
 
-Every csrc/cuda/*.cu is copied with its kernel launches rewritten for the emulator, then the
-whole extension (ext.cpp, host code with PE_WITH_CUDA and PE_EMULATE_CUDA, CPU kernels, the
-rewritten CUDA kernels) is built as the module ``pyengine_cuda_emu``. With
+Every csrc/cuda/*.cu is copied with its kernel launches rewritten for the emulator and with
+__CUDACC__ and __CUDA_ARCH__ (``ARCH``) defined at its top, as in nvcc's device pass, so its
+device-only branches and those of csrc/include/pyengine compile and run, over the intrinsics of
+include/cuda_runtime.h. Then the whole extension (ext.cpp, host code with PE_WITH_CUDA and
+PE_EMULATE_CUDA, CPU kernels, the rewritten CUDA kernels, support.cpp) is built as the module
+``pyengine_cuda_emu``; the host and CPU units do not see __CUDA_ARCH__. With
 ``PYENGINE_EXT=pyengine_cuda_emu`` pyengine loads it instead of pyengine._C, and the "cpu"
 backend then runs the CUDA kernels.
 
@@ -13,12 +16,27 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 NAME = "pyengine_cuda_emu"
+# __CUDA_ARCH__ of the device pass: 900 takes the sm_90 branches (vector atomics). PYENGINE_EMU_ARCH
+# picks another (e.g. 800); 0 leaves it undefined, so only host branches run (a check of the tests).
+ARCH = int(os.environ.get("PYENGINE_EMU_ARCH", "900"))
+# IEEE rounding for the _rn intrinsics: no contraction into FMAs, no fast-math. Where the CPU has
+# FMA instructions the build uses them, so that a contraction would show (test_cuda_emulated.py).
+CFLAGS = ["-O1", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-DPE_WITH_CUDA", "-DPE_EMULATE_CUDA"]
+
+
+def _cpu_has_fma() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "fma" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def _matching(src: str, i: int, open_ch: str, close_ch: str) -> int:
@@ -33,8 +51,9 @@ def _matching(src: str, i: int, open_ch: str, close_ch: str) -> int:
     raise ValueError("unbalanced brackets")
 
 
-def translate(src: str) -> str:
-    """`k<T><<<grid, block, smem, stream>>>(args);` -> `::pe_emu::launch(grid, block, [&] { k<T>(args); });`"""
+def translate(src: str, arch: int = ARCH) -> str:
+    """`k<T><<<grid, block, smem, stream>>>(args);` -> `::pe_emu::launch(grid, block, [&] { k<T>(args); });`,
+    in a unit compiled as a device pass for sm_<arch>."""
     out, pos = [], 0
     for m in re.finditer(r"<<<", src):
         if m.start() < pos:
@@ -53,7 +72,8 @@ def translate(src: str) -> str:
         out.append(f"{lead}::pe_emu::launch({config[0]}, {config[1]}, [&] {{ {kernel}({args}); }});")
         pos = semi + 1
     out.append(src[pos:])
-    return "#define __CUDACC__ 1\n#include <cuda_runtime.h>\n" + "".join(out)
+    arch_line = f"#define __CUDA_ARCH__ {arch}\n" if arch else ""
+    return "#define __CUDACC__ 1\n" + arch_line + "#include <cuda_runtime.h>\n" + "".join(out)
 
 
 def _split_top(s: str) -> list[str]:
@@ -72,6 +92,10 @@ def _split_top(s: str) -> list[str]:
     return parts
 
 
+def default_build_dir() -> str:
+    return os.path.join(ROOT, "build", "cuda_emu" if ARCH == 900 else f"cuda_emu_arch{ARCH}")
+
+
 def build(build_dir: str, verbose: bool = False):
     from torch.utils.cpp_extension import load
 
@@ -80,23 +104,25 @@ def build(build_dir: str, verbose: bool = False):
     os.makedirs(gen, exist_ok=True)
     sources = []
     # one flat folder of uniquely named copies: the extension builder names objects by basename
-    for sub, pattern in (("", "ext.cpp"), ("host", "*.cpp"), ("cpu", "*.cpp"), ("cuda", "*.cu")):
-        for path in sorted(glob.glob(os.path.join(ROOT, "csrc", sub, pattern))):
-            text = open(path).read()
-            name = os.path.basename(path)
-            if sub == "cuda":
-                text, name = translate(text), name[:-3] + ".cpp"
-            dst = os.path.join(gen, f"{sub or 'top'}_{name}")
-            if not os.path.exists(dst) or open(dst).read() != text:
-                with open(dst, "w") as f:
-                    f.write(text)
-            sources.append(dst)
+    units = [(sub, path) for sub, pattern in (("", "ext.cpp"), ("host", "*.cpp"), ("cpu", "*.cpp"), ("cuda", "*.cu"))
+             for path in sorted(glob.glob(os.path.join(ROOT, "csrc", sub, pattern)))]
+    for sub, path in units + [("emu", os.path.join(HERE, "support.cpp"))]:
+        text = open(path).read()
+        name = os.path.basename(path)
+        if sub in ("cuda", "emu"):
+            text, name = translate(text), os.path.splitext(name)[0] + ".cpp"
+        dst = os.path.join(gen, f"{sub or 'top'}_{name}")
+        if not os.path.exists(dst) or open(dst).read() != text:
+            with open(dst, "w") as f:
+                f.write(text)
+        sources.append(dst)
+    cflags = CFLAGS + (["-mfma"] if platform.machine() == "x86_64" and _cpu_has_fma() else [])
     includes = [os.path.join(HERE, "include"), os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     return load(NAME, sources, extra_include_paths=includes,
-                extra_cflags=["-O1", "-fopenmp", "-DPE_WITH_CUDA", "-DPE_EMULATE_CUDA"], extra_ldflags=["-fopenmp"],
+                extra_cflags=cflags, extra_ldflags=["-fopenmp"],
                 build_directory=build_dir, verbose=verbose)
 
 
 if __name__ == "__main__":
-    mod = build(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build", "cuda_emu"), verbose=True)
+    mod = build(sys.argv[1] if len(sys.argv) > 1 else default_build_dir(), verbose=True)
     print(mod.__file__)

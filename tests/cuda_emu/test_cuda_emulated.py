@@ -3,11 +3,15 @@ this folder (threads one after another), loaded in place of pyengine._C, then th
 run against them through the "cpu" backend. Catches indexing, launch-configuration and
 host-wrapper bugs in code that otherwise only gets compiled here; it cannot see races."""
 
+import glob
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+
+from tests.cuda_emu import build
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -17,16 +21,143 @@ OP_TESTS = ["tests/ops/test_hash_encode.py", "tests/ops/test_composite.py", "tes
 
 @pytest.fixture(scope="module")
 def emulated_build():
-    build_dir = os.path.join(ROOT, "build", "cuda_emu")
+    build_dir = build.default_build_dir()
     res = subprocess.run([sys.executable, os.path.join(HERE, "build.py"), build_dir], capture_output=True, text=True,
                          timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return build_dir
 
 
+def _env(build_dir):
+    return {**os.environ, "PYENGINE_EXT": "pyengine_cuda_emu",
+            "PYTHONPATH": os.pathsep.join(filter(None, [build_dir, ROOT, os.environ.get("PYTHONPATH")]))}
+
+
+# Loads the emulated module as pyengine's extension and opens its support symbols (support.cpp).
+_PRELUDE = """
+import ctypes, json, torch
+from pyengine import _ext
+mod = _ext.load()
+assert mod is not None and mod.__name__ == "pyengine_cuda_emu", _ext.error()
+lib = ctypes.CDLL(mod.__file__)
+lib.pe_emu_unit_file.restype = lib.pe_emu_counter_name.restype = ctypes.c_char_p
+lib.pe_emu_counter.restype = ctypes.c_uint64
+for f in ("pe_emu_rn_mul_add", "pe_emu_rn_div", "pe_emu_rn_rcp"):
+    getattr(lib, f).restype = ctypes.c_float
+def counters():
+    return {lib.pe_emu_counter_name(i).decode(): lib.pe_emu_counter(i) for i in range(lib.pe_emu_n_counters())}
+"""
+
+
+def _run_emulated(build_dir, code):
+    """Runs PRELUDE + code with the emulated build; returns what it printed, parsed as JSON."""
+    res = subprocess.run([sys.executable, "-c", _PRELUDE + code], capture_output=True, text=True,
+                         env=_env(build_dir), cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_cuda_units_compile_as_a_device_pass_and_host_units_do_not(emulated_build):
+    units = _run_emulated(emulated_build, "print(json.dumps([(lib.pe_emu_unit_file(i).decode(), "
+                                          "lib.pe_emu_unit_arch(i)) for i in range(lib.pe_emu_n_units())]))")
+    arch = {os.path.basename(f): a for f, a in units}
+    assert build.ARCH >= 800, f"PYENGINE_EMU_ARCH={build.ARCH}: the .cu units must be built as a device pass"
+    for cu in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
+        name = "cuda_" + os.path.basename(cu)[:-3] + ".cpp"
+        assert arch.get(name) == build.ARCH, f"{cu}: compiled with __CUDA_ARCH__ {arch.get(name)} (units: {arch})"
+    assert arch.get("emu_support.cpp") == build.ARCH, arch
+    host = {n: a for n, a in arch.items() if not n.startswith(("cuda_", "emu_"))}
+    assert host and all(a == 0 for a in host.values()), f"host units must not see __CUDA_ARCH__: {host}"
+
+
+def test_ops_run_the_device_branches(emulated_build):
+    """Each op call goes through the device intrinsics: the _rn arithmetic of ray_march.h and the
+    sm_90 vector atomics of hash_encode.cu, not the host branches."""
+    got = _run_emulated(emulated_build, """
+from pyengine.ops.hash_encode import hash_encode
+from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
+from pyengine.ops.ray_march import ray_march
+from pyengine.reference.hash_encode import HashGridConfig
+out = {}
+def step(name, fn):
+    lib.pe_emu_reset_counters()
+    fn()
+    out[name] = {k: v for k, v in counters().items() if v}
+g = torch.Generator().manual_seed(0)
+def aabb(dtype):
+    o = torch.rand(37, 3, generator=g, dtype=dtype) * 4 - 2
+    d = torch.randn(37, 3, generator=g, dtype=dtype)
+    ray_aabb_intersect(o, d, torch.tensor([[-1.0, -1, -1, 1, 1, 1]], dtype=dtype), backend="cpu")
+step("aabb_f32", lambda: aabb(torch.float32))
+step("aabb_f64", lambda: aabb(torch.float64))
+def march():
+    o = torch.rand(16, 3, generator=g) * 0.2 + 0.4
+    d = torch.nn.functional.normalize(torch.randn(16, 3, generator=g), dim=-1)
+    ray_march(o, d, torch.zeros(16), torch.ones(16), torch.ones(2, 4, 4, 4, dtype=torch.bool),
+              torch.tensor([0.0, 0, 0, 1, 1, 1]), 0.05, backend="cpu")
+step("march", march)
+def encode(F, dtype):
+    cfg = HashGridConfig(n_input_dims=3, n_levels=3, n_features_per_level=F, log2_hashmap_size=8,
+                         base_resolution=3, per_level_scale=2.0)
+    x = torch.rand(19, 3, generator=g, dtype=dtype)
+    p = (torch.rand(cfg.n_params(), generator=g, dtype=torch.float64) - 0.5).to(dtype).requires_grad_()
+    hash_encode(x, p, cfg, backend="cpu").sum().backward()
+for F in (1, 2, 4, 8):
+    step(f"encode_f32_F{F}", lambda: encode(F, torch.float32))
+step("encode_f64_F2", lambda: encode(2, torch.float64))
+print(json.dumps(out))
+""")
+    for name, used in (("aabb_f32", ("__fmul_rn", "__frcp_rn")), ("march", ("__fmul_rn", "__fadd_rn", "__fdiv_rn"))):
+        assert all(got[name].get(k, 0) > 0 for k in used), (name, got[name])
+    assert got["aabb_f64"].get("__dmul_rn", 0) > 0 and got["aabb_f64"].get("__drcp_rn", 0) > 0, got["aabb_f64"]
+    assert "__fmul_rn" not in got["aabb_f64"], got["aabb_f64"]
+    # float tables on sm_90: F = 2 as float2, F = 4 and 8 as float4 atomics; F = 1 and dL/dx as float atomics
+    vector = {"atomicAdd(float2)", "atomicAdd(float4)"}
+    if build.ARCH >= 900:
+        assert got["encode_f32_F2"].get("atomicAdd(float2)", 0) > 0, got["encode_f32_F2"]
+        for F in (4, 8):
+            assert got[f"encode_f32_F{F}"].get("atomicAdd(float4)", 0) > 0, got[f"encode_f32_F{F}"]
+            assert "atomicAdd(float2)" not in got[f"encode_f32_F{F}"], got[f"encode_f32_F{F}"]
+    else:
+        assert not any(vector & got[f"encode_f32_F{F}"].keys() for F in (2, 4, 8)), got
+    assert got["encode_f32_F1"].get("atomicAdd(float)", 0) > 0, got["encode_f32_F1"]
+    assert not vector & got["encode_f32_F1"].keys(), got["encode_f32_F1"]
+    assert got["encode_f64_F2"].get("atomicAdd(double)", 0) > 0, got["encode_f64_F2"]
+
+
+def test_rn_intrinsics_round_like_separate_ieee_operations(emulated_build):
+    """rn_add(rn_mul(a, b), c) rounds twice (the build would contract it into one FMA otherwise,
+    on a CPU with FMA); rn_div and rn_rcp are correctly rounded."""
+    got = _run_emulated(emulated_build, """
+g = torch.Generator().manual_seed(1)
+a, b, c = (torch.rand(3, 4000, generator=g, dtype=torch.float64) * 2 - 1).float()
+lib.pe_emu_reset_counters()
+out = {"mul_add": [lib.pe_emu_rn_mul_add(*map(ctypes.c_float, v)) for v in zip(a.tolist(), b.tolist(), c.tolist())],
+       "div": [lib.pe_emu_rn_div(ctypes.c_float(x), ctypes.c_float(y)) for x, y in zip(a.tolist(), b.tolist())],
+       "rcp": [lib.pe_emu_rn_rcp(ctypes.c_float(x)) for x in a.tolist()], "counters": counters()}
+print(json.dumps(out))
+""")
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    a, b, c = (torch.rand(3, 4000, generator=g, dtype=torch.float64) * 2 - 1).float()
+    two_roundings = ((a * b) + c).tolist()
+    fused = (a.double() * b.double() + c.double()).float()
+    assert (fused != torch.tensor(two_roundings)).any(), "no case tells a fused multiply-add apart"
+    bad = [i for i, (x, y) in enumerate(zip(got["mul_add"], two_roundings)) if x != y]
+    assert not bad, f"{len(bad)} of 4000 rn_add(rn_mul(a, b), c) differ from two float32 roundings, e.g. {bad[:5]}"
+    assert got["div"] == (a / b).tolist() and got["rcp"] == (1 / a).tolist()
+    n = got["counters"]
+    assert n["__fmul_rn"] == n["__fadd_rn"] == n["__fdiv_rn"] == n["__frcp_rn"] == 4000, n
+
+
+@pytest.mark.skipif(build.ARCH < 900, reason="vector atomics are sm_90+")
+def test_misaligned_vector_atomic_faults(emulated_build):
+    assert _run_emulated(emulated_build, "print(lib.pe_emu_misaligned_float2_atomic())") == 716
+
+
 def test_op_suites_pass_on_the_emulated_cuda_kernels(emulated_build):
-    env = {**os.environ, "PYENGINE_EXT": "pyengine_cuda_emu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [emulated_build, ROOT, os.environ.get("PYTHONPATH")]))}
+    env = _env(emulated_build)
     probe = subprocess.run([sys.executable, "-c", "from pyengine import _ext; m = _ext.load(); "
                             "print(m.__name__, m.built_with_cuda())"], capture_output=True, text=True, env=env,
                            cwd=ROOT, timeout=300)

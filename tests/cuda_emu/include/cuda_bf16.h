@@ -1,5 +1,6 @@
 // Emulated __nv_bfloat16 (tests/cuda_emu): the upper 16 bits of a float32, round-to-nearest-even.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -21,3 +22,23 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return __nv_bfloat16{static_cast<uint16_t>(u >> 16)};
 }
+
+#if defined(__CUDACC__) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800)
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
+  pe_emu::count(pe_emu::kAtomicAddBf16);
+  const __nv_bfloat16 old = *a;
+  // Rounded once to bfloat16: the double sum goes to float rounding to odd (truncate, then set the
+  // last bit when inexact), which leaves the final round-to-nearest-even to __float2bfloat16_rn.
+  const double s = static_cast<double>(__bfloat162float(old)) + static_cast<double>(__bfloat162float(v));
+  float f = static_cast<float>(s);
+  if (static_cast<double>(f) != s && !std::isnan(s)) {
+    if (std::fabs(static_cast<double>(f)) > std::fabs(s)) f = std::nextafter(f, 0.0f);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u |= 1u;
+    std::memcpy(&f, &u, 4);
+  }
+  *a = __float2bfloat16_rn(f);
+  return old;
+}
+#endif

@@ -8,3 +8,13 @@ struct __half {
 };
 inline float __half2float(__half h) { return static_cast<float>(h.v); }
 inline __half __float2half_rn(float f) { return __half{static_cast<_Float16>(f)}; }
+
+#if defined(__CUDACC__) && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700)
+// The sum of two halves is exact in double, so one conversion rounds it as the device does.
+inline __half atomicAdd(__half* a, __half v) {
+  pe_emu::count(pe_emu::kAtomicAddHalf);
+  const __half old = *a;
+  a->v = static_cast<_Float16>(static_cast<double>(old.v) + static_cast<double>(v.v));
+  return old;
+}
+#endif
