@@ -190,7 +190,8 @@ class OpSuite:
                         f"{what} {name}: max error {e_got:.3e} against float64, reference in {dtype}: "
                         f"{e_ref:.3e} (allowed {LOW_PRECISION_FACTOR} x that + {floor * scale:.1e})")
 
-            tests["test_low_precision_error_within_twice_the_reference"] = test_low_precision_error_within_twice_the_reference
+            tests["test_low_precision_error_within_twice_the_reference"] = (
+                test_low_precision_error_within_twice_the_reference)
 
         if self.grads and self.gradcheck_case:
             case = next(c for c in self.cases if c.name == self.gradcheck_case)
@@ -208,7 +209,8 @@ class OpSuite:
                         (kw if isinstance(k, str) else a)[k] = x
                     return tuple(o for o in _flat(suite.fn(*a, backend=backend, **kw)) if o.is_floating_point())
 
-                assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-5), f"{suite.op} {backend} seed={case.seed}"
+                ok = torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-5)
+                assert ok, f"{suite.op} {backend} seed={case.seed}"
 
             tests["test_gradcheck_float64"] = test_gradcheck_float64
 

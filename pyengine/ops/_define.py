@@ -38,7 +38,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
@@ -307,7 +306,3 @@ def define(name: str, schema: str, **kw) -> Op:
     """Defines and registers op ``name``; see the module docstring."""
     return Op(name, schema, **kw)
 
-
-def namespace(**fns) -> SimpleNamespace:
-    """A backend made of plain functions, e.g. the reference adapter of an op."""
-    return SimpleNamespace(**fns)

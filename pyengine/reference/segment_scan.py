@@ -24,7 +24,8 @@ from pyengine.reference.composite import _gather, _padded_index, _scatter
 __all__ = ["segment_scan", "segment_scan_fwd"]
 
 
-def segment_scan(x: torch.Tensor, packed_info: torch.Tensor, prod: bool = False, exclusive: bool = False) -> torch.Tensor:
+def segment_scan(x: torch.Tensor, packed_info: torch.Tensor, prod: bool = False,
+                 exclusive: bool = False) -> torch.Tensor:
     """Scan of each packed segment of ``x``, plain PyTorch (differentiable by autograd).
 
     Args:

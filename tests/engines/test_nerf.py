@@ -221,7 +221,8 @@ def test_compiled_render_step_breaks_only_at_data_dependent_sizes(tmp_path):
     trainer = NeRFTrainer(FitNeRFConfig(steps=10, out=str(tmp_path), **TINY))
     g = torch.Generator().manual_seed(0)
     rays_o = torch.rand(64, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 3.0])
-    rays_d = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, -1.0]) + 0.05 * torch.randn(64, 3, generator=g), dim=-1)
+    rays_d = torch.tensor([0.0, 0.0, -1.0]) + 0.05 * torch.randn(64, 3, generator=g)
+    rays_d = torch.nn.functional.normalize(rays_d, dim=-1)
 
     def step(o, d):
         return render_rays(trainer.field, trainer.estimator, o, d, **trainer.render_kwargs(True))["rgb"].sum()

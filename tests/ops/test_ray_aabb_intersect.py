@@ -8,7 +8,6 @@ import torch
 import pyengine
 from pyengine.ops import ray_aabb_intersect as op_mod
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
-from pyengine.reference import ray_aabb_intersect as ref_mod
 from tests.op_harness import Bad, Case, OpSuite
 
 INF = math.inf
