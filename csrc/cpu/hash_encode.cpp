@@ -191,35 +191,35 @@ struct BwdBwd {
 
 }  // namespace
 
-template <typename T, typename P>
-void hash_encode_fwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
-                     const P* params, P* out) {
-  Fwd<T, P> fn{N, lv, interp, x, params, out};
-  dispatch_hash_dims(D, F, fn);
+template <typename T>
+void hash_encode_fwd(const HashLevels& lv, const HashArgs<T, T>& a) {
+  Fwd<T, T> fn{a.N, lv, a.interp, a.x, a.params, a.out};
+  dispatch_hash_dims(a.D, a.F, [&](auto d, auto f) {
+    fn.template run<decltype(d)::value, decltype(f)::value>();
+  });
 }
 
-template <typename T, typename P>
-void hash_encode_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
-                     const P* params, const P* grad_out, T* grad_params, T* grad_x) {
-  Bwd<T, P> fn{N, lv, interp, x, params, grad_out, grad_params, grad_x};
-  dispatch_hash_dims(D, F, fn);
+template <typename T>
+void hash_encode_bwd(const HashLevels& lv, const HashArgs<T, T>& a) {
+  Bwd<T, T> fn{a.N, lv, a.interp, a.x, a.params, a.grad_out, a.grad_params, a.grad_x};
+  dispatch_hash_dims(a.D, a.F, [&](auto d, auto f) {
+    fn.template run<decltype(d)::value, decltype(f)::value>();
+  });
 }
 
-template <typename T, typename P>
-void hash_encode_bwd_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
-                         const P* params, const P* grad_out, const T* gg_x, P* d_grad_out,
-                         T* grad_x, T* grad_params) {
-  BwdBwd<T, P> fn{N, lv, interp, x, params, grad_out, gg_x, d_grad_out, grad_x, grad_params};
-  dispatch_hash_dims(D, F, fn);
+template <typename T>
+void hash_encode_bwd_bwd(const HashLevels& lv, const HashArgs<T, T>& a) {
+  BwdBwd<T, T> fn{a.N,        lv,   a.interp, a.x,      a.params,
+                  a.grad_out, a.gg_x, a.out,  a.grad_x, a.grad_params};
+  dispatch_hash_dims(a.D, a.F, [&](auto d, auto f) {
+    fn.template run<decltype(d)::value, decltype(f)::value>();
+  });
 }
 
-#define PE_INSTANTIATE(T)                                                                        \
-  template void hash_encode_fwd<T, T>(int64_t, int, int, const HashLevels&, int, const T*,       \
-                                      const T*, T*);                                             \
-  template void hash_encode_bwd<T, T>(int64_t, int, int, const HashLevels&, int, const T*,       \
-                                      const T*, const T*, T*, T*);                               \
-  template void hash_encode_bwd_bwd<T, T>(int64_t, int, int, const HashLevels&, int, const T*,   \
-                                          const T*, const T*, const T*, T*, T*, T*);
+#define PE_INSTANTIATE(T)                                                       \
+  template void hash_encode_fwd<T>(const HashLevels&, const HashArgs<T, T>&);   \
+  template void hash_encode_bwd<T>(const HashLevels&, const HashArgs<T, T>&);   \
+  template void hash_encode_bwd_bwd<T>(const HashLevels&, const HashArgs<T, T>&);
 PE_INSTANTIATE(float)
 PE_INSTANTIATE(double)
 #undef PE_INSTANTIATE
