@@ -5,6 +5,7 @@
 #include "host/composite.h"
 #include "host/hash_encode.h"
 #include "host/ray_march.h"
+#include "pyengine/ray_march.h"
 
 namespace {
 bool built_with_cuda() {
@@ -39,6 +40,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // ray_aabb_intersect, ray_march
   m.def("ray_aabb_intersect", &pe::host::ray_aabb_intersect,
         "ray / box intersection -> (t_mins [N, M], t_maxs [N, M], hits [N, M])");
+  namespace py = pybind11;
   m.def("ray_march", &pe::host::ray_march,
-        "occupancy-grid marching -> (packed_info [R, 2], ray_indices [S], t_starts [S], t_ends [S])");
+        "occupancy-grid marching -> (packed_info [R, 2], ray_indices [S], t_starts [S], t_ends [S])",
+        py::arg("rays_o"), py::arg("rays_d"), py::arg("t_min"), py::arg("t_max"),
+        py::arg("binaries"), py::arg("roi_aabb"), py::arg("step_size"), py::arg("cone_angle"),
+        py::arg("jitter"), py::arg("max_steps") = pe::kMarchMaxSteps);
 }

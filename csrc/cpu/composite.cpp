@@ -15,44 +15,26 @@ namespace {
 
 constexpr int64_t kChunk = 64;
 
-template <typename T>
-struct Fwd {
-  int64_t R, S;
-  int C;
-  const CompositeFwdPtrs<T>& p;
-  template <int CT, bool ALPHA>
-  void run() {
-#pragma omp parallel for schedule(dynamic, kChunk)
-    for (int64_t r = 0; r < R; ++r) composite_ray_fwd<T, CT, ALPHA>(p, r, S, C);
-  }
-};
-
-template <typename T>
-struct Bwd {
-  int64_t R, S;
-  int C;
-  const CompositeBwdPtrs<T>& p;
-  template <int CT, bool ALPHA>
-  void run() {
-#pragma omp parallel for schedule(dynamic, kChunk)
-    for (int64_t r = 0; r < R; ++r) composite_ray_bwd<T, CT, ALPHA>(p, r, S, C);
-  }
-};
-
 }  // namespace
 
 template <typename T>
 void composite_fwd(int64_t R, int64_t S, int C, bool alpha_mode, const CompositeFwdPtrs<T>& p) {
   if (R == 0) return;
-  Fwd<T> fn{R, S, C, p};
-  dispatch_composite(C, alpha_mode, fn);
+  dispatch_composite(C, alpha_mode, [&](auto ct, auto alpha) {
+#pragma omp parallel for schedule(dynamic, kChunk)
+    for (int64_t r = 0; r < R; ++r)
+      composite_ray_fwd<T, decltype(ct)::value, decltype(alpha)::value>(p, r, S, C);
+  });
 }
 
 template <typename T>
 void composite_bwd(int64_t R, int64_t S, int C, bool alpha_mode, const CompositeBwdPtrs<T>& p) {
   if (R == 0 || (p.grad_x == nullptr && p.grad_values == nullptr)) return;
-  Bwd<T> fn{R, S, C, p};
-  dispatch_composite(C, alpha_mode, fn);
+  dispatch_composite(C, alpha_mode, [&](auto ct, auto alpha) {
+#pragma omp parallel for schedule(dynamic, kChunk)
+    for (int64_t r = 0; r < R; ++r)
+      composite_ray_bwd<T, decltype(ct)::value, decltype(alpha)::value>(p, r, S, C);
+  });
 }
 
 template void composite_fwd<float>(int64_t, int64_t, int, bool, const CompositeFwdPtrs<float>&);

@@ -3,7 +3,8 @@
 //
 // Floating-point contraction is switched off for this translation unit (before any include, so
 // every function in it, inlined or not, is compiled alike): the kernels must round every product
-// as the float32 PyTorch reference does. See the header comment of pyengine/ray_march.h.
+// as the float32 PyTorch reference does. See the header comment of pyengine/ray_march.h. (Memory
+// safety does not rest on it: the fill pass never writes past the count pass's sizes.)
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -40,29 +41,23 @@ template void ray_aabb_intersect<double>(int64_t, int64_t, const double*, const 
 
 // Rays differ a lot in length (misses cost nothing, grazing rays a few steps), hence dynamic
 // scheduling in chunks of 64 rays. A ray is owned by one thread in each pass; the fill pass
-// writes the slice [starts[r], starts[r] + counts[r]) that the count pass sized, no atomics.
-void ray_march_count(int64_t R, const MarchGrid& g, const float* rays_o, const float* rays_d,
-                     const float* t_min, const float* t_max, const float* jitter, int64_t* counts) {
+// writes only the slice [starts[r], starts[r] + counts[r]) that the count pass sized, no atomics.
+void ray_march_count(int64_t R, const MarchGrid& g, const MarchRays& rays, int64_t* counts) {
+  const MarchBox box = march_box(g.roi_aabb);
 #pragma omp parallel for schedule(dynamic, 64)
   for (int64_t r = 0; r < R; ++r) {
-    MarchCount emit;
-    march_ray(g, rays_o + r * 3, rays_d + r * 3, t_min[r], t_max[r], jitter ? jitter[r] : 0.0f,
-              emit);
-    counts[r] = emit.n;
+    MarchCount count;
+    march_ray(g, box, rays, r, count);
+    counts[r] = count.n;
   }
 }
 
-void ray_march_fill(int64_t R, const MarchGrid& g, const float* rays_o, const float* rays_d,
-                    const float* t_min, const float* t_max, const float* jitter,
-                    const int64_t* starts, const int64_t* counts, int64_t* ray_indices,
-                    float* t_starts, float* t_ends) {
+void ray_march_fill(int64_t R, const MarchGrid& g, const MarchRays& rays, const int64_t* starts,
+                    const int64_t* counts, int64_t* ray_indices, float* t_starts, float* t_ends) {
+  const MarchBox box = march_box(g.roi_aabb);
 #pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t r = 0; r < R; ++r) {
-    if (counts[r] == 0) continue;
-    MarchFill emit{r, starts[r], ray_indices, t_starts, t_ends};
-    march_ray(g, rays_o + r * 3, rays_d + r * 3, t_min[r], t_max[r], jitter ? jitter[r] : 0.0f,
-              emit);
-  }
+  for (int64_t r = 0; r < R; ++r)
+    march_fill_ray(g, box, rays, r, starts[r], counts[r], ray_indices, t_starts, t_ends);
 }
 
 }  // namespace cpu

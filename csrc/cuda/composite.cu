@@ -30,94 +30,40 @@ __global__ void composite_bwd_kernel(int64_t R, int64_t S, int C, const Composit
   composite_ray_bwd<T, CT, ALPHA>(p, r, S, C);
 }
 
-template <typename T>
-CompositeFwdPtrs<T> typed(const CompositeFwdPtrs<void>& p) {
-  return {p.packed_info,
-          static_cast<const T*>(p.t_starts),
-          static_cast<const T*>(p.t_ends),
-          static_cast<const T*>(p.x),
-          static_cast<const T*>(p.values),
-          static_cast<T*>(p.weights),
-          static_cast<T*>(p.trans),
-          static_cast<T*>(p.alphas),
-          static_cast<T*>(p.acc),
-          static_cast<T*>(p.opacity),
-          static_cast<T*>(p.depth)};
-}
-
-template <typename T>
-CompositeBwdPtrs<T> typed(const CompositeBwdPtrs<void>& p) {
-  return {p.packed_info,
-          static_cast<const T*>(p.t_starts),
-          static_cast<const T*>(p.t_ends),
-          static_cast<const T*>(p.x),
-          static_cast<const T*>(p.values),
-          static_cast<const T*>(p.trans),
-          static_cast<const T*>(p.g_weights),
-          static_cast<const T*>(p.g_trans),
-          static_cast<const T*>(p.g_alphas),
-          static_cast<const T*>(p.g_acc),
-          static_cast<const T*>(p.g_opacity),
-          static_cast<const T*>(p.g_depth),
-          static_cast<T*>(p.grad_x),
-          static_cast<T*>(p.grad_values)};
-}
-
 unsigned blocks(int64_t R) { return static_cast<unsigned>((R + kThreads - 1) / kThreads); }
-
-template <typename T>
-struct FwdFn {
-  int64_t R, S;
-  int C;
-  CompositeFwdPtrs<T> p;
-  cudaStream_t stream;
-  template <int CT, bool ALPHA>
-  void run() {
-    composite_fwd_kernel<T, CT, ALPHA><<<blocks(R), kThreads, 0, stream>>>(R, S, C, p);
-  }
-};
-
-template <typename T>
-struct BwdFn {
-  int64_t R, S;
-  int C;
-  CompositeBwdPtrs<T> p;
-  cudaStream_t stream;
-  template <int CT, bool ALPHA>
-  void run() {
-    composite_bwd_kernel<T, CT, ALPHA><<<blocks(R), kThreads, 0, stream>>>(R, S, C, p);
-  }
-};
 
 }  // namespace
 
-int composite_fwd(int64_t R, int64_t S, int C, bool alpha_mode, int dtype,
-                  const CompositeFwdPtrs<void>& p, void* stream) {
+template <typename T>
+int composite_fwd(int64_t R, int64_t S, int C, bool alpha_mode, const CompositeFwdPtrs<T>& p,
+                  cudaStream_t stream) {
   if (R == 0) return 0;
-  const auto st = static_cast<cudaStream_t>(stream);
-  if (dtype == kCompositeF64) {
-    FwdFn<double> fn{R, S, C, typed<double>(p), st};
-    dispatch_composite(C, alpha_mode, fn);
-  } else {
-    FwdFn<float> fn{R, S, C, typed<float>(p), st};
-    dispatch_composite(C, alpha_mode, fn);
-  }
+  dispatch_composite(C, alpha_mode, [&](auto ct, auto alpha) {
+    composite_fwd_kernel<T, decltype(ct)::value, decltype(alpha)::value>
+        <<<blocks(R), kThreads, 0, stream>>>(R, S, C, p);
+  });
   return static_cast<int>(cudaGetLastError());
 }
 
-int composite_bwd(int64_t R, int64_t S, int C, bool alpha_mode, int dtype,
-                  const CompositeBwdPtrs<void>& p, void* stream) {
+template <typename T>
+int composite_bwd(int64_t R, int64_t S, int C, bool alpha_mode, const CompositeBwdPtrs<T>& p,
+                  cudaStream_t stream) {
   if (R == 0 || (p.grad_x == nullptr && p.grad_values == nullptr)) return 0;
-  const auto st = static_cast<cudaStream_t>(stream);
-  if (dtype == kCompositeF64) {
-    BwdFn<double> fn{R, S, C, typed<double>(p), st};
-    dispatch_composite(C, alpha_mode, fn);
-  } else {
-    BwdFn<float> fn{R, S, C, typed<float>(p), st};
-    dispatch_composite(C, alpha_mode, fn);
-  }
+  dispatch_composite(C, alpha_mode, [&](auto ct, auto alpha) {
+    composite_bwd_kernel<T, decltype(ct)::value, decltype(alpha)::value>
+        <<<blocks(R), kThreads, 0, stream>>>(R, S, C, p);
+  });
   return static_cast<int>(cudaGetLastError());
 }
+
+#define PE_INSTANTIATE(T)                                                                      \
+  template int composite_fwd<T>(int64_t, int64_t, int, bool, const CompositeFwdPtrs<T>&,       \
+                                cudaStream_t);                                                 \
+  template int composite_bwd<T>(int64_t, int64_t, int, bool, const CompositeBwdPtrs<T>&,       \
+                                cudaStream_t);
+PE_INSTANTIATE(float)
+PE_INSTANTIATE(double)
+#undef PE_INSTANTIATE
 
 }  // namespace cuda
 }  // namespace pe

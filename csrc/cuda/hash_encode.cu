@@ -114,116 +114,57 @@ __global__ void hash_encode_bwd_bwd_kernel(int64_t N, const HashLevels lv, int i
   }
 }
 
-// One launch configuration for all three kernels.
-struct Launch {
-  int64_t N;
-  const HashLevels& lv;
-  cudaStream_t stream;
-  dim3 grid() const {
-    return dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads), lv.n_levels);
-  }
-};
+dim3 grid(int64_t N, const HashLevels& lv) {
+  return dim3(static_cast<unsigned>((N + kThreads - 1) / kThreads), lv.n_levels);
+}
 
-template <typename T, typename P>
-struct FwdFn {
-  Launch L;
-  int interp;
-  const void *x, *params;
-  void* out;
-  template <int D, int F>
-  void run() {
-    hash_encode_fwd_kernel<T, P, D, F><<<L.grid(), kThreads, 0, L.stream>>>(
-        L.N, L.lv, interp, static_cast<const T*>(x), static_cast<const P*>(params),
-        static_cast<P*>(out));
-  }
-};
-
-template <typename T, typename P>
-struct BwdFn {
-  Launch L;
-  int interp;
-  const void *x, *params, *grad_out;
-  void *grad_params, *grad_x;
-  template <int D, int F>
-  void run() {
-    hash_encode_bwd_kernel<T, P, D, F><<<L.grid(), kThreads, 0, L.stream>>>(
-        L.N, L.lv, interp, static_cast<const T*>(x), static_cast<const P*>(params),
-        static_cast<const P*>(grad_out), static_cast<T*>(grad_params), static_cast<T*>(grad_x));
-  }
-};
-
-template <typename T, typename P>
-struct BwdBwdFn {
-  Launch L;
-  int interp;
-  const void *x, *params, *grad_out, *gg_x;
-  void *d_grad_out, *grad_x, *grad_params;
-  template <int D, int F>
-  void run() {
-    hash_encode_bwd_bwd_kernel<T, P, D, F><<<L.grid(), kThreads, 0, L.stream>>>(
-        L.N, L.lv, interp, static_cast<const T*>(x), static_cast<const P*>(params),
-        static_cast<const P*>(grad_out), static_cast<const T*>(gg_x), static_cast<P*>(d_grad_out),
-        static_cast<T*>(grad_x), static_cast<T*>(grad_params));
-  }
-};
-
-// Runs Fn<T, P> for the table type; T is double only for double tables.
-template <template <typename, typename> class Fn, typename... Args>
-int launch(int table_type, int D, int F, Args&&... args) {
-  bool ok = false;
-  switch (table_type) {
-    case kTableF32: {
-      Fn<float, float> fn{args...};
-      ok = dispatch_hash_dims(D, F, fn);
-      break;
-    }
-    case kTableF16: {
-      Fn<float, __half> fn{args...};
-      ok = dispatch_hash_dims(D, F, fn);
-      break;
-    }
-    case kTableBF16: {
-      Fn<float, __nv_bfloat16> fn{args...};
-      ok = dispatch_hash_dims(D, F, fn);
-      break;
-    }
-    case kTableF64: {
-      Fn<double, double> fn{args...};
-      ok = dispatch_hash_dims(D, F, fn);
-      break;
-    }
-    default:
-      break;
-  }
-  if (!ok) return static_cast<int>(cudaErrorInvalidValue);
+// launch(D, F) for the runtime (D, F); cudaErrorInvalidValue when the pair has no kernel.
+template <typename Launch>
+int launch_dims(int D, int F, Launch&& launch) {
+  if (!dispatch_hash_dims(D, F, launch)) return static_cast<int>(cudaErrorInvalidValue);
   return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace
 
-int hash_encode_fwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
-                    const void* x, const void* params, void* out, void* stream) {
-  if (N == 0 || lv.n_levels == 0) return 0;
-  Launch L{N, lv, static_cast<cudaStream_t>(stream)};
-  return launch<FwdFn>(table_type, D, F, L, interp, x, params, out);
+template <typename T, typename P>
+int hash_encode_fwd(const HashLevels& lv, const HashArgs<T, P>& a, cudaStream_t stream) {
+  if (a.N == 0) return 0;
+  return launch_dims(a.D, a.F, [&](auto d, auto f) {
+    hash_encode_fwd_kernel<T, P, decltype(d)::value, decltype(f)::value>
+        <<<grid(a.N, lv), kThreads, 0, stream>>>(a.N, lv, a.interp, a.x, a.params, a.out);
+  });
 }
 
-int hash_encode_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
-                    const void* x, const void* params, const void* grad_out, void* grad_params,
-                    void* grad_x, void* stream) {
-  if (N == 0 || lv.n_levels == 0) return 0;
-  Launch L{N, lv, static_cast<cudaStream_t>(stream)};
-  return launch<BwdFn>(table_type, D, F, L, interp, x, params, grad_out, grad_params, grad_x);
+template <typename T, typename P>
+int hash_encode_bwd(const HashLevels& lv, const HashArgs<T, P>& a, cudaStream_t stream) {
+  if (a.N == 0 || (a.grad_params == nullptr && a.grad_x == nullptr)) return 0;
+  return launch_dims(a.D, a.F, [&](auto d, auto f) {
+    hash_encode_bwd_kernel<T, P, decltype(d)::value, decltype(f)::value>
+        <<<grid(a.N, lv), kThreads, 0, stream>>>(a.N, lv, a.interp, a.x, a.params, a.grad_out,
+                                                  a.grad_params, a.grad_x);
+  });
 }
 
-int hash_encode_bwd_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
-                        const void* x, const void* params, const void* grad_out, const void* gg_x,
-                        void* d_grad_out, void* grad_x, void* grad_params, void* stream) {
-  if (N == 0 || lv.n_levels == 0) return 0;
-  Launch L{N, lv, static_cast<cudaStream_t>(stream)};
-  return launch<BwdBwdFn>(table_type, D, F, L, interp, x, params, grad_out, gg_x, d_grad_out,
-                          grad_x, grad_params);
+template <typename T, typename P>
+int hash_encode_bwd_bwd(const HashLevels& lv, const HashArgs<T, P>& a, cudaStream_t stream) {
+  if (a.N == 0 || (a.out == nullptr && a.grad_x == nullptr && a.grad_params == nullptr)) return 0;
+  return launch_dims(a.D, a.F, [&](auto d, auto f) {
+    hash_encode_bwd_bwd_kernel<T, P, decltype(d)::value, decltype(f)::value>
+        <<<grid(a.N, lv), kThreads, 0, stream>>>(a.N, lv, a.interp, a.x, a.params, a.grad_out,
+                                                  a.gg_x, a.out, a.grad_x, a.grad_params);
+  });
 }
+
+#define PE_INSTANTIATE(T, P)                                                                \
+  template int hash_encode_fwd(const HashLevels&, const HashArgs<T, P>&, cudaStream_t);     \
+  template int hash_encode_bwd(const HashLevels&, const HashArgs<T, P>&, cudaStream_t);     \
+  template int hash_encode_bwd_bwd(const HashLevels&, const HashArgs<T, P>&, cudaStream_t);
+PE_INSTANTIATE(float, float)
+PE_INSTANTIATE(float, F16Storage)
+PE_INSTANTIATE(float, BF16Storage)
+PE_INSTANTIATE(double, double)
+#undef PE_INSTANTIATE
 
 }  // namespace cuda
 }  // namespace pe

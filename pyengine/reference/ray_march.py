@@ -15,6 +15,10 @@ Marching, per ray ``r`` with origin ``o``, direction ``d``, interval ``[t_min, t
   does not advance ``t`` in float32 (``t_{k+1} <= t_k``, far from the origin with tiny steps).
 * Step ``k`` is the interval ``[t_k, e_k]`` with ``e_k = min(t_{k+1}, t_max)``; it becomes a
   sample iff the grid is occupied at its midpoint ``x = o + d * ((t_k + e_k) * 0.5)``.
+* At most ``max_steps`` steps are marched per ray, occupied or not: steps ``k = 0 ..
+  max_steps - 1`` (default ``MAX_STEPS = 2**20``; ``max_steps >= 1``). The cap bounds the work of
+  a ray whatever its interval: ``t_max = 1e30`` with a tiny step would otherwise march until the
+  step vanishes in float32, tens of millions of steps.
 
 Occupancy at ``x`` (nerfacc's cascade: level ``l`` covers the roi box scaled by ``2^l`` about its
 centre; all levels share one resolution ``(X, Y, Z)``):
@@ -37,9 +41,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["DT_MAX", "occupied", "ray_march"]
+__all__ = ["DT_MAX", "MAX_STEPS", "occupied", "ray_march"]
 
 DT_MAX = 1e10
+MAX_STEPS = 1 << 20
 
 
 def _f32(v: float) -> float:
@@ -75,7 +80,7 @@ def occupied(x: torch.Tensor, binaries: torch.Tensor, roi_aabb: torch.Tensor) ->
 @torch.no_grad()
 def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor,
               binaries: torch.Tensor, roi_aabb: torch.Tensor, step_size: float, cone_angle: float = 0.0,
-              jitter: torch.Tensor | None = None):
+              jitter: torch.Tensor | None = None, max_steps: int = MAX_STEPS):
     """Marches rays through a cascaded occupancy grid; keeps the steps whose midpoint is occupied.
 
     Vectorised over rays with a Python loop over steps (rays drop out as they finish).
@@ -88,6 +93,7 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         roi_aabb: [6] float32 ``(xmin, ymin, zmin, xmax, ymax, zmax)`` of level 0.
         step_size: minimum step (> 0). cone_angle: step growth with distance (>= 0).
         jitter: optional [R] float32 in [0, 1): offset of the first step, in units of ``dt(t_min)``.
+        max_steps: at most this many steps per ray (occupied or not), >= 1.
 
     Returns:
         ``(packed_info [R, 2] int64, ray_indices [S] int64, t_starts [S] float32, t_ends [S] float32)``.
@@ -100,6 +106,8 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         >>> info.tolist(), t0[:3].tolist()
         ([[0, 8]], [1.0, 1.25, 1.5])
     """
+    if int(max_steps) < 1:
+        raise ValueError(f"ray_march: max_steps must be >= 1, got {max_steps}")
     R = rays_o.shape[0]
     dev = rays_o.device
     step, cone = _f32(step_size), _f32(cone_angle)
@@ -110,7 +118,7 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         t = t + jitter[live] * _dt(t, step, cone)
 
     out_ids, out_t0, out_t1 = [], [], []
-    while True:
+    for _ in range(int(max_steps)):  # step k of every live ray in iteration k
         keep = t < tmax
         if not bool(keep.all()):
             ids, o, d, t, tmax = ids[keep], o[keep], d[keep], t[keep], tmax[keep]

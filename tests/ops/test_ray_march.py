@@ -248,8 +248,8 @@ def test_compiled_checks_guard_direct_calls():
     mod = _ext.load()
     args, _ = make_case(4, 1, (4, 4, 4), seed=0)
     a = list(args.values()) + [0.0, None]
-    with pytest.raises(ValueError, match="roi_aabb must have max > min"):
-        mod.ray_march(*a[:5], f32(1, 1, 1, 0, 0, 0), *a[6:])
+    with pytest.raises(ValueError, match="roi_aabb must be"):  # its values: the op layer (no device sync here)
+        mod.ray_march(*a[:5], f32(1, 1, 1, 0, 0), *a[6:])
     with pytest.raises(TypeError, match="binaries must be bool"):
         mod.ray_march(*a[:4], args["binaries"].int(), *a[5:])
 
@@ -292,3 +292,103 @@ def test_cuda_matches_reference(levels, res, cone_angle, jitter):
     assert_same(got, want, "cuda")
     # the reference on CUDA tensors (the fallback path) gives the same bits too
     assert_same([t.cpu() for t in ref_mod.ray_march(**cuda_args)], want, "reference on cuda")
+
+
+# --------------------------------------------------------------------------------- max_steps, bounded fill pass
+# Called through the compiled module directly: the op layer passes max_steps once it is updated.
+
+
+def compiled_march(args, *max_steps):
+    from pyengine import _ext
+
+    return _ext.load().ray_march(args["rays_o"], args["rays_d"], args["t_min"], args["t_max"], args["binaries"],
+                                 args["roi_aabb"], float(args["step_size"]), float(args.get("cone_angle", 0.0)),
+                                 args.get("jitter"), *max_steps)
+
+
+@pytest.mark.parametrize("max_steps", [1, 7, 40])
+@pytest.mark.parametrize("cone_angle,jitter", [(0.0, False), (0.03, True)])
+def test_max_steps_matches_reference_bitwise(max_steps, cone_angle, jitter):
+    seed = torch.seed() % 2**31
+    R = 257
+    args, g = make_case(R, 2, (16, 8, 12), seed)
+    args["cone_angle"] = cone_angle
+    args["jitter"] = torch.rand(R, generator=g) if jitter else None
+    want = ref_mod.ray_march(**args, max_steps=max_steps)
+    got = compiled_march(args, max_steps)
+    assert_same(got, want, f"max_steps={max_steps} (seed {seed})")
+    check_packing(*got, R)
+    assert got[0][:, 1].max() <= max_steps
+    # each ray's samples are the first ones of its uncapped march
+    full = compiled_march(args)
+    for r in torch.nonzero(got[0][:, 1] > 0)[:20, 0].tolist():
+        (s, n), (fs, _) = got[0][r].tolist(), full[0][r].tolist()
+        assert torch.equal(got[2][s:s + n], full[2][fs:fs + n]) and torch.equal(got[3][s:s + n], full[3][fs:fs + n])
+
+
+def test_max_steps_counts_empty_steps_and_defaults_to_2_pow_20():
+    """The cap counts every step marched, occupied or not; the default is 2^20 in C++ and the reference."""
+    grid = torch.ones(1, 4, 4, 4, dtype=torch.bool)
+    # four steps outside the box (x in [-2, -1)), then eight inside
+    args = dict(rays_o=f32([-2.0, 0.1, 0.2]), rays_d=f32([1.0, 0.0, 0.0]), t_min=f32(0.0), t_max=f32(3.0),
+                binaries=grid, roi_aabb=f32(*ROI), step_size=0.25)
+    for max_steps, want_t0 in [(4, []), (5, [1.0]), (6, [1.0, 1.25]), (100, [1.0 + 0.25 * k for k in range(8)])]:
+        got = compiled_march(args, max_steps)
+        assert got[2].tolist() == want_t0 and got[0][0, 1] == len(want_t0), max_steps
+        assert_same(got, ref_mod.ray_march(**args, max_steps=max_steps), f"max_steps={max_steps}")
+    assert ref_mod.MAX_STEPS == 2**20
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="max_steps must be >= 1"):
+            compiled_march(args, bad)
+        with pytest.raises(ValueError, match="max_steps must be >= 1"):
+            ref_mod.ray_march(**args, max_steps=bad)
+
+
+def test_endless_ray_with_tiny_step_stops_at_max_steps():
+    """t_max = 1e30 with step 1e-6 would march ~2.5e7 steps (until the step vanishes in float32); every
+    step is occupied here, so without the cap that is 400 MB of samples for one ray."""
+    grid = torch.ones(1, 2, 2, 2, dtype=torch.bool)
+    args = dict(rays_o=f32([0.0, 0.0, 0.0]), rays_d=f32([1.0, 0.0, 0.0]), t_min=f32(0.0), t_max=f32(1e30),
+                binaries=grid, roi_aabb=f32(-1e9, -1e9, -1e9, 1e9, 1e9, 1e9), step_size=1e-6)
+    info, idx, t0, t1 = compiled_march(args)  # the default cap
+    assert info.tolist() == [[0, 2**20]] and idx.numel() == 2**20
+    assert torch.equal(t0[1:], t1[:-1]) and (t1 > t0).all()
+    want = ref_mod.ray_march(**args, max_steps=300)
+    got = compiled_march(args, 300)
+    assert_same(got, want, "max_steps=300")
+    assert torch.equal(got[2], t0[:300])
+
+
+def test_fill_pass_writes_exactly_the_counted_slices_when_inputs_change():
+    """The fill pass re-marches every ray after the count pass sized the output. Here another thread
+    flips the occupancy grid in place while the op runs (torch releases the GIL inside its own ops), so
+    the two passes see different grids: the fill pass must still write each ray's counted slice and
+    nothing else (no write past it, no slot left unwritten), whatever it finds."""
+    import threading
+
+    g = torch.Generator().manual_seed(0)
+    R = 64
+    o = torch.cat([torch.full((R, 1), -1.0), torch.rand(R, 2, generator=g) * 1.6 - 0.8], 1)
+    args = dict(rays_o=o, rays_d=f32([1.0, 0.0, 0.0]).expand(R, 3).contiguous(), t_min=torch.zeros(R),
+                t_max=torch.full((R,), 2.0), binaries=torch.zeros(1, 256, 256, 256, dtype=torch.bool),
+                roi_aabb=f32(*ROI), step_size=2e-4)  # 1e4 steps per ray; a flip of 16 MiB takes ~ms
+    bins = args["binaries"]
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            bins.logical_not_()
+
+    thread = threading.Thread(target=flip)
+    thread.start()
+    padded = 0
+    try:
+        for _ in range(25):
+            info, idx, t0, t1 = compiled_march(args)
+            check_packing(info, idx, t0, t1, R)
+            assert ((t0 >= 0) & (t1 <= 2.0)).all()
+            padded += int((t0 == t1).sum())
+    finally:
+        stop.set()
+        thread.join()
+    print(f"{padded} zero-length samples padded where the fill pass found fewer than counted")

@@ -19,7 +19,24 @@
 #include <cuda_fp16.h>
 #endif
 
+// The CUDA launchers are declared (in each op's header) where cudaStream_t exists: in .cu files
+// and in the host code of a CUDA build.
+#if defined(__CUDACC__) || defined(PE_WITH_CUDA)
+#include <cuda_runtime.h>
+#define PE_CUDA_LAUNCHERS 1
+#endif
+
 namespace pe {
+
+// Storage of float16 / bfloat16 tables: the raw 16 bits. c10::Half (host compiler) and __half
+// (nvcc) are different types, so launchers that both sides name take these instead; the host
+// passes a Half / BFloat16 tensor's data pointer, the device converts with the CUDA intrinsics.
+struct F16Storage {
+  uint16_t bits;
+};
+struct BF16Storage {
+  uint16_t bits;
+};
 
 // Converting loads: tables may be stored in half / bfloat16 but maths is float or double.
 template <typename T>
@@ -28,9 +45,11 @@ template <typename T>
 PE_HD T load_as(double v) { return static_cast<T>(v); }
 #if defined(__CUDACC__)
 template <typename T>
-PE_HD T load_as(__half v) { return static_cast<T>(__half2float(v)); }
+PE_HD T load_as(F16Storage v) { return static_cast<T>(__half2float(__ushort_as_half(v.bits))); }
 template <typename T>
-PE_HD T load_as(__nv_bfloat16 v) { return static_cast<T>(__bfloat162float(v)); }
+PE_HD T load_as(BF16Storage v) {
+  return static_cast<T>(__bfloat162float(__ushort_as_bfloat16(v.bits)));
+}
 #endif
 
 template <typename T>
@@ -39,9 +58,13 @@ template <typename T>
 PE_HD void store_to(double* p, T v) { *p = static_cast<double>(v); }
 #if defined(__CUDACC__)
 template <typename T>
-PE_HD void store_to(__half* p, T v) { *p = __float2half_rn(static_cast<float>(v)); }
+PE_HD void store_to(F16Storage* p, T v) {
+  p->bits = __half_as_ushort(__float2half_rn(static_cast<float>(v)));
+}
 template <typename T>
-PE_HD void store_to(__nv_bfloat16* p, T v) { *p = __float2bfloat16_rn(static_cast<float>(v)); }
+PE_HD void store_to(BF16Storage* p, T v) {
+  p->bits = __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(v)));
+}
 #endif
 
 // Portable maths: the device function in nvcc's device pass, std:: on the host, for float and

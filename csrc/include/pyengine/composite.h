@@ -30,12 +30,13 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "pyengine/common.h"
 
 namespace pe {
 
-// Pointers of one forward call. T = float or double (void in the CUDA launchers' signatures).
+// Pointers of one forward call, T = float or double.
 template <typename T>
 struct CompositeFwdPtrs {
   const int64_t* packed_info;      // [R, 2] (start, count)
@@ -249,29 +250,32 @@ PE_HD void composite_ray_bwd(const CompositeBwdPtrs<T>& p, int64_t r, int64_t S,
   }
 }
 
-// Runs fn.template run<CT, ALPHA>() with CT = C for C <= kMaxExactC, else the smallest bound of
-// 8, 16 and 32 that holds C, else CT = kDynamicC.
+// Calls fn(CT, ALPHA) with std::integral_constant tags: CT = C for C <= kMaxExactC, else the
+// smallest bound of 8, 16 and 32 that holds C, else CT = kDynamicC.
+template <int CT>
+using CompositeC = std::integral_constant<int, CT>;
 template <bool ALPHA, typename Fn>
 inline void dispatch_composite_channels(int C, Fn& fn) {
+  const std::bool_constant<ALPHA> a;
   switch (C) {
-    case 0: fn.template run<0, ALPHA>(); return;
-    case 1: fn.template run<1, ALPHA>(); return;
-    case 2: fn.template run<2, ALPHA>(); return;
-    case 3: fn.template run<3, ALPHA>(); return;
-    case 4: fn.template run<4, ALPHA>(); return;
+    case 0: fn(CompositeC<0>(), a); return;
+    case 1: fn(CompositeC<1>(), a); return;
+    case 2: fn(CompositeC<2>(), a); return;
+    case 3: fn(CompositeC<3>(), a); return;
+    case 4: fn(CompositeC<4>(), a); return;
     default: break;
   }
   if (C <= 8)
-    fn.template run<8, ALPHA>();
+    fn(CompositeC<8>(), a);
   else if (C <= 16)
-    fn.template run<16, ALPHA>();
+    fn(CompositeC<16>(), a);
   else if (C <= 32)
-    fn.template run<32, ALPHA>();
+    fn(CompositeC<32>(), a);
   else
-    fn.template run<kDynamicC, ALPHA>();
+    fn(CompositeC<kDynamicC>(), a);
 }
 template <typename Fn>
-inline void dispatch_composite(int C, bool alpha_mode, Fn& fn) {
+inline void dispatch_composite(int C, bool alpha_mode, Fn&& fn) {
   if (alpha_mode)
     dispatch_composite_channels<true>(C, fn);
   else
@@ -279,9 +283,9 @@ inline void dispatch_composite(int C, bool alpha_mode, Fn& fn) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Launchers: raw pointers only, no torch. R rays, S samples, C channels. The caller initialises
-// weights / alphas to 0 and trans to 1 (uncovered samples keep them), and grad_x / grad_values
-// to 0.
+// Launchers, T = float or double: raw pointers only, no torch. R rays, S samples, C channels.
+// The caller initialises weights / alphas to 0 and trans to 1 (uncovered samples keep them), and
+// grad_x / grad_values to 0. The CUDA ones return 0 or the cudaError_t of the failed launch.
 
 namespace cpu {
 template <typename T>
@@ -290,14 +294,15 @@ template <typename T>
 void composite_bwd(int64_t R, int64_t S, int C, bool alpha_mode, const CompositeBwdPtrs<T>& p);
 }  // namespace cpu
 
+#ifdef PE_CUDA_LAUNCHERS
 namespace cuda {
-// dtype: kCompositeF32 or kCompositeF64, the type of every floating pointer. stream is a
-// cudaStream_t. Returns 0 on success, else the cudaError_t of the failed launch.
-enum CompositeDtype : int { kCompositeF32 = 0, kCompositeF64 = 1 };
-int composite_fwd(int64_t R, int64_t S, int C, bool alpha_mode, int dtype,
-                  const CompositeFwdPtrs<void>& p, void* stream);
-int composite_bwd(int64_t R, int64_t S, int C, bool alpha_mode, int dtype,
-                  const CompositeBwdPtrs<void>& p, void* stream);
+template <typename T>
+int composite_fwd(int64_t R, int64_t S, int C, bool alpha_mode, const CompositeFwdPtrs<T>& p,
+                  cudaStream_t stream);
+template <typename T>
+int composite_bwd(int64_t R, int64_t S, int C, bool alpha_mode, const CompositeBwdPtrs<T>& p,
+                  cudaStream_t stream);
 }  // namespace cuda
+#endif
 
 }  // namespace pe

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "pyengine/common.h"
 
@@ -31,6 +32,21 @@ struct HashLevels {
 };
 
 enum HashInterp : int { kHashLinear = 0, kHashSmoothstep = 1 };
+
+// One launcher call's sizes and pointers (T, P: see the launchers at the end of this file);
+// each entry point reads or writes the pointers it names.
+template <typename T, typename P>
+struct HashArgs {
+  int64_t N;             // points
+  int D, F, interp;      // input dims, features per level, HashInterp
+  const T* x;            // [N, D]
+  const P* params;       // [n_entries * F]
+  const P* grad_out;     // [N, L * F]                          (bwd, bwd_bwd)
+  const T* gg_x;         // [N, D] gradient of grad_x           (bwd_bwd)
+  P* out;                // [N, L * F] out (fwd) or d_grad_out  (bwd_bwd, nullable)
+  T* grad_x;             // [N, D], zeroed by the caller        (bwd, bwd_bwd; nullable)
+  T* grad_params;        // [n_entries * F], zeroed             (bwd, bwd_bwd; nullable)
+};
 
 // tcnn's primes. The first is 1 so that neighbouring cells along x stay in one cache line.
 PE_HD uint32_t hash_prime(int d) {
@@ -242,13 +258,14 @@ PE_HD void hash_level_bwd_bwd(const GridCell<T, D>& c, const P* table, G* gtable
   }
 }
 
-// Dispatch a runtime (D, F) pair to a template instantiation: calls fn.template run<D, F>().
+// Calls fn(D, F) with std::integral_constant tags for a runtime (D, F) pair; false if the pair
+// has no instantiation.
 template <typename Fn>
 inline bool dispatch_hash_dims(int D, int F, Fn&& fn) {
-#define PE_HASH_CASE(d, f) \
-  if (D == d && F == f) {  \
-    fn.template run<d, f>(); \
-    return true;           \
+#define PE_HASH_CASE(d, f)                                                        \
+  if (D == d && F == f) {                                                         \
+    fn(std::integral_constant<int, d>(), std::integral_constant<int, f>());       \
+    return true;                                                                  \
   }
 #define PE_HASH_DCASE(d) PE_HASH_CASE(d, 1) PE_HASH_CASE(d, 2) PE_HASH_CASE(d, 4) PE_HASH_CASE(d, 8)
   PE_HASH_DCASE(2) PE_HASH_DCASE(3) PE_HASH_DCASE(4)
@@ -258,37 +275,29 @@ inline bool dispatch_hash_dims(int D, int F, Fn&& fn) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Launchers: raw pointers only, no torch. T is the compute type (float or double), P the table's
-// storage type. Gradient tables are zero-initialised by the caller, in T.
+// Launchers: raw pointers only, no torch. T is the compute type, P the table's storage type: T = P
+// = float or double, or, on CUDA only, T = float with P = F16Storage or BF16Storage (the CPU path
+// converts such tables to float first). The CUDA launchers return 0 or the cudaError_t of the
+// failed launch.
 
 namespace cpu {
-template <typename T, typename P>
-void hash_encode_fwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
-                     const P* params, P* out);
-template <typename T, typename P>
-void hash_encode_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
-                     const P* params, const P* grad_out, T* grad_params /*nullable*/,
-                     T* grad_x /*nullable*/);
-template <typename T, typename P>
-void hash_encode_bwd_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, const T* x,
-                         const P* params, const P* grad_out, const T* gg_x, P* d_grad_out /*nullable*/,
-                         T* grad_x /*nullable*/, T* grad_params /*nullable*/);
+template <typename T>
+void hash_encode_fwd(const HashLevels& lv, const HashArgs<T, T>& a);
+template <typename T>
+void hash_encode_bwd(const HashLevels& lv, const HashArgs<T, T>& a);
+template <typename T>
+void hash_encode_bwd_bwd(const HashLevels& lv, const HashArgs<T, T>& a);
 }  // namespace cpu
 
+#ifdef PE_CUDA_LAUNCHERS
 namespace cuda {
-// Storage type of the table and of out / grad_out / d_grad_out; x, gg_x, grad_x and grad_params
-// are float, or double with kTableF64. stream is a cudaStream_t. Returns 0 on success, else the
-// cudaError_t of the failed launch.
-enum TableType : int { kTableF32 = 0, kTableF16 = 1, kTableBF16 = 2, kTableF64 = 3 };
-int hash_encode_fwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
-                    const void* x, const void* params, void* out, void* stream);
-int hash_encode_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
-                    const void* x, const void* params, const void* grad_out,
-                    void* grad_params /*nullable*/, void* grad_x /*nullable*/, void* stream);
-int hash_encode_bwd_bwd(int64_t N, int D, int F, const HashLevels& lv, int interp, int table_type,
-                        const void* x, const void* params, const void* grad_out, const void* gg_x,
-                        void* d_grad_out /*nullable*/, void* grad_x /*nullable*/,
-                        void* grad_params /*nullable*/, void* stream);
+template <typename T, typename P>
+int hash_encode_fwd(const HashLevels& lv, const HashArgs<T, P>& a, cudaStream_t stream);
+template <typename T, typename P>
+int hash_encode_bwd(const HashLevels& lv, const HashArgs<T, P>& a, cudaStream_t stream);
+template <typename T, typename P>
+int hash_encode_bwd_bwd(const HashLevels& lv, const HashArgs<T, P>& a, cudaStream_t stream);
 }  // namespace cuda
+#endif
 
 }  // namespace pe

@@ -126,17 +126,40 @@ PE_HD T rm_clamp(T t, T lo, T hi) {
 // ray_march: cascaded occupancy lookup and the per-ray loop.
 
 constexpr float kMarchDtMax = 1e10f;
+// Default of max_steps, the cap on the steps marched per ray (occupied or not). 2^20 steps of the
+// smallest sensible size, 1e-6 of the scene, cross it once; it bounds the work of a degenerate
+// ray (t_max = 1e30 with a tiny step marches until the step vanishes in float32, ~10^7 steps).
+constexpr int64_t kMarchMaxSteps = int64_t(1) << 20;
 
-// Everything the per-ray loop needs, passed by value to the CUDA kernels (~56 bytes).
+// Everything the per-ray loop needs, passed by value to the CUDA kernels (~48 bytes).
 struct MarchGrid {
-  float center[3];        // (lo + hi) * 0.5 of the roi box (level 0)
-  float half[3];          // (hi - lo) * 0.5
+  const float* roi_aabb;  // [6] (lo, hi) of level 0, read where the kernels run (no host copy)
+  const bool* binaries;   // [L, X, Y, Z]
   int32_t res[3];         // X, Y, Z, shared by all levels
   int32_t levels;         // L; level l covers the roi box scaled by 2^l about its centre
   float step_size;        // minimum step, > 0
   float cone_angle;       // step growth with t, >= 0
-  const bool* binaries;   // [L, X, Y, Z]
+  int64_t max_steps;      // steps marched per ray at most, occupied or not, >= 1
 };
+
+// The per-ray inputs: rays_o, rays_d [R, 3], t_min, t_max [R], jitter [R] or null.
+struct MarchRays {
+  const float *rays_o, *rays_d, *t_min, *t_max, *jitter;
+};
+
+// The roi box as centre and half size, with the reference's float32 operations in order.
+struct MarchBox {
+  float center[3], half[3];
+};
+PE_HD MarchBox march_box(const float* roi) {
+  MarchBox b;
+#pragma unroll
+  for (int a = 0; a < 3; ++a) {
+    b.center[a] = rn_mul(rn_add(roi[a], roi[a + 3]), 0.5f);
+    b.half[a] = rn_mul(roi[a + 3] - roi[a], 0.5f);
+  }
+  return b;
+}
 
 PE_HD float march_dt(const MarchGrid& g, float t) {
   return rm_clamp(rn_mul(t, g.cone_angle), g.step_size, kMarchDtMax);
@@ -144,12 +167,13 @@ PE_HD float march_dt(const MarchGrid& g, float t) {
 
 // Occupancy at x = o + d * t. Level: the first l with |u_a| < 2^l on all axes (nerfacc's
 // floor(log2(max|u|)) + 1, done with exact power-of-two comparisons instead of a log2).
-PE_HD bool march_occupied(const MarchGrid& g, const float* o, const float* d, float t) {
+PE_HD bool march_occupied(const MarchGrid& g, const MarchBox& box, const float* o, const float* d,
+                          float t) {
   float u[3];
 #pragma unroll
   for (int a = 0; a < 3; ++a) {
     const float x = rn_add(o[a], rn_mul(d[a], t));  // see the header comment: no FMA here
-    u[a] = rn_div(x - g.center[a], g.half[a]);
+    u[a] = rn_div(x - box.center[a], box.half[a]);
   }
   const float au0 = rm_abs(u[0]), au1 = rm_abs(u[1]), au2 = rm_abs(u[2]);
   float bound = 1.0f, inv_scale = 1.0f;  // 2^l and 2^-l, exact
@@ -172,69 +196,96 @@ PE_HD bool march_occupied(const MarchGrid& g, const float* o, const float* d, fl
   return g.binaries[idx];
 }
 
-// The per-ray loop, shared by the count pass and the fill pass: emit(t_start, t_end) is called
-// for every occupied step in marching order. jitter is 0 when the caller has none.
+// The loop over ray r's steps, shared by the count pass and the fill pass: at most g.max_steps
+// steps; emit(t_start, t_end) is called for every occupied one in marching order and returns
+// false to end the ray there.
 template <typename Emit>
-PE_HD void march_ray(const MarchGrid& g, const float* o, const float* d, float t_min, float t_max,
-                     float jitter, Emit& emit) {
+PE_HD void march_ray(const MarchGrid& g, const MarchBox& box, const MarchRays& rays, int64_t r,
+                     Emit& emit) {
+  const float *o = rays.rays_o + r * 3, *d = rays.rays_d + r * 3;
+  const float t_min = rays.t_min[r], t_max = rays.t_max[r];
   if (!(rm_finite(t_min) && rm_finite(t_max) && t_min < t_max)) return;
-  float t = rn_add(t_min, rn_mul(jitter, march_dt(g, t_min)));
-  while (t < t_max) {
+  float t = rn_add(t_min, rn_mul(rays.jitter ? rays.jitter[r] : 0.0f, march_dt(g, t_min)));
+  for (int64_t k = 0; k < g.max_steps && t < t_max; ++k) {
     const float t_next = rn_add(t, march_dt(g, t));
     const float t_end = t_next < t_max ? t_next : t_max;
     const float t_mid = rn_mul(rn_add(t, t_end), 0.5f);
-    if (march_occupied(g, o, d, t_mid)) emit(t, t_end);
+    if (march_occupied(g, box, o, d, t_mid) && !emit(t, t_end)) return;
     if (!(t_next > t)) break;  // the step vanished in float32
     t = t_next;
   }
 }
 
-// Emit policies: the count pass only counts, the fill pass writes at the ray's offset.
+// The count pass: counts the occupied steps.
 struct MarchCount {
   int64_t n = 0;
-  PE_HD void operator()(float, float) { ++n; }
-};
-struct MarchFill {
-  int64_t ray, pos;  // pos starts at packed_info[ray, 0]
-  int64_t* ray_indices;
-  float* t_starts;
-  float* t_ends;
-  PE_HD void operator()(float t0, float t1) {
-    ray_indices[pos] = ray;
-    t_starts[pos] = t0;
-    t_ends[pos] = t1;
-    ++pos;
+  PE_HD bool operator()(float, float) {
+    ++n;
+    return true;
   }
 };
 
+// The fill pass writes ray r's slice [start, start + count) that the count pass sized, and only
+// that: it stops when the slice is full, so no write depends on the two passes agreeing (they
+// run two instantiations of march_ray over inputs that another stream or thread could change in
+// between). pad() fills what the march left empty with zero-length samples [t, t] at the last
+// written end, so ray_indices always matches packed_info.
+struct MarchFill {
+  int64_t ray, pos, end;
+  int64_t* ray_indices;
+  float *t_starts, *t_ends;
+  float last;  // t_end of the last sample written (t_min before the first)
+  PE_HD bool operator()(float t0, float t1) {
+    ray_indices[pos] = ray;
+    t_starts[pos] = t0;
+    t_ends[pos] = t1;
+    last = t1;
+    return ++pos < end;
+  }
+  PE_HD void pad() {
+    for (; pos < end; ++pos) {
+      ray_indices[pos] = ray;
+      t_starts[pos] = last;
+      t_ends[pos] = last;
+    }
+  }
+};
+
+// Fill pass of ray r (see MarchFill); count = counts[r] from the count pass.
+PE_HD void march_fill_ray(const MarchGrid& g, const MarchBox& box, const MarchRays& rays,
+                          int64_t r, int64_t start, int64_t count, int64_t* ray_indices,
+                          float* t_starts, float* t_ends) {
+  if (count <= 0) return;
+  MarchFill fill{r, start, start + count, ray_indices, t_starts, t_ends, rays.t_min[r]};
+  march_ray(g, box, rays, r, fill);
+  fill.pad();
+}
+
 // ---------------------------------------------------------------------------------------------
-// Launchers: raw pointers only, no torch. jitter is nullable.
+// Launchers: raw pointers only, no torch; T = float or double. The CUDA ones return 0 or the
+// cudaError_t of the failed launch.
 
 namespace cpu {
 template <typename T>
 void ray_aabb_intersect(int64_t N, int64_t M, const T* rays_o, const T* rays_d, const T* aabbs,
                         T near_plane, T far_plane, T miss_value, T* t_mins, T* t_maxs, bool* hits);
-void ray_march_count(int64_t R, const MarchGrid& g, const float* rays_o, const float* rays_d,
-                     const float* t_min, const float* t_max, const float* jitter, int64_t* counts);
-void ray_march_fill(int64_t R, const MarchGrid& g, const float* rays_o, const float* rays_d,
-                    const float* t_min, const float* t_max, const float* jitter,
-                    const int64_t* starts, const int64_t* counts, int64_t* ray_indices,
-                    float* t_starts, float* t_ends);
+void ray_march_count(int64_t R, const MarchGrid& g, const MarchRays& rays, int64_t* counts);
+void ray_march_fill(int64_t R, const MarchGrid& g, const MarchRays& rays, const int64_t* starts,
+                    const int64_t* counts, int64_t* ray_indices, float* t_starts, float* t_ends);
 }  // namespace cpu
 
+#ifdef PE_CUDA_LAUNCHERS
 namespace cuda {
-// is_double selects float64 tensors (else float32). stream is a cudaStream_t. Each returns 0 on
-// success, else the cudaError_t of the failed launch.
-int ray_aabb_intersect(int64_t N, int64_t M, bool is_double, const void* rays_o,
-                       const void* rays_d, const void* aabbs, double near_plane, double far_plane,
-                       double miss_value, void* t_mins, void* t_maxs, bool* hits, void* stream);
-int ray_march_count(int64_t R, const MarchGrid& g, const float* rays_o, const float* rays_d,
-                    const float* t_min, const float* t_max, const float* jitter, int64_t* counts,
-                    void* stream);
-int ray_march_fill(int64_t R, const MarchGrid& g, const float* rays_o, const float* rays_d,
-                   const float* t_min, const float* t_max, const float* jitter,
-                   const int64_t* starts, const int64_t* counts, int64_t* ray_indices,
-                   float* t_starts, float* t_ends, void* stream);
+template <typename T>
+int ray_aabb_intersect(int64_t N, int64_t M, const T* rays_o, const T* rays_d, const T* aabbs,
+                       T near_plane, T far_plane, T miss_value, T* t_mins, T* t_maxs, bool* hits,
+                       cudaStream_t stream);
+int ray_march_count(int64_t R, const MarchGrid& g, const MarchRays& rays, int64_t* counts,
+                    cudaStream_t stream);
+int ray_march_fill(int64_t R, const MarchGrid& g, const MarchRays& rays, const int64_t* starts,
+                   const int64_t* counts, int64_t* ray_indices, float* t_starts, float* t_ends,
+                   cudaStream_t stream);
 }  // namespace cuda
+#endif
 
 }  // namespace pe
