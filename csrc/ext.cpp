@@ -5,6 +5,7 @@
 #include "host/composite.h"
 #include "host/hash_encode.h"
 #include "host/ray_march.h"
+#include "host/segment_scan.h"
 #include "pyengine/ray_march.h"
 
 namespace {
@@ -29,6 +30,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "hash_encode double backward -> (d_grad_out | None, d_positions | None, d_params | None)");
 
   // (new ops: add their m.def lines below, one block per op)
+
+  // segment_scan
+  m.def("segment_scan_fwd", &pe::host::segment_scan_fwd, "scans of packed segments -> [S]");
+  m.def("segment_scan_bwd", &pe::host::segment_scan_bwd, "segment_scan backward -> grad_x [S] | None");
 
   // composite
   m.def("composite_fwd", &pe::host::composite_fwd,

@@ -61,28 +61,30 @@ struct Bwd {
 
 template <typename T>
 int segment_scan_fwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x, T* y,
-                     void* stream) {
+                     cudaStream_t stream) {
   if (R == 0) return 0;
-  Fwd<T> fn{R, S, packed_info, x, y, static_cast<cudaStream_t>(stream)};
+  Fwd<T> fn{R, S, packed_info, x, y, stream};
   dispatch_segment_scan(prod, exclusive, fn);
   return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T>
 int segment_scan_bwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x,
-                     const T* g, T* dx, void* stream) {
+                     const T* g, T* dx, cudaStream_t stream) {
   if (R == 0) return 0;
-  Bwd<T> fn{R, S, packed_info, x, g, dx, static_cast<cudaStream_t>(stream)};
+  Bwd<T> fn{R, S, packed_info, x, g, dx, stream};
   dispatch_segment_scan(prod, exclusive, fn);
   return static_cast<int>(cudaGetLastError());
 }
 
-template int segment_scan_fwd<float>(int64_t, int64_t, bool, bool, const int64_t*, const float*, float*, void*);
-template int segment_scan_fwd<double>(int64_t, int64_t, bool, bool, const int64_t*, const double*, double*, void*);
+template int segment_scan_fwd<float>(int64_t, int64_t, bool, bool, const int64_t*, const float*, float*,
+                                     cudaStream_t);
+template int segment_scan_fwd<double>(int64_t, int64_t, bool, bool, const int64_t*, const double*, double*,
+                                      cudaStream_t);
 template int segment_scan_bwd<float>(int64_t, int64_t, bool, bool, const int64_t*, const float*, const float*, float*,
-                                     void*);
+                                     cudaStream_t);
 template int segment_scan_bwd<double>(int64_t, int64_t, bool, bool, const int64_t*, const double*, const double*,
-                                      double*, void*);
+                                      double*, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace pe

@@ -98,14 +98,16 @@ void segment_scan_bwd(int64_t R, int64_t S, bool prod, bool exclusive, const int
                       const T* g, T* dx);
 }  // namespace cpu
 
+#ifdef PE_CUDA_LAUNCHERS
 namespace cuda {
-// The CUDA launchers, same arguments plus the stream (a cudaStream_t); 0 or the cudaError_t.
+// The CUDA launchers: the same arguments plus the stream; 0 or the cudaError_t of the launch.
 template <typename T>
 int segment_scan_fwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x, T* y,
-                     void* stream);
+                     cudaStream_t stream);
 template <typename T>
 int segment_scan_bwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x,
-                     const T* g, T* dx, void* stream);
+                     const T* g, T* dx, cudaStream_t stream);
 }  // namespace cuda
+#endif
 
 }  // namespace pe
