@@ -18,7 +18,7 @@ from pyengine.reference import ray_march as _ref
 
 __all__ = ["ray_march", "DEFAULT_MAX_STEPS"]
 
-DEFAULT_MAX_STEPS = 1 << 20
+DEFAULT_MAX_STEPS = _ref.MAX_STEPS
 
 
 def _fake(rays_o, *args):

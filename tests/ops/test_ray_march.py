@@ -5,9 +5,11 @@ import pytest
 import torch
 
 import pyengine
+from pyengine.ops import ray_march as op_mod
 from pyengine.ops.ray_march import ray_march
 from pyengine.reference import ray_aabb_intersect as ref_aabb
 from pyengine.reference import ray_march as ref_mod
+from tests.op_harness import Bad, Case, OpSuite
 
 ROI = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
 ODD_ROI = [-1.0, -0.5, -1.0, 1.0, 0.5, 0.7]  # non-cubic, off-centre
@@ -58,35 +60,7 @@ def check_packing(info, idx, t0, t1, R):
     assert (t1 >= t0).all()
 
 
-# --------------------------------------------------------------------------------- against the reference
-
-
-@pytest.mark.parametrize("backend", ["cpu"])
-@pytest.mark.parametrize("levels,res", [(1, (16, 8, 12)), (2, (16, 8, 12)), (2, (5, 7, 3))])
-@pytest.mark.parametrize("cone_angle", [0.0, 0.03])
-@pytest.mark.parametrize("jitter", [False, True])
-def test_matches_reference_bitwise(backend, levels, res, cone_angle, jitter):
-    seed = torch.seed() % 2**31
-    R = 257
-    args, g = make_case(R, levels, res, seed)
-    args["cone_angle"] = cone_angle
-    args["jitter"] = torch.rand(R, generator=g) if jitter else None
-    want = ref_mod.ray_march(**args)
-    got = ray_march(**args, backend=backend)
-    print(f"seed {seed}: {want[1].numel()} samples")
-    assert_same(got, want, f"{backend} (seed {seed})")
-    check_packing(*got, R)
-    assert got[1].numel() > 20  # not vacuous
-    assert (got[0][:4, 1] == 0).all()  # empty, reversed and NaN intervals
-
-
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("R", [0, 1, 3])
-def test_tiny_and_empty_batches(backend, R):
-    args, _ = make_case(R, 2, (4, 4, 4), seed=R)
-    out = ray_march(**args, backend=backend)
-    check_packing(*out, R)
-    assert_same(out, ref_mod.ray_march(**args), backend)
+# --------------------------------------------------------------------------------- special cases
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -214,102 +188,36 @@ def test_vanishing_step_terminates(backend):
 # --------------------------------------------------------------------------------- checks & registration
 
 
-def test_bad_inputs_raise_clear_errors():
-    args, _ = make_case(10, 2, (4, 4, 4), seed=0)
-
-    def bad(exc, match, **kw):
-        with pytest.raises(exc, match=match):
-            ray_march(**{**args, **kw})
-
-    bad(ValueError, r"rays_o must be \[R, 3\]", rays_o=args["rays_o"][:, :2])
-    bad(ValueError, r"rays_d must be \[10, 3\]", rays_d=args["rays_d"][:9])
-    bad(ValueError, r"t_min must be \[10\]", t_min=args["t_min"][:, None])
-    bad(ValueError, r"t_max must be \[10\]", t_max=args["t_max"][:3])
-    bad(TypeError, "rays_o must be torch.float32", rays_o=args["rays_o"].double())
-    bad(TypeError, "t_max must be torch.float32", t_max=args["t_max"].half())
-    bad(TypeError, "binaries must be torch.bool", binaries=args["binaries"].float())
-    bad(ValueError, r"binaries must be \[L, X, Y, Z\]", binaries=args["binaries"][0])
-    bad(ValueError, r"binaries must be \[L, X, Y, Z\] with every size >= 1", binaries=args["binaries"][:, :0])
-    bad(ValueError, r"roi_aabb must be \[6\]", roi_aabb=args["roi_aabb"][None])
-    bad(ValueError, "roi_aabb must have max > min", roi_aabb=f32(-1, -1, -1, 1, -1, 1))
-    bad(ValueError, "step_size must be > 0", step_size=0.0)
-    bad(ValueError, "cone_angle must be >= 0", cone_angle=-0.1)
-    bad(ValueError, r"jitter must lie in \[0, 1\)", jitter=torch.full((10,), 1.0))
-    bad(ValueError, r"jitter must be \[10\]", jitter=torch.zeros(3))
-    bad(TypeError, "jitter must be torch.float32", jitter=torch.zeros(10, dtype=torch.float64))
-    bad(ValueError, "rays_o is on cpu but binaries on meta", binaries=args["binaries"].to("meta"))
-    bad(TypeError, "roi_aabb must be a torch.Tensor", roi_aabb=ROI)
-    bad(pyengine.BackendError, "'cuda'.*CUDA tensors", backend="cuda")
-
-
 def test_compiled_checks_guard_direct_calls():
     from pyengine import _ext
 
     mod = _ext.load()
     args, _ = make_case(4, 1, (4, 4, 4), seed=0)
-    a = list(args.values()) + [0.0, None]
+    a = list(args.values()) + [0.0, None, ref_mod.MAX_STEPS]
     with pytest.raises(ValueError, match="roi_aabb must be"):  # its values: the op layer (no device sync here)
         mod.ray_march(*a[:5], f32(1, 1, 1, 0, 0), *a[6:])
     with pytest.raises(TypeError, match="binaries must be bool"):
         mod.ray_march(*a[:4], args["binaries"].int(), *a[5:])
 
 
-def test_not_differentiable_opcheck_and_compile():
+def test_not_differentiable():
     args, _ = make_case(9, 1, (4, 4, 4), seed=0)
     args["rays_o"].requires_grad_()
     out = ray_march(**args)
     assert not any(t.requires_grad for t in out)
-    op_args = (args["rays_o"].detach(), args["rays_d"], args["t_min"], args["t_max"], args["binaries"],
-               args["roi_aabb"], 0.02, 0.0, None, "cpu")
-    torch.library.opcheck(torch.ops.pyengine.ray_march.default, op_args, test_utils=("test_schema",))
-
-    @torch.compile(backend="aot_eager")
-    def f(*a):
-        info, _, t0, t1 = torch.ops.pyengine.ray_march(*a)
-        return info[:, 1].sum(), (t1 - t0).sum()
-
-    n, total = f(*op_args)
-    want = ref_mod.ray_march(*op_args[:-1])
-    assert n.item() == want[1].numel() and total.item() == pytest.approx((want[3] - want[2]).sum().item())
-
-
-# --------------------------------------------------------------------------------- GPU
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("levels,res", [(1, (16, 8, 12)), (2, (16, 8, 12)), (4, (32, 32, 32))])
-@pytest.mark.parametrize("cone_angle", [0.0, 0.03])
-@pytest.mark.parametrize("jitter", [False, True])
-def test_cuda_matches_reference(levels, res, cone_angle, jitter):
-    R = 4099
-    args, g = make_case(R, levels, res, seed=7, step=0.01)
-    args["cone_angle"] = cone_angle
-    args["jitter"] = torch.rand(R, generator=g) if jitter else None
-    want = ref_mod.ray_march(**args)
-    cuda_args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
-    got = [t.cpu() for t in ray_march(**cuda_args, backend="cuda")]
-    print(f"{want[1].numel()} samples")
-    assert_same(got, want, "cuda")
-    # the reference on CUDA tensors (the fallback path) gives the same bits too
-    assert_same([t.cpu() for t in ref_mod.ray_march(**cuda_args)], want, "reference on cuda")
 
 
 # --------------------------------------------------------------------------------- max_steps, bounded fill pass
-# Called through the compiled module directly: the op layer passes max_steps once it is updated.
 
 
 def compiled_march(args, *max_steps):
-    from pyengine import _ext
-
-    return _ext.load().ray_march(args["rays_o"], args["rays_d"], args["t_min"], args["t_max"], args["binaries"],
-                                 args["roi_aabb"], float(args["step_size"]), float(args.get("cone_angle", 0.0)),
-                                 args.get("jitter"), *max_steps)
+    return ray_march(**args, **({"max_steps": max_steps[0]} if max_steps else {}), backend="cpu")
 
 
 @pytest.mark.parametrize("max_steps", [1, 7, 40])
 @pytest.mark.parametrize("cone_angle,jitter", [(0.0, False), (0.03, True)])
 def test_max_steps_matches_reference_bitwise(max_steps, cone_angle, jitter):
-    seed = torch.seed() % 2**31
+    seed = max_steps * 10 + int(jitter)
     R = 257
     args, g = make_case(R, 2, (16, 8, 12), seed)
     args["cone_angle"] = cone_angle
@@ -338,8 +246,10 @@ def test_max_steps_counts_empty_steps_and_defaults_to_2_pow_20():
         assert_same(got, ref_mod.ray_march(**args, max_steps=max_steps), f"max_steps={max_steps}")
     assert ref_mod.MAX_STEPS == 2**20
     for bad in (0, -3):
-        with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
             compiled_march(args, bad)
+        with pytest.raises(ValueError, match="max_steps must be >= 1"):
+            torch.ops.pyengine.ray_march(*args.values(), 0.0, None, bad, "cpu")
         with pytest.raises(ValueError, match="max_steps must be >= 1"):
             ref_mod.ray_march(**args, max_steps=bad)
 
@@ -392,3 +302,68 @@ def test_fill_pass_writes_exactly_the_counted_slices_when_inputs_change():
         stop.set()
         thread.join()
     print(f"{padded} zero-length samples padded where the fill pass found fewer than counted")
+
+
+# --------------------------------------------------------------------------------- the harness
+
+
+def _case(R, levels, res, cone_angle, jitter, step=0.02, cpu=True):
+    def make(g, dtype, device):
+        args, g2 = make_case(R, levels, res, seed=int(torch.randint(0, 2**31, (1,), generator=g)), step=step)
+        args["cone_angle"] = cone_angle
+        args["jitter"] = torch.rand(R, generator=g2) if jitter else None
+        return (), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+    return Case(f"R{R}-L{levels}-{'x'.join(map(str, res))}-cone{cone_angle}-{'jit' if jitter else 'fixed'}", make,
+                dtypes=(torch.float32,), cpu=cpu)
+
+
+# bit-identical to the reference (atol = rtol = 0) on every case
+CASES = ([_case(257, L, r, c, j) for L, r in [(1, (16, 8, 12)), (2, (16, 8, 12)), (2, (5, 7, 3))]
+          for c in (0.0, 0.03) for j in (False, True)]
+         + [_case(R, 2, (4, 4, 4), 0.0, False) for R in (0, 1, 3)]
+         + [_case(4099, L, r, c, j, step=0.01, cpu=False) for L, r in [(2, (16, 8, 12)), (4, (32, 32, 32))]
+            for c in (0.0, 0.03) for j in (False, True)])
+
+
+def _base(g, device):
+    args, _ = make_case(10, 2, (4, 4, 4), seed=0)
+    return (), args
+
+
+def _kw(**changes):
+    return lambda a, k: (a, {**k, **changes})
+
+
+def _bad_kw(name, f):
+    return lambda a, k: (a, {**k, name: f(k[name])})
+
+
+BAD = [
+    Bad("rays-o-2", _bad_kw("rays_o", lambda t: t[:, :2]), ValueError, r"rays_o must be \[R, 3\]"),
+    Bad("rays-d-9", _bad_kw("rays_d", lambda t: t[:9]), ValueError, r"rays_d must be \[R, 3\] with R = 10"),
+    Bad("t-min-2d", _bad_kw("t_min", lambda t: t[:, None]), ValueError, r"t_min must be \[R\] with R = 10"),
+    Bad("t-max-3", _bad_kw("t_max", lambda t: t[:3]), ValueError, r"t_max must be \[R\] with R = 10"),
+    Bad("rays-o-double", _bad_kw("rays_o", lambda t: t.double()), TypeError, "rays_o must be float32"),
+    Bad("t-max-half", _bad_kw("t_max", lambda t: t.half()), TypeError, "t_max must be float32"),
+    Bad("float-binaries", _bad_kw("binaries", lambda t: t.float()), TypeError, "binaries must be bool"),
+    Bad("3d-binaries", _bad_kw("binaries", lambda t: t[0]), ValueError, r"binaries must be \[L, X, Y, Z\]"),
+    Bad("empty-binaries", _bad_kw("binaries", lambda t: t[:, :0]), ValueError,
+        r"binaries must be \[L, X, Y, Z\] with every size >= 1"),
+    Bad("roi-2d", _bad_kw("roi_aabb", lambda t: t[None]), ValueError, r"roi_aabb must be \[6\]"),
+    Bad("roi-flat", _kw(roi_aabb=f32(-1, -1, -1, 1, -1, 1)), ValueError, "roi_aabb must have max > min"),
+    Bad("step-0", _kw(step_size=0.0), ValueError, "step_size must be > 0"),
+    Bad("cone-negative", _kw(cone_angle=-0.1), ValueError, "cone_angle must be >= 0"),
+    Bad("jitter-1", _kw(jitter=torch.full((10,), 1.0)), ValueError, r"jitter must lie in \[0, 1\)"),
+    Bad("jitter-3", _kw(jitter=torch.zeros(3)), ValueError, r"jitter must be \[R\] with R = 10"),
+    Bad("jitter-double", _kw(jitter=torch.zeros(10, dtype=torch.float64)), TypeError, "jitter must be float32"),
+    Bad("meta-binaries", _bad_kw("binaries", lambda t: t.to("meta")), ValueError,
+        "binaries is on meta but rays_o is on cpu"),
+    Bad("list-roi", _kw(roi_aabb=ROI), TypeError, "roi_aabb must be a torch.Tensor"),
+    Bad("max-steps-0", _kw(max_steps=0), ValueError, "max_steps must be an int >= 1"),
+    Bad("cuda-on-cpu", _kw(backend="cuda"), pyengine.BackendError, "'cuda'.*CUDA tensors"),
+]
+
+SUITE = OpSuite(op_mod.OP, ray_march, CASES, tol={torch.float32: (0, 0)}, base=_base, bad=BAD,
+                compile_kwargs={"validate": False})
+globals().update(SUITE.tests())

@@ -5,16 +5,15 @@
 // Bit-identical results across backends. The reference is float32 PyTorch, one rounding per
 // operation. The kernels perform the same operations in the same order, and every product that
 // feeds a sum goes through rn_mul / rn_add: on the device these are __fmul_rn / __fadd_rn, which
-// nvcc never contracts into an FMA (it contracts a plain `a * b + c` by default, -fmad=true, and
-// setup.py builds with --use_fast_math). The spot where that matters is the sample position
+// nvcc never contracts into an FMA (it contracts a plain `a * b + c` by default, -fmad=true;
+// csrc/nvcc_flags.txt has no fast-math flag). The spot where that matters is the sample position
 // x = o + d * t_mid: a fused multiply-add moves x by up to half an ulp, enough to move a midpoint
 // that sits on a cell face into the neighbouring cell (or across a level boundary) on the GPU
-// only. Division and the reciprocal use __fdiv_rn / __frcp_rn, which stay IEEE-rounded under
-// --use_fast_math (plain `/` becomes an approximate division there). The host side has no
-// intrinsics: csrc/cpu/ray_march.cpp turns contraction off for its translation unit instead
-// (x86-64 without -mfma has no FMA to contract into, but aarch64 and -march=native builds do).
-// Remaining difference: --use_fast_math flushes float32 denormals to zero on the device, which
-// only changes results for coordinates or directions below 1e-38.
+// only. Division and the reciprocal use __fdiv_rn / __frcp_rn, which stay IEEE-rounded whatever
+// the flags (under --use_fast_math a plain `/` would become an approximate division). The host
+// side has no intrinsics: csrc/cpu/ray_march.cpp turns contraction off for its translation unit
+// instead (x86-64 without -mfma has no FMA to contract into, but aarch64 and -march=native builds
+// do). Denormals are kept on the device as on the CPU (--ftz=false in csrc/nvcc_flags.txt).
 //
 // Memory layout: rays_o / rays_d [R, 3] row-major; binaries [L, X, Y, Z] bool, C order; aabbs
 // [M, 6] as (xmin, ymin, zmin, xmax, ymax, zmax); outputs [N, M] row-major.
