@@ -1,19 +1,293 @@
-// CPU kernels of composite: OpenMP loops over the per-ray maths in pyengine/composite.h, the same
-// functions the CUDA kernels run.
+// CPU kernels of composite: OpenMP loops over the per-ray maths of pyengine/composite.h.
 //
 // Work split: one ray per iteration; the iteration owns the ray's samples and its rows of the
 // per-ray outputs, so nothing is shared between threads. Rays differ in length (empty rays next
 // to rays of hundreds of samples), so the loop is scheduled dynamically in chunks of rays large
 // enough (kChunk) to keep the scheduling cost small next to the work.
+//
+// float32 runs a blocked form of composite_ray_fwd / composite_ray_bwd written for the CPU's
+// vector units (float64 runs those shared functions themselves, as the CUDA kernels do). A ray
+// is walked in blocks of kBlock samples; a block's inputs are copied into small stack arrays
+// (in L1), padded to whole vectors, and processed in short passes. Only the scans are
+// sequential: the running sum of tau (or product of 1 - alpha) in the forward, the suffix U in
+// the backward; every other pass (tau, the two exponentials, weights, the backward's gradient
+// formulas) is written with 4-float vectors (GCC / Clang vector extensions: SSE2 on x86-64, NEON
+// on ARM), because libm's expf / expm1f are scalar calls that cost more than the whole rest of
+// a sample. The exponentials are a polynomial (exp_split, within 2 float ulps of libm). Each
+// sample's maths and the order of its operations are those of composite.h, which documents them.
 #include "pyengine/composite.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 namespace pe {
 namespace cpu {
 namespace {
 
 constexpr int64_t kChunk = 64;
+
+// 4-float vectors. Loads and stores go through memcpy (no alignment assumed); masks are
+// combined with bit operations rather than the vector ternary, which not every compiler has.
+typedef float Vf __attribute__((vector_size(16)));
+typedef int32_t Vi __attribute__((vector_size(16)));
+constexpr int kLanes = 4;
+constexpr int kBlock = 64;  // samples per block, a multiple of kLanes
+
+inline Vf vload(const float* p) {
+  Vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore(float* p, Vf v) { std::memcpy(p, &v, sizeof(v)); }
+inline Vf vsplat(float a) { return Vf{a, a, a, a}; }
+inline Vf vselect(Vi mask, Vf a, Vf b) { return (Vf)((mask & (Vi)a) | (~mask & (Vi)b)); }
+inline Vf vclamp(Vf x, float lo, float hi) {
+  x = vselect(x < vsplat(lo), vsplat(lo), x);
+  return vselect(x > vsplat(hi), vsplat(hi), x);
+}
+inline float vsum(Vf v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+// x = n ln2 + r with n an integer and |r| <= ln2 / 2: scale = 2^n and em1 = expm1(r) by its
+// Taylor polynomial (the first neglected term, r^8 / 8!, is below 2e-8 |r|). Then
+// exp(x) = scale + scale em1 and expm1(x) = scale em1 + (scale - 1), which is em1 itself for
+// |x| < ln2 / 2 (no cancellation for small x). x is clamped to [-88, 88]: below -87.68 (where
+// expf is subnormal) n = -127 gives the bit pattern 0, scale = 0, so exp flushes to 0 and expm1
+// to -1; exp(88) is the largest result (only negative densities get there).
+inline void exp_split(Vf x, Vf& scale, Vf& em1) {
+  x = vclamp(x, -88.0f, 88.0f);
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const Vf n = (x * 1.44269504089f + kRound) - kRound;
+  // Cody-Waite: ln2 = 0.693359375 (few bits, so n times it is exact) - 2.12194440e-4
+  const Vf r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  const Vf p = 1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))));
+  em1 = r + (r * r) * p;
+  scale = (Vf)((__builtin_convertvector(n, Vi) + 127) << 23);
+}
+
+inline Vf vexp(Vf x) {
+  Vf scale, em1;
+  exp_split(x, scale, em1);
+  return scale + scale * em1;
+}
+
+// Density mode: alpha = 1 - exp(-tau) = -expm1(-tau) and one_minus = exp(-tau), both to full
+// relative precision (composite_alpha). Alpha mode: alpha = x, one_minus = 1 - x.
+template <bool ALPHA>
+inline void valpha(Vf x, Vf dt, Vf& alpha, Vf& one_minus) {
+  if (ALPHA) {
+    alpha = x;
+    one_minus = 1.0f - x;
+  } else {
+    Vf scale, em1;
+    exp_split(-(x * dt), scale, em1);
+    one_minus = scale + scale * em1;
+    alpha = (1.0f - scale) - scale * em1;
+  }
+}
+
+// n floats from src to dst, zeros after them up to the next whole vector.
+inline void load_block(float* dst, const float* src, int n) {
+  std::memcpy(dst, src, n * sizeof(float));
+  for (int j = n; j % kLanes; ++j) dst[j] = 0.0f;
+}
+
+// acc[c] += sum_j w[j] v[j * CT + c] over n samples, for CT in [1, kMaxExactC]. Four samples are
+// CT vectors of their value rows; lane l of the k-th one is channel (4k + l) % CT of sample
+// (4k + l) / CT, so it is multiplied by that sample's weight and summed into vector k.
+template <int CT>
+inline void accumulate_rows(const float* w, const float* v, int n, float* acc) {
+  static_assert(kLanes == 4 && CT >= 1 && CT <= 4, "");
+  Vf sum[CT];
+  for (int k = 0; k < CT; ++k) sum[k] = vsplat(0.0f);
+  int j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const float* vj = v + j * CT;
+    for (int k = 0; k < CT; ++k) {
+      const int f = kLanes * k;
+      const Vf wk = {w[j + f / CT], w[j + (f + 1) / CT], w[j + (f + 2) / CT], w[j + (f + 3) / CT]};
+      sum[k] += wk * vload(vj + f);
+    }
+  }
+  for (int k = 0; k < CT; ++k)
+    for (int l = 0; l < kLanes; ++l) acc[(kLanes * k + l) % CT] += sum[k][l];
+  for (; j < n; ++j)
+    for (int c = 0; c < CT; ++c) acc[c] += w[j] * v[j * CT + c];
+}
+
+// Exclusive scan of n values (sum, or product of 1 - x in alpha mode) starting from run; run
+// is updated. Two independent chains, one per half of the block, then the second half is
+// shifted by the first's total: half the sequential latency of one chain.
+template <bool ALPHA>
+inline void exclusive_scan(const float* in, float* out, int n, float& run) {
+  const int h = n / 2;
+  float r0 = ALPHA ? 1.0f : 0.0f, r1 = r0;
+  for (int j = 0; j < h; ++j) {
+    out[j] = r0;
+    out[h + j] = r1;
+    if (ALPHA) {
+      r0 *= 1.0f - in[j];
+      r1 *= 1.0f - in[h + j];
+    } else {
+      r0 += in[j];
+      r1 += in[h + j];
+    }
+  }
+  if (n % 2) {
+    out[n - 1] = r1;
+    r1 = ALPHA ? r1 * (1.0f - in[n - 1]) : r1 + in[n - 1];
+  }
+  // out[j] for the first half gets run; the second half run and the first half's total
+  const float lo = run, hi = ALPHA ? run * r0 : run + r0;
+  for (int j = 0; j < h; ++j) out[j] = ALPHA ? lo * out[j] : lo + out[j];
+  for (int j = h; j < n; ++j) out[j] = ALPHA ? hi * out[j] : hi + out[j];
+  run = ALPHA ? hi * r1 : hi + r1;
+}
+
+// Forward of ray r in float32 (composite_ray_fwd's maths, blocked). CT as there: the exact
+// channel count for CT <= kMaxExactC (the sums stay in registers), else the sums accumulate in
+// the ray's own row of acc.
+template <int CT, bool ALPHA>
+void ray_fwd_f32(const CompositeFwdPtrs<float>& p, int64_t r, int64_t S, int nc) {
+  constexpr bool kExact = CT >= 0 && CT <= kMaxExactC;
+  const int C = composite_channels<CT>(nc);
+  int64_t begin, end;
+  composite_ray_range(p.packed_info, r, S, begin, end);
+  float* acc = p.acc + r * C;
+  float reg[kExact && CT > 0 ? CT : 1] = {};
+  if (!kExact)
+    for (int c = 0; c < C; ++c) acc[c] = 0.0f;
+  float run = ALPHA ? 1.0f : 0.0f;  // exclusive sum of tau, or exclusive product of 1 - alpha
+  Vf opacity = vsplat(0.0f), depth = vsplat(0.0f);
+  alignas(64) float t0[kBlock], t1[kBlock], xs[kBlock], excl[kBlock], w[kBlock], tr[kBlock], al[kBlock];
+  for (int64_t b = begin; b < end; b += kBlock) {
+    const int n = static_cast<int>(std::min<int64_t>(kBlock, end - b));
+    const int nv = (n + kLanes - 1) / kLanes * kLanes;
+    load_block(t0, p.t_starts + b, n);
+    load_block(t1, p.t_ends + b, n);
+    load_block(xs, p.x + b, n);  // padding: x = 0, so alpha = 0 and w = 0
+    if (ALPHA) {
+      exclusive_scan<true>(xs, excl, n, run);
+    } else {
+      for (int j = 0; j < nv; j += kLanes) vstore(tr + j, vload(xs + j) * (vload(t1 + j) - vload(t0 + j)));
+      exclusive_scan<false>(tr, excl, n, run);
+    }
+    for (int j = n; j < nv; ++j) excl[j] = 0.0f;
+    for (int j = 0; j < nv; j += kLanes) {
+      const Vf x = vload(xs + j), a0 = vload(t0 + j), a1 = vload(t1 + j), e = vload(excl + j);
+      Vf alpha, one_minus;
+      valpha<ALPHA>(x, a1 - a0, alpha, one_minus);
+      const Vf T = ALPHA ? e : vexp(-e), wj = T * alpha;
+      vstore(w + j, wj);
+      vstore(tr + j, T);
+      vstore(al + j, alpha);
+      opacity += wj;
+      depth += wj * (a0 + a1) * 0.5f;
+    }
+    std::memcpy(p.weights + b, w, n * sizeof(float));
+    std::memcpy(p.trans + b, tr, n * sizeof(float));
+    std::memcpy(p.alphas + b, al, n * sizeof(float));
+    const float* v = p.values + b * C;
+    if constexpr (kExact && CT > 0) {
+      accumulate_rows<CT>(w, v, n, reg);
+    } else if (!kExact) {
+      for (int j = 0; j < n; ++j)
+        for (int c = 0; c < C; ++c) acc[c] += w[j] * v[j * C + c];
+    }
+  }
+  if (kExact)
+    for (int c = 0; c < CT; ++c) acc[c] = reg[c];
+  p.opacity[r] = vsum(opacity);
+  p.depth[r] = vsum(depth);
+}
+
+// Backward of ray r in float32 (composite_ray_bwd's maths, blocked): blocks from the ray's end;
+// within a block, the vector pass computes alpha, 1 - alpha, w and g_k, the scalar pass runs the
+// suffix U backwards, and a second vector pass forms dL/dx. Null upstream per-sample gradients
+// count as zeros.
+template <int CT, bool ALPHA>
+void ray_bwd_f32(const CompositeBwdPtrs<float>& p, int64_t r, int64_t S, int nc) {
+  constexpr bool kExact = CT >= 0 && CT <= kMaxExactC;
+  const int C = composite_channels<CT>(nc);
+  int64_t begin, end;
+  composite_ray_range(p.packed_info, r, S, begin, end);
+  const float* g_acc = p.g_acc + r * C;
+  float g_reg[kExact && CT > 0 ? CT : 1] = {};
+  if (kExact)
+    for (int c = 0; c < CT; ++c) g_reg[c] = g_acc[c];
+  const float g_op = p.g_opacity[r], g_depth = p.g_depth[r];
+  const bool need_x = p.grad_x != nullptr;
+  float U = 0.0f;
+  alignas(64) float t0[kBlock], t1[kBlock], xs[kBlock], tr[kBlock], gw[kBlock], gt[kBlock], ga[kBlock],
+      al[kBlock], om[kBlock], g[kBlock], us[kBlock];
+  for (int64_t stop = end; stop > begin; stop -= kBlock) {
+    const int64_t b = std::max<int64_t>(begin, stop - kBlock);
+    const int n = static_cast<int>(stop - b);
+    const int nv = (n + kLanes - 1) / kLanes * kLanes;
+    load_block(t0, p.t_starts + b, n);
+    load_block(t1, p.t_ends + b, n);
+    load_block(xs, p.x + b, n);
+    load_block(tr, p.trans + b, n);
+    const float* v = p.values + b * C;
+    if (p.grad_values) {  // dL/dv_k = w_k g_acc
+      float* gv = p.grad_values + b * C;
+      for (int j = 0; j < nv; j += kLanes) {
+        Vf alpha, one_minus;
+        valpha<ALPHA>(vload(xs + j), vload(t1 + j) - vload(t0 + j), alpha, one_minus);
+        vstore(g + j, vload(tr + j) * alpha);
+      }
+      for (int j = 0; j < n; ++j) {
+        if (kExact) {
+          for (int c = 0; c < CT; ++c) gv[j * CT + c] = g[j] * g_reg[c];
+        } else {
+          for (int c = 0; c < C; ++c) gv[j * C + c] = g[j] * g_acc[c];
+        }
+      }
+    }
+    if (!need_x) continue;
+    for (const auto& [dst, src] : {std::pair{gw, p.g_weights}, std::pair{gt, p.g_trans}, std::pair{ga, p.g_alphas}}) {
+      if (src)
+        load_block(dst, src + b, n);
+      else
+        std::memset(dst, 0, nv * sizeof(float));
+    }
+    // g_k = gw_k + g_op + g_depth t_mid_k + <g_acc, v_k>: the dot products first, then vectors
+    for (int j = 0; j < n; ++j) {
+      float dot = 0.0f;
+      if (kExact) {
+        for (int c = 0; c < CT; ++c) dot += g_reg[c] * v[j * CT + c];
+      } else {
+        for (int c = 0; c < C; ++c) dot += g_acc[c] * v[j * C + c];
+      }
+      g[j] = dot;
+    }
+    for (int j = n; j < nv; ++j) g[j] = 0.0f;
+    for (int j = 0; j < nv; j += kLanes) {
+      const Vf a0 = vload(t0 + j), a1 = vload(t1 + j);
+      Vf alpha, one_minus;
+      valpha<ALPHA>(vload(xs + j), a1 - a0, alpha, one_minus);
+      vstore(al + j, alpha);
+      vstore(om + j, one_minus);
+      vstore(g + j, (vload(gw + j) + g_op + g_depth * ((a0 + a1) * 0.5f)) + vload(g + j));
+    }
+    for (int j = n - 1; j >= 0; --j) {  // U_k, the suffix after sample k
+      us[j] = U;
+      U = g[j] * al[j] + gt[j] + om[j] * U;
+    }
+    for (int j = 0; j < nv; j += kLanes) {
+      const Vf T = vload(tr + j), gk = vload(g + j), Uk = vload(us + j), gak = vload(ga + j);
+      Vf gx;
+      if (ALPHA) {
+        gx = T * (gk - Uk) + gak;
+      } else {  // dL/dsigma = dL/dtau dt, with T_{k+1} = T_k exp(-tau_k)
+        const Vf one_minus = vload(om + j);
+        gx = (T * one_minus * (gk - Uk) + gak * one_minus) * (vload(t1 + j) - vload(t0 + j));
+      }
+      vstore(g + j, gx);
+    }
+    std::memcpy(p.grad_x + b, g, n * sizeof(float));
+  }
+}
 
 template <typename T>
 struct Fwd {
@@ -23,7 +297,12 @@ struct Fwd {
   template <int CT, bool ALPHA>
   void run() {
 #pragma omp parallel for schedule(dynamic, kChunk)
-    for (int64_t r = 0; r < R; ++r) composite_ray_fwd<T, CT, ALPHA>(p, r, S, C);
+    for (int64_t r = 0; r < R; ++r) {
+      if constexpr (std::is_same_v<T, float>)
+        ray_fwd_f32<CT, ALPHA>(p, r, S, C);
+      else
+        composite_ray_fwd<T, CT, ALPHA>(p, r, S, C);
+    }
   }
 };
 
@@ -35,7 +314,12 @@ struct Bwd {
   template <int CT, bool ALPHA>
   void run() {
 #pragma omp parallel for schedule(dynamic, kChunk)
-    for (int64_t r = 0; r < R; ++r) composite_ray_bwd<T, CT, ALPHA>(p, r, S, C);
+    for (int64_t r = 0; r < R; ++r) {
+      if constexpr (std::is_same_v<T, float>)
+        ray_bwd_f32<CT, ALPHA>(p, r, S, C);
+      else
+        composite_ray_bwd<T, CT, ALPHA>(p, r, S, C);
+    }
   }
 };
 
