@@ -201,10 +201,71 @@ void ray_fwd_f32(const CompositeFwdPtrs<float>& p, int64_t r, int64_t S, int nc)
   p.depth[r] = vsum(depth);
 }
 
+// Value rows of the backward for CT in [1, kMaxExactC], n samples: gv[j * CT + c] = w[j] g[c]
+// (when gv is not null) and dot[j] = <g, v_j>. Lanes as in accumulate_rows; gk holds g repeated
+// along the lanes of the k-th vector.
+template <int CT>
+inline void value_rows_bwd(const float* w, const float* v, const float* g, int n, float* gv, float* dot) {
+  Vf gk[CT];
+  for (int k = 0; k < CT; ++k) {
+    float lanes[kLanes];
+    for (int l = 0; l < kLanes; ++l) lanes[l] = g[(kLanes * k + l) % CT];
+    gk[k] = vload(lanes);
+  }
+  int j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    alignas(16) float prod[kLanes * CT];
+    for (int k = 0; k < CT; ++k) {
+      const int f = kLanes * k;
+      vstore(prod + f, vload(v + j * CT + f) * gk[k]);
+      if (gv) {
+        const Vf wk = {w[j + f / CT], w[j + (f + 1) / CT], w[j + (f + 2) / CT], w[j + (f + 3) / CT]};
+        vstore(gv + j * CT + f, wk * gk[k]);
+      }
+    }
+    for (int i = 0; i < kLanes; ++i) {
+      float d = prod[i * CT];
+      for (int c = 1; c < CT; ++c) d += prod[i * CT + c];
+      dot[j + i] = d;
+    }
+  }
+  for (; j < n; ++j) {
+    float d = 0.0f;
+    for (int c = 0; c < CT; ++c) {
+      d += g[c] * v[j * CT + c];
+      if (gv) gv[j * CT + c] = w[j] * g[c];
+    }
+    dot[j] = d;
+  }
+}
+
+// The backward's suffix over a block, U_{j-1} = c_j + om_j U_j with c_j = g_j alpha_j + gT_j,
+// entering with U (the suffix after the block) and leaving with the suffix before it; us[j] gets
+// U_j, the suffix after sample j. The lower half runs from U = 0 beside its product of om, and is
+// shifted by the upper half's result afterwards (U is linear in the incoming suffix): three
+// independent chains instead of one.
+inline void suffix_scan(const float* c, const float* om, float* us, float* prod, int n, float& U) {
+  const int h = n / 2;
+  float u_hi = U, u_lo = 0.0f, q = 1.0f;
+  for (int j = n - 1; j >= h; --j) {
+    const int i = j - (n - h);  // the lower half's sample in step, when i >= 0
+    us[j] = u_hi;
+    u_hi = c[j] + om[j] * u_hi;
+    if (i >= 0) {
+      us[i] = u_lo;
+      prod[i] = q;
+      u_lo = c[i] + om[i] * u_lo;
+      q *= om[i];
+    }
+  }
+  for (int i = 0; i < h; ++i) us[i] += prod[i] * u_hi;
+  U = u_lo + q * u_hi;
+}
+
 // Backward of ray r in float32 (composite_ray_bwd's maths, blocked): blocks from the ray's end;
-// within a block, the vector pass computes alpha, 1 - alpha, w and g_k, the scalar pass runs the
-// suffix U backwards, and a second vector pass forms dL/dx. Null upstream per-sample gradients
-// count as zeros.
+// within a block a vector pass computes alpha, 1 - alpha and w, the value rows give dL/dv and
+// <g_acc, v>, the suffix U runs backwards, and a last vector pass forms dL/dx. Null upstream
+// per-sample gradients count as zeros.
 template <int CT, bool ALPHA>
 void ray_bwd_f32(const CompositeBwdPtrs<float>& p, int64_t r, int64_t S, int nc) {
   constexpr bool kExact = CT >= 0 && CT <= kMaxExactC;
@@ -212,14 +273,11 @@ void ray_bwd_f32(const CompositeBwdPtrs<float>& p, int64_t r, int64_t S, int nc)
   int64_t begin, end;
   composite_ray_range(p.packed_info, r, S, begin, end);
   const float* g_acc = p.g_acc + r * C;
-  float g_reg[kExact && CT > 0 ? CT : 1] = {};
-  if (kExact)
-    for (int c = 0; c < CT; ++c) g_reg[c] = g_acc[c];
   const float g_op = p.g_opacity[r], g_depth = p.g_depth[r];
   const bool need_x = p.grad_x != nullptr;
   float U = 0.0f;
   alignas(64) float t0[kBlock], t1[kBlock], xs[kBlock], tr[kBlock], gw[kBlock], gt[kBlock], ga[kBlock],
-      al[kBlock], om[kBlock], g[kBlock], us[kBlock];
+      al[kBlock], om[kBlock], w[kBlock], dot[kBlock], c[kBlock], us[kBlock], prod[kBlock];
   for (int64_t stop = end; stop > begin; stop -= kBlock) {
     const int64_t b = std::max<int64_t>(begin, stop - kBlock);
     const int n = static_cast<int>(stop - b);
@@ -228,20 +286,25 @@ void ray_bwd_f32(const CompositeBwdPtrs<float>& p, int64_t r, int64_t S, int nc)
     load_block(t1, p.t_ends + b, n);
     load_block(xs, p.x + b, n);
     load_block(tr, p.trans + b, n);
+    for (int j = 0; j < nv; j += kLanes) {
+      Vf alpha, one_minus;
+      valpha<ALPHA>(vload(xs + j), vload(t1 + j) - vload(t0 + j), alpha, one_minus);
+      vstore(al + j, alpha);
+      vstore(om + j, one_minus);
+      vstore(w + j, vload(tr + j) * alpha);
+    }
     const float* v = p.values + b * C;
-    if (p.grad_values) {  // dL/dv_k = w_k g_acc
-      float* gv = p.grad_values + b * C;
-      for (int j = 0; j < nv; j += kLanes) {
-        Vf alpha, one_minus;
-        valpha<ALPHA>(vload(xs + j), vload(t1 + j) - vload(t0 + j), alpha, one_minus);
-        vstore(g + j, vload(tr + j) * alpha);
-      }
+    float* gv = p.grad_values ? p.grad_values + b * C : nullptr;
+    if constexpr (kExact && CT > 0) {
+      if (need_x || gv) value_rows_bwd<CT>(w, v, g_acc, n, gv, dot);
+    } else if (!kExact) {
       for (int j = 0; j < n; ++j) {
-        if (kExact) {
-          for (int c = 0; c < CT; ++c) gv[j * CT + c] = g[j] * g_reg[c];
-        } else {
-          for (int c = 0; c < C; ++c) gv[j * C + c] = g[j] * g_acc[c];
+        float d = 0.0f;
+        for (int ch = 0; ch < C; ++ch) {
+          d += g_acc[ch] * v[j * C + ch];
+          if (gv) gv[j * C + ch] = w[j] * g_acc[ch];
         }
+        dot[j] = d;
       }
     }
     if (!need_x) continue;
@@ -251,31 +314,19 @@ void ray_bwd_f32(const CompositeBwdPtrs<float>& p, int64_t r, int64_t S, int nc)
       else
         std::memset(dst, 0, nv * sizeof(float));
     }
-    // g_k = gw_k + g_op + g_depth t_mid_k + <g_acc, v_k>: the dot products first, then vectors
-    for (int j = 0; j < n; ++j) {
-      float dot = 0.0f;
-      if (kExact) {
-        for (int c = 0; c < CT; ++c) dot += g_reg[c] * v[j * CT + c];
-      } else {
-        for (int c = 0; c < C; ++c) dot += g_acc[c] * v[j * C + c];
-      }
-      g[j] = dot;
-    }
-    for (int j = n; j < nv; ++j) g[j] = 0.0f;
+    if (C == 0)
+      for (int j = 0; j < nv; ++j) dot[j] = 0.0f;
+    for (int j = n; j < nv; ++j) dot[j] = 0.0f;
+    // g_k = gw_k + g_op + g_depth t_mid_k + <g_acc, v_k>, and the suffix's term g_k alpha_k + gT_k
     for (int j = 0; j < nv; j += kLanes) {
       const Vf a0 = vload(t0 + j), a1 = vload(t1 + j);
-      Vf alpha, one_minus;
-      valpha<ALPHA>(vload(xs + j), a1 - a0, alpha, one_minus);
-      vstore(al + j, alpha);
-      vstore(om + j, one_minus);
-      vstore(g + j, (vload(gw + j) + g_op + g_depth * ((a0 + a1) * 0.5f)) + vload(g + j));
+      const Vf g = (vload(gw + j) + g_op + g_depth * ((a0 + a1) * 0.5f)) + vload(dot + j);
+      vstore(dot + j, g);
+      vstore(c + j, g * vload(al + j) + vload(gt + j));
     }
-    for (int j = n - 1; j >= 0; --j) {  // U_k, the suffix after sample k
-      us[j] = U;
-      U = g[j] * al[j] + gt[j] + om[j] * U;
-    }
+    suffix_scan(c, om, us, prod, n, U);
     for (int j = 0; j < nv; j += kLanes) {
-      const Vf T = vload(tr + j), gk = vload(g + j), Uk = vload(us + j), gak = vload(ga + j);
+      const Vf T = vload(tr + j), gk = vload(dot + j), Uk = vload(us + j), gak = vload(ga + j);
       Vf gx;
       if (ALPHA) {
         gx = T * (gk - Uk) + gak;
@@ -283,9 +334,9 @@ void ray_bwd_f32(const CompositeBwdPtrs<float>& p, int64_t r, int64_t S, int nc)
         const Vf one_minus = vload(om + j);
         gx = (T * one_minus * (gk - Uk) + gak * one_minus) * (vload(t1 + j) - vload(t0 + j));
       }
-      vstore(g + j, gx);
+      vstore(c + j, gx);
     }
-    std::memcpy(p.grad_x + b, g, n * sizeof(float));
+    std::memcpy(p.grad_x + b, c, n * sizeof(float));
   }
 }
 
