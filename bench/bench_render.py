@@ -26,6 +26,7 @@ bytes as the op does (half that buffer each way), the stricter floor.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -104,7 +105,9 @@ def nerfacc_rows(args, gen, row, skipped):
         return
     R, N = 8192, 128
     t0, t1, sig, rgb, g = batched_inputs(R, N, gen)
-    ri = torch.arange(R).repeat_interleave(N)
+    # a fresh ray_indices tensor every step, as an estimator returns (the drop-in remembers the
+    # packing of the last one it saw)
+    ri = itertools.cycle([torch.arange(R).repeat_interleave(N) for _ in range(2)])
     flat = [t.reshape(-1) for t in (t0, t1, sig)] + [rgb.reshape(-1, 3)]
 
     def ref_dropin():
@@ -114,7 +117,7 @@ def nerfacc_rows(args, gen, row, skipped):
     fns = {
         "nerfacc (batched, its CPU path)": lambda: render_step(peer, t0, t1, sig, rgb, g),
         "pyengine.compat.nerfacc batched": lambda: render_step(dropin, t0, t1, sig, rgb, g),
-        "pyengine.compat.nerfacc packed (ray_indices)": lambda: render_step(dropin, *flat, g, ri, R),
+        "pyengine.compat.nerfacc packed (ray_indices)": lambda: render_step(dropin, *flat, g, next(ri), R),
         "pyengine.compat.nerfacc batched, reference backend": ref_dropin,
     }
     # same answers before timing anything

@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import operator
 import sys
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -64,7 +65,6 @@ from torch import Tensor
 
 from pyengine.nn.occupancy_grid import OccupancyGrid
 from pyengine.ops.composite import CompositeResult, composite
-from pyengine.ops.composite import pack_info as _pack_sorted
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 
 __version__ = "0.5.3"  # the nerfacc release whose API this module follows
@@ -142,9 +142,7 @@ def _same_shape(fn: str, ref_name: str, ref: Tensor, **others) -> None:
                              f"(n_rays, n_samples), without a trailing 1)")
 
 
-def _resolve_n_rays(fn: str, ray_indices: Tensor, n_rays) -> int:
-    if n_rays is None:  # as nerfacc's pack_info
-        return int(ray_indices.max()) + 1 if ray_indices.numel() else 0
+def _check_n_rays(fn: str, n_rays) -> int:
     try:
         n = operator.index(n_rays)
     except TypeError:
@@ -154,13 +152,78 @@ def _resolve_n_rays(fn: str, ray_indices: Tensor, n_rays) -> int:
     return n
 
 
-def _indices_to_packed_info(fn: str, ray_indices: Tensor, n_rays) -> Tensor:
-    n = _resolve_n_rays(fn, ray_indices, n_rays)
-    try:  # pyengine's pack_info checks that the indices are sorted and in [0, n)
-        return _pack_sorted(ray_indices, n)
-    except ValueError as e:
-        raise ValueError(f"{fn}: {e} (samples must be grouped ray after ray, as the estimators return "
-                         f"them)") from None
+class _Packing:
+    """Sorted ray indices as rays: ``packed_info`` [R, 2] int64 (start, count); ``uniform`` is
+    the common count when every ray has as many samples (the samples are then a [R, uniform]
+    batch in disguise), else None, computed on first use."""
+
+    def __init__(self, packed_info: Tensor, n_samples: int):
+        self.packed_info, self.n_samples = packed_info, n_samples
+        self._uniform: int | None | bool = False
+
+    @property
+    def uniform(self) -> int | None:
+        if self._uniform is False:
+            R, S = self.packed_info.shape[0], self.n_samples
+            ok = R > 0 and S % R == 0 and bool((self.packed_info[:, 1] == S // R).all())
+            self._uniform = S // R if ok else None
+        return self._uniform
+
+
+# The last packing computed, keyed by the ray_indices tensor (a weak reference), its version
+# counter (bumped by in-place writes) and n_rays: render_weight_from_density followed by
+# accumulate_along_rays for colours, opacities and depths, all with one ray_indices, check and
+# pack it once. One slot only: a training step works on one set of samples at a time.
+_last_packing: tuple | None = None
+
+
+def _sort_check(fn: str, ray_indices: Tensor, n_rays) -> tuple[int, bool]:
+    """(n_rays, sorted) for [S] integer ray indices; ValueError for indices outside [0, n_rays).
+    Sorted, the range check needs only the first and last index."""
+    idx = ray_indices
+    if idx.numel() == 0:
+        return (0 if n_rays is None else _check_n_rays(fn, n_rays)), True
+    unsorted = idx[1:] < idx[:-1]
+    bad, lo, hi = torch.stack([unsorted.any().to(idx.dtype), idx[0], idx[-1]]).tolist()
+    if bad:
+        lo, hi = torch.stack([idx.min(), idx.max()]).tolist()
+    n = hi + 1 if n_rays is None else _check_n_rays(fn, n_rays)
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{fn}: ray_indices must lie in [0, n_rays) = [0, {n}), got values in [{lo}, {hi}]")
+    return n, not bad
+
+
+def _not_sorted(fn: str, ray_indices: Tensor) -> ValueError:
+    i = int(torch.nonzero(ray_indices[1:] < ray_indices[:-1])[0, 0])
+    return ValueError(f"{fn}: ray_indices must be sorted (non-decreasing); ray_indices[{i}] = "
+                      f"{int(ray_indices[i])} > ray_indices[{i + 1}] = {int(ray_indices[i + 1])} (samples must be "
+                      f"grouped ray after ray, as the estimators return them)")
+
+
+def _packing(fn: str, ray_indices: Tensor, n_rays, required: bool = True) -> _Packing | None:
+    """The rays of sorted ``ray_indices`` [S] (n_rays None: ``max + 1``, as nerfacc's pack_info).
+
+    Unsorted indices raise ValueError when ``required``, else give None. Costs one pass over the
+    indices to check the order, and a binary search per ray for the ray boundaries.
+    """
+    global _last_packing
+    hit = _last_packing
+    if (hit is not None and hit[0]() is ray_indices and hit[1] == ray_indices._version
+            and n_rays in (hit[2], hit[3])):
+        if hit[4] is None and required:
+            raise _not_sorted(fn, ray_indices)
+        return hit[4]
+    n, ok = _sort_check(fn, ray_indices, n_rays)
+    packing = None
+    if ok:
+        idx = ray_indices if ray_indices.dtype in (torch.int32, torch.int64) else ray_indices.long()
+        # bounds[r] = first sample of ray r or after (the number of samples of rays < r)
+        bounds = torch.searchsorted(idx, torch.arange(n + 1, dtype=idx.dtype, device=idx.device))
+        packing = _Packing(torch.stack([bounds[:-1], bounds.diff()], -1), idx.shape[0])
+    _last_packing = (weakref.ref(ray_indices), ray_indices._version, n_rays, n, packing)
+    if packing is None and required:
+        raise _not_sorted(fn, ray_indices)
+    return packing
 
 
 def _layout(fn: str, x: Tensor, x_name: str, packed_info: Tensor | None, ray_indices: Tensor | None,
@@ -182,7 +245,7 @@ def _layout(fn: str, x: Tensor, x_name: str, packed_info: Tensor | None, ray_ind
                              f"shape {tuple(ray_indices.shape)}")
         if ray_indices.device != x.device:
             raise ValueError(f"{fn}: ray_indices is on {ray_indices.device} but {x_name} on {x.device}")
-        return _Layout(_indices_to_packed_info(fn, ray_indices, n_rays), None, False)
+        return _Layout(_packing(fn, ray_indices, n_rays).packed_info, None, False)
     if x.dim() == 0:
         raise ValueError(f"{fn}: {x_name} must be (n_rays, n_samples) (batched) or (all_samples,) with "
                          f"packed_info or ray_indices, got a 0-d tensor")
@@ -381,18 +444,49 @@ def render_visibility_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Ten
     return vis & (alphas >= alpha_thre) if alpha_thre > 0 else vis
 
 
-def _weighted_values(fn: str, weights: Tensor, values: Tensor | None) -> Tensor:
+class _WeightedSum(torch.autograd.Function):
+    """``sum_n w[..., n] v[..., n, :]`` for w [..., N], v [..., N, D] as one batched matrix
+    product, without the [..., N, D] product that ``(w[..., None] * v).sum(-2)`` materialises
+    (with D = 3 channels, ops over such a last dim run far below memory speed on CPU)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, v: Tensor) -> Tensor:
+        ctx.save_for_backward(w, v)
+        N, D = w.shape[-1], v.shape[-1]
+        return torch.bmm(w.reshape(-1, 1, N), v.reshape(-1, N, D)).reshape(w.shape[:-1] + (D,))
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        w, v = ctx.saved_tensors
+        N, D = w.shape[-1], v.shape[-1]
+        gw = gv = None
+        if ctx.needs_input_grad[0]:  # <v_n, g>
+            gw = torch.bmm(v.reshape(-1, N, D), g.reshape(-1, D, 1)).reshape(w.shape)
+        if ctx.needs_input_grad[1]:  # w_n g
+            gv = w[..., None] * g[..., None, :]
+        return gw, gv
+
+
+def _check_weights_values(fn: str, weights: Tensor, values: Tensor | None) -> None:
     _check_tensor(fn, "weights", weights)
     if values is None:
-        return weights[..., None]
+        return
     _check_tensor(fn, "values", values)
     if values.dim() != weights.dim() + 1 or values.shape[:-1] != weights.shape:
         raise ValueError(f"{fn}: values must be weights' shape {tuple(weights.shape)} plus a channel dim, "
                          f"(..., D), got {tuple(values.shape)}")
-    return weights[..., None] * values
 
 
-def _check_flat_indices(fn: str, weights: Tensor, ray_indices: Tensor, n_rays: int) -> None:
+def _sum_batched(weights: Tensor, values: Tensor | None) -> Tensor:
+    """[..., D] sums over the samples of batched [..., N] weights and [..., N, D] values."""
+    if values is None:
+        return weights.sum(-1, keepdim=True)
+    dtype = torch.promote_types(weights.dtype, values.dtype)
+    return _WeightedSum.apply(weights.to(dtype), values.to(dtype))
+
+
+def _sum_packed(fn: str, weights: Tensor, values: Tensor | None, ray_indices: Tensor, n: int) -> Tensor:
+    """[n, D] per-ray sums of flattened weights [S] and values [S, D] | None, ray_indices [S]."""
     _check_tensor(fn, "ray_indices", ray_indices, floating=False)
     if weights.dim() != 1:
         raise ValueError(f"{fn}: with ray_indices, weights must be flattened (all_samples,), got shape "
@@ -400,19 +494,22 @@ def _check_flat_indices(fn: str, weights: Tensor, ray_indices: Tensor, n_rays: i
     if ray_indices.shape != weights.shape:
         raise ValueError(f"{fn}: ray_indices must have the shape of weights, {tuple(weights.shape)}, got "
                          f"{tuple(ray_indices.shape)}")
-    if ray_indices.numel():
-        lo, hi = torch.stack([ray_indices.min(), ray_indices.max()]).tolist()
-        if lo < 0 or hi >= n_rays:
-            raise ValueError(f"{fn}: ray_indices must lie in [0, n_rays) = [0, {n_rays}), got values in "
-                             f"[{lo}, {hi}]")
+    packing = _packing(fn, ray_indices, n, required=False)  # None: not sorted, still in range
+    if packing is not None and packing.uniform:  # every ray has N samples: a [n, N] batch
+        N = packing.uniform
+        return _sum_batched(weights.reshape(n, N), None if values is None else values.reshape(n, N, -1))
+    src = weights[:, None] if values is None else weights[:, None] * values
+    out = torch.zeros((n, src.shape[-1]), dtype=src.dtype, device=src.device)
+    return out.index_add(0, ray_indices.long(), src)
 
 
 def accumulate_along_rays(weights: Tensor, values: Tensor | None = None, ray_indices: Tensor | None = None,
                           n_rays: int | None = None) -> Tensor:
     """Per-ray sums ``sum_i w_i v_i`` (``sum_i w_i`` when values is None).
 
-    Plain ``index_add`` (one scatter kernel): arbitrary weights cannot go through the fused
-    compositing op, which derives them. ``rendering`` does not call this.
+    Arbitrary weights cannot go through the fused compositing op, which derives them; batched
+    input (and packed input whose rays all have as many samples) is one batched matrix product,
+    other packed input a scatter-add. ``rendering`` does not call this.
 
     Args:
         weights: [S] with ray_indices (any order), else batched [n_rays, n_samples].
@@ -429,31 +526,28 @@ def accumulate_along_rays(weights: Tensor, values: Tensor | None = None, ray_ind
         [0.75, 0.0, 0.20000000298023224]
     """
     fn = "accumulate_along_rays"
-    src = _weighted_values(fn, weights, values)
+    _check_weights_values(fn, weights, values)
     if ray_indices is None:
-        return src.sum(-2)
+        return _sum_batched(weights, values)
     if n_rays is None:
         raise ValueError(f"{fn}: n_rays must be provided with ray_indices")
-    n = _resolve_n_rays(fn, ray_indices, n_rays)
-    _check_flat_indices(fn, weights, ray_indices, n)
-    out = torch.zeros((n, src.shape[-1]), dtype=src.dtype, device=src.device)
-    return out.index_add(0, ray_indices.long(), src)
+    return _sum_packed(fn, weights, values, ray_indices, _check_n_rays(fn, n_rays))
 
 
 def accumulate_along_rays_(weights: Tensor, values: Tensor | None = None, ray_indices: Tensor | None = None,
                            outputs: Tensor | None = None) -> None:
     """In-place ``accumulate_along_rays``: adds the per-ray sums into ``outputs`` [n_rays, D]."""
     fn = "accumulate_along_rays_"
-    src = _weighted_values(fn, weights, values)
+    _check_weights_values(fn, weights, values)
     if not isinstance(outputs, Tensor):
         raise TypeError(f"{fn}: outputs must be a torch.Tensor, got {type(outputs).__name__}")
+    D = 1 if values is None else values.shape[-1]
     if ray_indices is None:
-        outputs.add_(src.sum(-2))
+        outputs.add_(_sum_batched(weights, values))
         return
-    if outputs.dim() != 2 or outputs.shape[-1] != src.shape[-1]:
-        raise ValueError(f"{fn}: outputs must be (n_rays, {src.shape[-1]}), got {tuple(outputs.shape)}")
-    _check_flat_indices(fn, weights, ray_indices, outputs.shape[0])
-    outputs.index_add_(0, ray_indices.long(), src)
+    if outputs.dim() != 2 or outputs.shape[-1] != D:
+        raise ValueError(f"{fn}: outputs must be (n_rays, {D}), got {tuple(outputs.shape)}")
+    outputs.add_(_sum_packed(fn, weights, values, ray_indices, outputs.shape[0]))
 
 
 def rendering(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor | None = None, n_rays: int | None = None,
@@ -562,7 +656,7 @@ def pack_info(ray_indices: Tensor, n_rays: int | None = None) -> Tensor:
     _check_tensor("pack_info", "ray_indices", ray_indices, floating=False)
     if ray_indices.dim() != 1:
         raise ValueError(f"pack_info: ray_indices must be (n_samples,), got shape {tuple(ray_indices.shape)}")
-    return _pack_sorted(ray_indices, _resolve_n_rays("pack_info", ray_indices, n_rays))
+    return _packing("pack_info", ray_indices, n_rays).packed_info
 
 
 def _scan(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor | None, prod: bool,
