@@ -208,7 +208,8 @@ def _packing(fn: str, ray_indices: Tensor, n_rays, required: bool = True) -> _Pa
     """
     global _last_packing
     hit = _last_packing
-    if (hit is not None and hit[0]() is ray_indices and hit[1] == ray_indices._version
+    version = None if ray_indices.is_inference() else ray_indices._version  # (inference tensors have none)
+    if (version is not None and hit is not None and hit[0]() is ray_indices and hit[1] == version
             and n_rays in (hit[2], hit[3])):
         if hit[4] is None and required:
             raise _not_sorted(fn, ray_indices)
@@ -220,7 +221,8 @@ def _packing(fn: str, ray_indices: Tensor, n_rays, required: bool = True) -> _Pa
         # bounds[r] = first sample of ray r or after (the number of samples of rays < r)
         bounds = torch.searchsorted(idx, torch.arange(n + 1, dtype=idx.dtype, device=idx.device))
         packing = _Packing(torch.stack([bounds[:-1], bounds.diff()], -1), idx.shape[0])
-    _last_packing = (weakref.ref(ray_indices), ray_indices._version, n_rays, n, packing)
+    if version is not None:
+        _last_packing = (weakref.ref(ray_indices), version, n_rays, n, packing)
     if packing is None and required:
         raise _not_sorted(fn, ray_indices)
     return packing
@@ -452,16 +454,16 @@ class _WeightedSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: Tensor, v: Tensor) -> Tensor:
         ctx.save_for_backward(w, v)
-        N, D = w.shape[-1], v.shape[-1]
-        return torch.bmm(w.reshape(-1, 1, N), v.reshape(-1, N, D)).reshape(w.shape[:-1] + (D,))
+        B, N, D = w.shape[:-1].numel(), w.shape[-1], v.shape[-1]
+        return torch.bmm(w.reshape(B, 1, N), v.reshape(B, N, D)).reshape(w.shape[:-1] + (D,))
 
     @staticmethod
     def backward(ctx, g: Tensor):
         w, v = ctx.saved_tensors
-        N, D = w.shape[-1], v.shape[-1]
+        B, N, D = w.shape[:-1].numel(), w.shape[-1], v.shape[-1]
         gw = gv = None
         if ctx.needs_input_grad[0]:  # <v_n, g>
-            gw = torch.bmm(v.reshape(-1, N, D), g.reshape(-1, D, 1)).reshape(w.shape)
+            gw = torch.bmm(v.reshape(B, N, D), g.reshape(B, D, 1)).reshape(w.shape)
         if ctx.needs_input_grad[1]:  # w_n g
             gv = w[..., None] * g[..., None, :]
         return gw, gv
