@@ -661,40 +661,105 @@ def pack_info(ray_indices: Tensor, n_rays: int | None = None) -> Tensor:
     return _packing("pack_info", ray_indices, n_rays).packed_info
 
 
+def _chunks(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(starts, counts) [R] int64 of the chunks of flattened inputs [S]: packed_info's, checked
+    to lie in [0, S) without overlapping, or those of sorted indices."""
+    if packed_info is None:
+        packed_info = _layout(fn, inputs, "inputs", None, indices, None).packed_info
+        return packed_info[:, 0], packed_info[:, 1]
+    packed_info = _layout(fn, inputs, "inputs", packed_info, None, None).packed_info
+    starts, counts = packed_info[:, 0].long(), packed_info[:, 1].long()
+    if counts.numel():
+        ends = starts + counts
+        order = torch.argsort(torch.where(counts > 0, starts, inputs.shape[0]))
+        live = (counts > 0)[order]
+        overlap = (starts[order][1:] < ends[order][:-1]) & live[1:] & live[:-1]
+        bad = torch.stack([(starts < 0).any(), (counts < 0).any(), (ends > inputs.shape[0]).any(), overlap.any()])
+        if bad.any():
+            raise ValueError(f"{fn}: packed_info chunks must lie in [0, {inputs.shape[0]}), with counts >= 0 and "
+                             f"without overlapping")
+    return starts, counts
+
+
+def _segment_positions(starts: Tensor, counts: Tensor, S: int) -> Tensor | None:
+    """Sample index of every chunk element, chunk after chunk (None when the chunks are [0, S) in
+    order, the usual case: then it is arange(S))."""
+    first = torch.cumsum(counts, 0) - counts  # position of each chunk's first element
+    if int(counts.sum()) == S and bool((starts == first).all()):
+        return None
+    total = int(counts.sum())
+    return torch.repeat_interleave(starts - first, counts, output_size=total) + torch.arange(total,
+                                                                                            device=starts.device)
+
+
+def _segment_sum(x: Tensor, counts: Tensor, exclusive: bool) -> Tensor:
+    """Inclusive / exclusive sums within consecutive chunks of x [T] (counts [R], summing to T).
+
+    One cumulative sum over all of x, minus its value before each chunk: O(T) memory. The sum
+    runs in float64 (float64 inputs too), so the cancellation in the subtraction costs about
+    1e-16 of the running total over the preceding chunks, far below a float32 ulp of the result.
+    """
+    if x.shape[0] == 0:
+        return x.clone()
+    cs = torch.cumsum(x.double(), 0)
+    before = torch.cat([cs.new_zeros(1), cs[:-1]])  # exclusive prefix, exact at each chunk start
+    first = (torch.cumsum(counts, 0) - counts).clamp_max(x.shape[0] - 1)  # (empty chunks: any index)
+    base = torch.repeat_interleave(before[first], counts, output_size=x.shape[0])
+    return ((before if exclusive else cs) - base).to(x.dtype)
+
+
+def _segment_prod(x: Tensor, counts: Tensor, exclusive: bool) -> Tensor:
+    """Inclusive / exclusive products within consecutive chunks of x [T] (counts [R]).
+
+    A product cannot be undone by division (zeros, underflow), so chunks are padded, but only to
+    the next power of two of their own length, in groups of equal padded length: at most 2 T
+    elements in all, and torch.cumprod's exact gradient (zeros included) within each group.
+    """
+    first = torch.cumsum(counts, 0) - counts
+    live = counts > 0
+    # ceil(log2(count)) for count >= 1: the padded length is 2 ** level
+    level = torch.where(live, torch.ceil(torch.log2(counts.clamp_min(1).double())).long(), -1)
+    pos, vals = [], []
+    for lv in torch.unique(level[live]).tolist():
+        sel = torch.nonzero(level == lv)[:, 0]
+        j = torch.arange(2**lv, device=x.device)
+        mask = j < counts[sel, None]
+        index = torch.where(mask, first[sel, None] + j, 0)
+        padded = torch.where(mask, x[index], 1.0)
+        if exclusive:
+            padded = torch.cat([torch.ones_like(padded[:, :1]), padded[:, :-1]], 1)
+        pos.append(index[mask])
+        vals.append(torch.cumprod(padded, 1)[mask])
+    if not pos:
+        return torch.ones_like(x)
+    return torch.ones_like(x).index_put((torch.cat(pos),), torch.cat(vals))
+
+
 def _scan(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor | None, prod: bool,
           exclusive: bool) -> Tensor:
     """Cumulative sum / product along the last dim (batched) or within each chunk (packed).
 
-    Packed input is laid out as a padded [R, max_count] matrix (identity on padding), scanned
-    along dim 1 and scattered back; samples outside every chunk keep the identity (0 or 1).
+    Packed input takes O(S) memory, not O(R x longest chunk): sums by one float64 cumulative
+    sum less each chunk's offset, products by chunks padded to powers of two (see
+    ``_segment_sum`` / ``_segment_prod``). Samples outside every chunk get the identity (0 or 1).
     """
     _check_tensor(fn, "inputs", inputs)
     identity = 1.0 if prod else 0.0
-    cum = torch.cumprod if prod else torch.cumsum
     if packed_info is None and indices is None:
+        cum = torch.cumprod if prod else torch.cumsum
         if exclusive:
             inputs = torch.cat([torch.full_like(inputs[..., :1], identity), inputs[..., :-1]], -1)
         return cum(inputs, -1)
     if inputs.dim() != 1:
         raise ValueError(f"{fn}: with packed_info or indices, inputs must be flattened (n_samples,), got shape "
                          f"{tuple(inputs.shape)}")
-    if packed_info is None:
-        layout = _layout(fn, inputs, "inputs", None, indices, None)
-    else:
-        layout = _layout(fn, inputs, "inputs", packed_info, None, None)
-    starts, counts = layout.packed_info[:, 0].long(), layout.packed_info[:, 1].long()
-    n_max = int(counts.max()) if counts.numel() else 0
-    if counts.numel() and (int(starts.min()) < 0 or int((starts + counts).max()) > inputs.shape[0]):
-        raise ValueError(f"{fn}: packed_info chunks must lie in [0, {inputs.shape[0]})")
-    j = torch.arange(n_max, device=inputs.device)
-    mask = j[None, :] < counts[:, None]
-    index = torch.where(mask, starts[:, None] + j[None, :], 0)
-    padded = torch.where(mask, inputs[index], identity)
-    if exclusive:
-        padded = torch.cat([torch.full_like(padded[:, :1], identity), padded[:, :-1]], 1)
-    scanned = cum(padded, 1)
-    out = torch.full_like(inputs, identity)
-    return out.index_put((index[mask],), scanned[mask])
+    starts, counts = _chunks(fn, inputs, packed_info, indices)
+    pos = _segment_positions(starts, counts, inputs.shape[0])
+    x = inputs if pos is None else inputs[pos]
+    out = (_segment_prod if prod else _segment_sum)(x, counts, exclusive)
+    if pos is None:
+        return out
+    return torch.full_like(inputs, identity).index_put((pos,), out)
 
 
 def inclusive_sum(inputs: Tensor, packed_info: Tensor | None = None, indices: Tensor | None = None) -> Tensor:

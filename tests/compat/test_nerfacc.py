@@ -136,6 +136,72 @@ def test_scan_gradients_match_torch():
         assert_close(got, want, **F64, what=fn.__name__)
 
 
+def padded_scan(x, packed_info, prod, exclusive):
+    """Scans within chunks by padding every chunk to the longest (the drop-in's former method)."""
+    identity = 1.0 if prod else 0.0
+    starts, counts = packed_info[:, 0], packed_info[:, 1]
+    n_max = int(counts.max()) if counts.numel() else 0
+    j = torch.arange(n_max)
+    mask = j < counts[:, None]
+    index = torch.where(mask, starts[:, None] + j, 0)
+    padded = torch.where(mask, x[index], identity)
+    if exclusive:
+        padded = torch.cat([torch.full_like(padded[:, :1], identity), padded[:, :-1]], 1)
+    scanned = (torch.cumprod if prod else torch.cumsum)(padded, 1)
+    return torch.full_like(x, identity).index_put((index[mask],), scanned[mask])
+
+
+SCANS = {"inclusive_sum": (False, False), "exclusive_sum": (False, True), "inclusive_prod": (True, False),
+         "exclusive_prod": (True, True)}
+
+
+@pytest.mark.parametrize("name", list(SCANS))
+@pytest.mark.parametrize("chunks", ["tiled", "gaps and shuffled", "indices"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_scans_match_the_padded_formulation(name, chunks, dtype):
+    prod, exclusive = SCANS[name]
+    g = torch.Generator().manual_seed(len(name) + len(chunks))
+    counts = torch.tensor([3, 0, 1, 70, 0, 2, 17, 5, 1, 0, 33, 8])  # empty rays, one sample, long ones
+    S = int(counts.sum())
+    info = torch.stack([torch.cumsum(counts, 0) - counts, counts], 1)
+    if chunks == "gaps and shuffled":  # samples outside every chunk, chunks listed out of order
+        S += 2 * len(counts) + 3
+        info[:, 0] += torch.arange(len(counts)) * 2 - 1
+        info[0, 0] = 0
+        info = info[torch.randperm(len(counts), generator=g)]
+    x = torch.rand(S, dtype=torch.float64, generator=g) * 1.5 + 0.25
+    x[::9] = 0.0  # zeros: products and their gradients through them
+    x[::7] *= -1
+    x = x.to(dtype).requires_grad_()
+    gout = torch.randn(S, dtype=dtype, generator=g)
+    if chunks == "indices":
+        ray_indices = torch.arange(len(counts)).repeat_interleave(counts)
+        got = getattr(nerfacc, name)(x, indices=ray_indices)
+    else:
+        got = getattr(nerfacc, name)(x, info)
+    want = padded_scan(x, info, prod, exclusive)
+    tol = F32 if dtype == torch.float32 else F64
+    assert_close(got, want, **tol, what=f"{name} {chunks}")
+    (g_got,) = torch.autograd.grad((got * gout).sum(), x)
+    (g_want,) = torch.autograd.grad((want * gout).sum(), x)
+    assert_close(g_got, g_want, **tol, what=f"d {name} / d inputs, {chunks}")
+
+
+def test_packed_scans_empty_and_bad_chunks():
+    for name in SCANS:
+        fn = getattr(nerfacc, name)
+        assert fn(torch.rand(0), torch.zeros(0, 2, dtype=torch.long)).shape == (0,)
+        assert fn(torch.rand(0), torch.tensor([[0, 0], [0, 0]])).shape == (0,)
+        identity = 1.0 if SCANS[name][0] else 0.0
+        assert fn(torch.rand(4), torch.tensor([[1, 0]])).tolist() == [identity] * 4
+        with pytest.raises(ValueError, match="overlapping"):
+            fn(torch.rand(6), torch.tensor([[0, 4], [3, 2]]))
+        with pytest.raises(ValueError, match=r"in \[0, 6\)"):
+            fn(torch.rand(6), torch.tensor([[4, 3]]))
+        with pytest.raises(ValueError, match="sorted"):
+            fn(torch.rand(3), indices=torch.tensor([1, 0, 0]))
+
+
 def test_accumulate_along_rays_values_and_weights():
     weights = torch.tensor([0.5, 0.25, 0.2, 0.1])
     values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
