@@ -446,27 +446,64 @@ def render_visibility_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Ten
     return vis & (alphas >= alpha_thre) if alpha_thre > 0 else vis
 
 
+_arange_cache: dict = {}
+
+
+def _arange(n: int, device: torch.device) -> Tensor:
+    """torch.arange(n) (int64), sliced from a cached one per device that grows as needed."""
+    a = _arange_cache.get(device)
+    if a is None or a.shape[0] < n:
+        a = _arange_cache[device] = torch.arange(max(n, 1024), device=device)
+    return a[:n]
+
+
+def _segment_dot_sums(w: Tensor, v: Tensor, starts: Tensor) -> Tensor:
+    """[R, D] sums of w[i] v[i] over the consecutive segments of [S] beginning at starts [R]
+    (sorted, the last one running to S): one fused weighted gather-sum (embedding_bag, sum mode),
+    which runs at memory speed where ``(w[:, None] * v)`` followed by a sum does not."""
+    if w.dtype in (torch.float32, torch.float64) and starts.numel() and w.numel():
+        return torch.nn.functional.embedding_bag(_arange(w.shape[0], w.device), v, starts, mode="sum",
+                                                 per_sample_weights=w)
+    return torch.segment_reduce(w[:, None] * v, "sum", offsets=torch.cat([starts, starts.new_full((1,), w.shape[0])]),
+                                axis=0, unsafe=True) if starts.numel() else v.new_zeros(0, v.shape[1])
+
+
 class _WeightedSum(torch.autograd.Function):
-    """``sum_n w[..., n] v[..., n, :]`` for w [..., N], v [..., N, D] as one batched matrix
-    product, without the [..., N, D] product that ``(w[..., None] * v).sum(-2)`` materialises
-    (with D = 3 channels, ops over such a last dim run far below memory speed on CPU)."""
+    """Per-ray ``sum_i w_i v_i`` of samples grouped ray after ray: w [S], v [S, D], starts [R]
+    (the first sample of each ray, sorted; every ray runs to the next one's start). ``ray_len``
+    is the common length when every ray has as many samples (the batched layout), else None and
+    ``ray_indices`` [S] is the ray of each sample.
+
+    The forward is one weighted segment sum; the backward, ``dL/dw_i = <g_r(i), v_i>`` and
+    ``dL/dv_i = w_i g_r(i)``, uses batched matrix products over [R, N, D] when the rays are
+    equal, else a gather of g. Both avoid the [S, D] products of the plain formula, which run far
+    below memory speed on CPU with a handful of channels. Twice differentiable (the backward is
+    made of differentiable ops)."""
 
     @staticmethod
-    def forward(ctx, w: Tensor, v: Tensor) -> Tensor:
-        ctx.save_for_backward(w, v)
-        B, N, D = w.shape[:-1].numel(), w.shape[-1], v.shape[-1]
-        return torch.bmm(w.reshape(B, 1, N), v.reshape(B, N, D)).reshape(w.shape[:-1] + (D,))
+    def forward(ctx, w: Tensor, v: Tensor, starts: Tensor, ray_len: int | None, ray_indices: Tensor | None):
+        ctx.save_for_backward(w, v, ray_indices)
+        ctx.ray_len = ray_len
+        return _segment_dot_sums(w, v, starts)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        w, v = ctx.saved_tensors
-        B, N, D = w.shape[:-1].numel(), w.shape[-1], v.shape[-1]
+        w, v, ray_indices = ctx.saved_tensors
+        D, N = v.shape[1], ctx.ray_len
         gw = gv = None
-        if ctx.needs_input_grad[0]:  # <v_n, g>
-            gw = torch.bmm(v.reshape(B, N, D), g.reshape(B, D, 1)).reshape(w.shape)
-        if ctx.needs_input_grad[1]:  # w_n g
-            gv = w[..., None] * g[..., None, :]
-        return gw, gv
+        if N is not None:  # [R, N, D] batched
+            R = g.shape[0]
+            if ctx.needs_input_grad[0]:
+                gw = torch.bmm(v.reshape(R, N, D), g.reshape(R, D, 1)).reshape(w.shape)
+            if ctx.needs_input_grad[1]:
+                gv = (w.reshape(R, N, 1) * g.reshape(R, 1, D)).reshape(v.shape)
+        else:
+            g_rows = g.index_select(0, ray_indices)
+            if ctx.needs_input_grad[0]:
+                gw = (v * g_rows).sum(-1)
+            if ctx.needs_input_grad[1]:
+                gv = w[:, None] * g_rows
+        return gw, gv, None, None, None
 
 
 def _check_weights_values(fn: str, weights: Tensor, values: Tensor | None) -> None:
@@ -484,7 +521,11 @@ def _sum_batched(weights: Tensor, values: Tensor | None) -> Tensor:
     if values is None:
         return weights.sum(-1, keepdim=True)
     dtype = torch.promote_types(weights.dtype, values.dtype)
-    return _WeightedSum.apply(weights.to(dtype), values.to(dtype))
+    lead, N, D = weights.shape[:-1], weights.shape[-1], values.shape[-1]
+    R = lead.numel()
+    starts = _arange(R, weights.device) * N
+    out = _WeightedSum.apply(weights.to(dtype).reshape(R * N), values.to(dtype).reshape(R * N, D), starts, N, None)
+    return out.reshape(lead + (D,))
 
 
 def _sum_packed(fn: str, weights: Tensor, values: Tensor | None, ray_indices: Tensor, n: int) -> Tensor:
@@ -500,6 +541,10 @@ def _sum_packed(fn: str, weights: Tensor, values: Tensor | None, ray_indices: Te
     if packing is not None and packing.uniform:  # every ray has N samples: a [n, N] batch
         N = packing.uniform
         return _sum_batched(weights.reshape(n, N), None if values is None else values.reshape(n, N, -1))
+    if packing is not None and values is not None:  # sorted, rays of different lengths
+        dtype = torch.promote_types(weights.dtype, values.dtype)
+        return _WeightedSum.apply(weights.to(dtype), values.to(dtype), packing.packed_info[:, 0], None,
+                                  ray_indices.long())
     src = weights[:, None] if values is None else weights[:, None] * values
     out = torch.zeros((n, src.shape[-1]), dtype=src.dtype, device=src.device)
     return out.index_add(0, ray_indices.long(), src)
@@ -509,9 +554,9 @@ def accumulate_along_rays(weights: Tensor, values: Tensor | None = None, ray_ind
                           n_rays: int | None = None) -> Tensor:
     """Per-ray sums ``sum_i w_i v_i`` (``sum_i w_i`` when values is None).
 
-    Arbitrary weights cannot go through the fused compositing op, which derives them; batched
-    input (and packed input whose rays all have as many samples) is one batched matrix product,
-    other packed input a scatter-add. ``rendering`` does not call this.
+    Arbitrary weights cannot go through the fused compositing op, which derives them. Samples
+    grouped ray after ray (batched, or packed with sorted ray_indices) take one weighted segment
+    sum; unsorted ray_indices a scatter-add. ``rendering`` does not call this.
 
     Args:
         weights: [S] with ray_indices (any order), else batched [n_rays, n_samples].

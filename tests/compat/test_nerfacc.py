@@ -234,7 +234,7 @@ def plain_accumulate(weights, values, ray_indices, n_rays):
 def test_accumulate_along_rays_every_path_matches_scatter_add(layout):
     # equal rays go through a batched matrix product, ragged or unsorted ones through a scatter-add
     g = torch.Generator().manual_seed(11)
-    counts = {"equal rays": [5] * 6, "ragged sorted": [3, 0, 7, 1, 0, 4], "unsorted": [2, 3, 0, 4, 1, 2],
+    counts = {"equal rays": [5] * 6, "ragged sorted": [0, 3, 7, 1, 0, 0], "unsorted": [2, 3, 0, 4, 1, 2],
               "batched [2, 3, N]": [5] * 6}[layout]
     R = len(counts)
     ray_indices = torch.arange(R).repeat_interleave(torch.tensor(counts))
@@ -278,6 +278,14 @@ def test_accumulate_along_rays_promotes_dtypes_and_keeps_empty_rays():
     out = nerfacc.accumulate_along_rays(w, v)
     assert out.dtype == torch.float64
     assert_close(out, (w.double()[..., None] * v).sum(-2), **F64, what="mixed dtypes")
+    for layout in ((2, 4), (8,)):  # half precision: batched, and ragged packed rays
+        wh, vh = torch.rand(layout).half(), torch.rand(layout + (3,)).half()
+        ri = None if len(layout) == 2 else torch.tensor([0, 0, 0, 2, 2, 2, 2, 2])
+        got = nerfacc.accumulate_along_rays(wh, vh, ri, None if ri is None else 3)
+        want = (wh.float()[..., None] * vh.float()).sum(-2) if ri is None else plain_accumulate(
+            wh.float(), vh.float(), ri, 3)
+        assert got.dtype == torch.float16
+        assert_close(got.float(), want, atol=2e-3, rtol=2e-3, what=f"float16 {layout}")
     empty = nerfacc.accumulate_along_rays(torch.rand(0), torch.rand(0, 3), torch.zeros(0, dtype=torch.long), n_rays=4)
     assert empty.shape == (4, 3) and not empty.any()
     assert nerfacc.accumulate_along_rays(torch.rand(3, 0), torch.rand(3, 0, 2)).shape == (3, 2)
