@@ -1,18 +1,32 @@
 """Benchmark the volume-rendering path: compositing, ray marching, and one NeRF training step.
 
-    python bench/bench_render.py                      # CPU: reference vs cpu
+    python bench/bench_render.py                      # CPU: reference vs cpu, nerfacc if installed
     python bench/bench_render.py --device cuda        # GPU: reference vs cuda / triton (nerfacc if installed)
+    python bench/bench_render.py --skip march step    # only compositing, the nerfacc comparison and the floor
 
 Compositing: R rays with 1..2*spr samples each (mean spr), density mode, C = 3 values, forward and
 backward of every output. Ray marching: rays from a 64x64 camera ring against a 128^3 grid
 holding a sphere (fixed step, about 512 steps across the box). Training step: a 64x64 image
 (4096 rays), 512 samples per ray before pruning, hash grid + MLP with analytic normals (double
 backward through the grid), fused ops vs the same step with every op on its reference.
+
+nerfacc (optional ``bench`` extra, ``pip install nerfacc==0.5.3``; skipped with a note when it is
+not importable), CPU: nerfacc's own CPU path is its batched functions, so the drop-in
+``pyengine.compat.nerfacc`` is timed against it on the same tensors, forward and backward of
+``render_weight_from_density`` + ``accumulate_along_rays`` on [8192, 128] samples with 3 colour
+channels: (a) both batched, (b) the drop-in on the same samples packed (``ray_indices``) against
+nerfacc batched. The providers run in turn within every repeat (``bench_side_by_side``).
+
+Bandwidth floor: the fused ``composite`` forward (no grad, C = 3) against ``torch`` copies measured
+beside it: "copy in+out" copies a buffer as large as everything the op reads and writes (the
+issue's "copy of its inputs and outputs"); "copy same traffic" reads and writes together as many
+bytes as the op does (half that buffer each way), the stricter floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -20,11 +34,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bench, commit, machine, print_table, save_json  # noqa: E402
+from common import bench, bench_side_by_side, commit, machine, print_table, save_json  # noqa: E402
 
 import pyengine  # noqa: E402
+from pyengine.compat import nerfacc as dropin  # noqa: E402
 from pyengine.nn import NeRFField, OccupancyGrid  # noqa: E402
-from pyengine.ops.composite import composite  # noqa: E402
+from pyengine.ops.composite import composite, pack_info  # noqa: E402
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect  # noqa: E402
 from pyengine.ops.ray_march import ray_march  # noqa: E402
 from pyengine.render.camera import generate_rays, orbit_cameras  # noqa: E402
@@ -55,6 +70,99 @@ def nerfacc_composite(packed, ts, te, sig, vals):
     return w, acc
 
 
+def import_nerfacc():
+    """nerfacc 0.5.3 (the ``bench`` extra) or None; pyengine.compat.nerfacc may have registered
+    itself as ``nerfacc`` in sys.modules (install_nerfacc), which is not the real package."""
+    try:
+        import nerfacc
+    except Exception:
+        return None
+    return None if nerfacc is dropin else nerfacc
+
+
+def batched_inputs(R: int, N: int, gen):
+    """Sorted intervals [R, N], densities [R, N], colours [R, N, 3], upstream gradient [R, 3]."""
+    t0 = torch.sort(torch.rand(R, N, generator=gen) * 4, -1).values
+    t1 = t0 + torch.rand(R, N, generator=gen) * 0.02 + 1e-3
+    sig = torch.rand(R, N, generator=gen) * 5
+    rgb = torch.rand(R, N, 3, generator=gen)
+    return t0, t1, sig, rgb, torch.randn(R, 3, generator=gen)
+
+
+def render_step(mod, t0, t1, sig, rgb, g_colors, ray_indices=None, n_rays=None):
+    """Forward and backward of weights + accumulated colours through a nerfacc-like module."""
+    sig, rgb = sig.detach().requires_grad_(), rgb.detach().requires_grad_()
+    w, _, _ = mod.render_weight_from_density(t0, t1, sig, ray_indices=ray_indices, n_rays=n_rays)
+    colors = mod.accumulate_along_rays(w, rgb, ray_indices=ray_indices, n_rays=n_rays)
+    colors.backward(g_colors)
+    return sig.grad, rgb.grad
+
+
+def nerfacc_rows(args, gen, row, skipped):
+    peer = import_nerfacc()
+    if peer is None:
+        skipped.append("nerfacc: not installed here (pip install nerfacc==0.5.3, the `bench` extra)")
+        return
+    R, N = 8192, 128
+    t0, t1, sig, rgb, g = batched_inputs(R, N, gen)
+    # a fresh ray_indices tensor every step, as an estimator returns (the drop-in remembers the
+    # packing of the last one it saw)
+    ri = itertools.cycle([torch.arange(R).repeat_interleave(N) for _ in range(2)])
+    flat = [t.reshape(-1) for t in (t0, t1, sig)] + [rgb.reshape(-1, 3)]
+
+    def ref_dropin():
+        with pyengine.use_backend("reference"):
+            return render_step(dropin, t0, t1, sig, rgb, g)
+
+    fns = {
+        "nerfacc (batched, its CPU path)": lambda: render_step(peer, t0, t1, sig, rgb, g),
+        "pyengine.compat.nerfacc batched": lambda: render_step(dropin, t0, t1, sig, rgb, g),
+        "pyengine.compat.nerfacc packed (ray_indices)": lambda: render_step(dropin, *flat, g, next(ri), R),
+        "pyengine.compat.nerfacc batched, reference backend": ref_dropin,
+    }
+    # same answers before timing anything
+    want = fns["nerfacc (batched, its CPU path)"]()
+    for name in list(fns)[1:3]:
+        got = fns[name]()
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.reshape(b.shape), b, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    ms = bench_side_by_side(fns, reps=max(args.reps, 7))
+    base = ms["nerfacc (batched, its CPU path)"]
+    for name, t in ms.items():
+        row("weights + accumulate, fwd+bwd", f"{R} x {N} samples, C = 3", name, t, base, "nerfacc")
+
+
+def floor_rows(args, gen, row):
+    R, N = 8192, 128
+    t0, t1, sig, rgb, _ = batched_inputs(R, N, gen)
+    ri = torch.arange(R).repeat_interleave(N)
+    packed = pack_info(ri, R)
+    t0, t1, sig, rgb = t0.reshape(-1), t1.reshape(-1), sig.reshape(-1), rgb.reshape(-1, 3)
+    inputs = (packed, t0, t1, sig, rgb)
+    with torch.no_grad():
+        outputs = composite(packed, t0, t1, densities=sig, values=rgb, validate=False)
+    nbytes = sum(t.numel() * t.element_size() for t in inputs + tuple(outputs))
+    big_src, big_dst = torch.rand(nbytes // 4), torch.empty(nbytes // 4)
+    half_src, half_dst = torch.rand(nbytes // 8), torch.empty(nbytes // 8)
+
+    def fwd():
+        with torch.no_grad():
+            composite(packed, t0, t1, densities=sig, values=rgb, validate=False)
+
+    fns = {"composite fwd (auto backend)": fwd,
+           "copy in+out": lambda: big_dst.copy_(big_src),
+           "copy same traffic": lambda: half_dst.copy_(half_src)}
+    ms = bench_side_by_side(fns, reps=max(args.reps, 15))
+    size = f"{R * N} samples, C = 3, {nbytes / 2**20:.1f} MiB in+out"
+    for name in ("copy in+out", "copy same traffic"):
+        row("composite fwd vs bandwidth floor", size, name, ms[name], ms["composite fwd (auto backend)"],
+            "composite fwd")
+    row("composite fwd vs bandwidth floor", size, "composite fwd (auto backend)",
+        ms["composite fwd (auto backend)"], None, "")
+    rows_ratio = {k: ms["composite fwd (auto backend)"] / ms[k] for k in ("copy in+out", "copy same traffic")}
+    return rows_ratio
+
+
 def sphere_grid(res: int, dev, radius=0.8, half=1.1):
     c = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 * half - half
     x, y, z = torch.meshgrid(c, c, c, indexing="ij")
@@ -66,20 +174,21 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--providers", nargs="+", default=None)
     ap.add_argument("--sizes", nargs="+", type=int, default=None, help="log2 of the number of samples")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["composite", "march", "step"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["composite", "nerfacc", "floor", "march", "step"])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     dev = args.device
     gpu = dev.startswith("cuda")
+    # on CPU nerfacc's packed functions need CUDA: it is compared batched in its own section
     provs = args.providers or (["reference", "cuda", "triton", "nerfacc"] if gpu else ["reference", "cpu"])
     sizes = args.sizes or ([20, 22] if gpu else [20])
     gen = torch.Generator().manual_seed(0)
     rows, skipped = [], []
 
-    def row(what, size, prov, ms, base):
+    def row(what, size, prov, ms, base, base_name="reference"):
         rows.append({"benchmark": what, "size": size, "provider": prov, "ms": f"{ms:.3f}",
-                     "x vs reference": f"{base / ms:.1f}" if base else ""})
+                     "speed-up": f"{base / ms:.2f}" if base else "", "vs": base_name if base else ""})
 
     if "composite" not in args.skip:
         for log2s in sizes:
@@ -110,6 +219,13 @@ def main(argv=None):
                     continue
                 base = ms if prov == "reference" else base
                 row("composite fwd+bwd", f"2^{log2s} samples ({S})", prov, ms, base)
+
+    if "nerfacc" not in args.skip and not gpu:
+        nerfacc_rows(args, gen, row, skipped)
+
+    floor = {}
+    if "floor" not in args.skip and not gpu:
+        floor = floor_rows(args, gen, row)
 
     if "march" not in args.skip:
         res, half = 128, 1.1
@@ -166,10 +282,13 @@ def main(argv=None):
             row("NeRF train step (64x64, 512 spp, analytic normals)", "4096 rays", name, ms, base)
 
     print(f"render benchmark: {machine(dev)}; commit {commit()}; torch {torch.__version__}")
-    print_table(rows, ["benchmark", "size", "provider", "ms", "x vs reference"])
+    print_table(rows, ["benchmark", "size", "provider", "ms", "speed-up", "vs"])
+    for name, ratio in floor.items():
+        print(f"composite fwd takes {ratio:.2f}x the time of '{name}'")
     for s in sorted(set(skipped)):
         print(f"skipped: {s}")
-    save_json(args.json, {"device": machine(dev), "commit": commit(), "rows": rows, "skipped": sorted(set(skipped))})
+    save_json(args.json, {"device": machine(dev), "commit": commit(), "rows": rows, "skipped": sorted(set(skipped)),
+                          "composite_fwd_over_floor": floor})
 
 
 if __name__ == "__main__":

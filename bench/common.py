@@ -70,3 +70,24 @@ def save_json(path: str | None, payload: dict) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(payload, f, indent=1)
+
+
+def bench_side_by_side(fns: dict, warmup: int = 2, reps: int = 15, budget_s: float = 60.0) -> dict:
+    """Median milliseconds of each fn(), CPU only, the fns run in turn within every repeat.
+
+    Interleaving puts every provider under the same load at the same moment, which makes the
+    ratios trustworthy on a shared machine even when the absolute times drift.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    start = time.perf_counter()
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t) * 1e3)
+        if time.perf_counter() - start > budget_s and len(times[k]) >= 3:
+            break
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import operator
 import sys
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -64,7 +65,6 @@ from torch import Tensor
 
 from pyengine.nn.occupancy_grid import OccupancyGrid
 from pyengine.ops.composite import CompositeResult, composite
-from pyengine.ops.composite import pack_info as _pack_sorted
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 
 __version__ = "0.5.3"  # the nerfacc release whose API this module follows
@@ -142,9 +142,7 @@ def _same_shape(fn: str, ref_name: str, ref: Tensor, **others) -> None:
                              f"(n_rays, n_samples), without a trailing 1)")
 
 
-def _resolve_n_rays(fn: str, ray_indices: Tensor, n_rays) -> int:
-    if n_rays is None:  # as nerfacc's pack_info
-        return int(ray_indices.max()) + 1 if ray_indices.numel() else 0
+def _check_n_rays(fn: str, n_rays) -> int:
     try:
         n = operator.index(n_rays)
     except TypeError:
@@ -154,13 +152,80 @@ def _resolve_n_rays(fn: str, ray_indices: Tensor, n_rays) -> int:
     return n
 
 
-def _indices_to_packed_info(fn: str, ray_indices: Tensor, n_rays) -> Tensor:
-    n = _resolve_n_rays(fn, ray_indices, n_rays)
-    try:  # pyengine's pack_info checks that the indices are sorted and in [0, n)
-        return _pack_sorted(ray_indices, n)
-    except ValueError as e:
-        raise ValueError(f"{fn}: {e} (samples must be grouped ray after ray, as the estimators return "
-                         f"them)") from None
+class _Packing:
+    """Sorted ray indices as rays: ``packed_info`` [R, 2] int64 (start, count); ``uniform`` is
+    the common count when every ray has as many samples (the samples are then a [R, uniform]
+    batch in disguise), else None, computed on first use."""
+
+    def __init__(self, packed_info: Tensor, n_samples: int):
+        self.packed_info, self.n_samples = packed_info, n_samples
+        self._uniform: int | None | bool = False
+
+    @property
+    def uniform(self) -> int | None:
+        if self._uniform is False:
+            R, S = self.packed_info.shape[0], self.n_samples
+            ok = R > 0 and S % R == 0 and bool((self.packed_info[:, 1] == S // R).all())
+            self._uniform = S // R if ok else None
+        return self._uniform
+
+
+# The last packing computed, keyed by the ray_indices tensor (a weak reference), its version
+# counter (bumped by in-place writes) and n_rays: render_weight_from_density followed by
+# accumulate_along_rays for colours, opacities and depths, all with one ray_indices, check and
+# pack it once. One slot only: a training step works on one set of samples at a time.
+_last_packing: tuple | None = None
+
+
+def _sort_check(fn: str, ray_indices: Tensor, n_rays) -> tuple[int, bool]:
+    """(n_rays, sorted) for [S] integer ray indices; ValueError for indices outside [0, n_rays).
+    Sorted, the range check needs only the first and last index."""
+    idx = ray_indices
+    if idx.numel() == 0:
+        return (0 if n_rays is None else _check_n_rays(fn, n_rays)), True
+    unsorted = idx[1:] < idx[:-1]
+    bad, lo, hi = torch.stack([unsorted.any().to(idx.dtype), idx[0], idx[-1]]).tolist()
+    if bad:
+        lo, hi = torch.stack([idx.min(), idx.max()]).tolist()
+    n = hi + 1 if n_rays is None else _check_n_rays(fn, n_rays)
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{fn}: ray_indices must lie in [0, n_rays) = [0, {n}), got values in [{lo}, {hi}]")
+    return n, not bad
+
+
+def _not_sorted(fn: str, ray_indices: Tensor) -> ValueError:
+    i = int(torch.nonzero(ray_indices[1:] < ray_indices[:-1])[0, 0])
+    return ValueError(f"{fn}: ray_indices must be sorted (non-decreasing); ray_indices[{i}] = "
+                      f"{int(ray_indices[i])} > ray_indices[{i + 1}] = {int(ray_indices[i + 1])} (samples must be "
+                      f"grouped ray after ray, as the estimators return them)")
+
+
+def _packing(fn: str, ray_indices: Tensor, n_rays, required: bool = True) -> _Packing | None:
+    """The rays of sorted ``ray_indices`` [S] (n_rays None: ``max + 1``, as nerfacc's pack_info).
+
+    Unsorted indices raise ValueError when ``required``, else give None. Costs one pass over the
+    indices to check the order, and a binary search per ray for the ray boundaries.
+    """
+    global _last_packing
+    hit = _last_packing
+    version = None if ray_indices.is_inference() else ray_indices._version  # (inference tensors have none)
+    if (version is not None and hit is not None and hit[0]() is ray_indices and hit[1] == version
+            and n_rays in (hit[2], hit[3])):
+        if hit[4] is None and required:
+            raise _not_sorted(fn, ray_indices)
+        return hit[4]
+    n, ok = _sort_check(fn, ray_indices, n_rays)
+    packing = None
+    if ok:
+        idx = ray_indices if ray_indices.dtype in (torch.int32, torch.int64) else ray_indices.long()
+        # bounds[r] = first sample of ray r or after (the number of samples of rays < r)
+        bounds = torch.searchsorted(idx, torch.arange(n + 1, dtype=idx.dtype, device=idx.device))
+        packing = _Packing(torch.stack([bounds[:-1], bounds.diff()], -1), idx.shape[0])
+    if version is not None:
+        _last_packing = (weakref.ref(ray_indices), version, n_rays, n, packing)
+    if packing is None and required:
+        raise _not_sorted(fn, ray_indices)
+    return packing
 
 
 def _layout(fn: str, x: Tensor, x_name: str, packed_info: Tensor | None, ray_indices: Tensor | None,
@@ -182,7 +247,7 @@ def _layout(fn: str, x: Tensor, x_name: str, packed_info: Tensor | None, ray_ind
                              f"shape {tuple(ray_indices.shape)}")
         if ray_indices.device != x.device:
             raise ValueError(f"{fn}: ray_indices is on {ray_indices.device} but {x_name} on {x.device}")
-        return _Layout(_indices_to_packed_info(fn, ray_indices, n_rays), None, False)
+        return _Layout(_packing(fn, ray_indices, n_rays).packed_info, None, False)
     if x.dim() == 0:
         raise ValueError(f"{fn}: {x_name} must be (n_rays, n_samples) (batched) or (all_samples,) with "
                          f"packed_info or ray_indices, got a 0-d tensor")
@@ -381,18 +446,90 @@ def render_visibility_from_density(t_starts: Tensor, t_ends: Tensor, sigmas: Ten
     return vis & (alphas >= alpha_thre) if alpha_thre > 0 else vis
 
 
-def _weighted_values(fn: str, weights: Tensor, values: Tensor | None) -> Tensor:
+_arange_cache: dict = {}
+
+
+def _arange(n: int, device: torch.device) -> Tensor:
+    """torch.arange(n) (int64), sliced from a cached one per device that grows as needed."""
+    a = _arange_cache.get(device)
+    if a is None or a.shape[0] < n:
+        a = _arange_cache[device] = torch.arange(max(n, 1024), device=device)
+    return a[:n]
+
+
+def _segment_dot_sums(w: Tensor, v: Tensor, starts: Tensor) -> Tensor:
+    """[R, D] sums of w[i] v[i] over the consecutive segments of [S] beginning at starts [R]
+    (sorted, the last one running to S): one fused weighted gather-sum (embedding_bag, sum mode),
+    which runs at memory speed where ``(w[:, None] * v)`` followed by a sum does not."""
+    if w.dtype in (torch.float32, torch.float64) and starts.numel() and w.numel():
+        return torch.nn.functional.embedding_bag(_arange(w.shape[0], w.device), v, starts, mode="sum",
+                                                 per_sample_weights=w)
+    return torch.segment_reduce(w[:, None] * v, "sum", offsets=torch.cat([starts, starts.new_full((1,), w.shape[0])]),
+                                axis=0, unsafe=True) if starts.numel() else v.new_zeros(0, v.shape[1])
+
+
+class _WeightedSum(torch.autograd.Function):
+    """Per-ray ``sum_i w_i v_i`` of samples grouped ray after ray: w [S], v [S, D], starts [R]
+    (the first sample of each ray, sorted; every ray runs to the next one's start). ``ray_len``
+    is the common length when every ray has as many samples (the batched layout), else None and
+    ``ray_indices`` [S] is the ray of each sample.
+
+    The forward is one weighted segment sum; the backward, ``dL/dw_i = <g_r(i), v_i>`` and
+    ``dL/dv_i = w_i g_r(i)``, uses batched matrix products over [R, N, D] when the rays are
+    equal, else a gather of g. Both avoid the [S, D] products of the plain formula, which run far
+    below memory speed on CPU with a handful of channels. Twice differentiable (the backward is
+    made of differentiable ops)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, v: Tensor, starts: Tensor, ray_len: int | None, ray_indices: Tensor | None):
+        ctx.save_for_backward(w, v, ray_indices)
+        ctx.ray_len = ray_len
+        return _segment_dot_sums(w, v, starts)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        w, v, ray_indices = ctx.saved_tensors
+        D, N = v.shape[1], ctx.ray_len
+        gw = gv = None
+        if N is not None:  # [R, N, D] batched
+            R = g.shape[0]
+            if ctx.needs_input_grad[0]:
+                gw = torch.bmm(v.reshape(R, N, D), g.reshape(R, D, 1)).reshape(w.shape)
+            if ctx.needs_input_grad[1]:
+                gv = (w.reshape(R, N, 1) * g.reshape(R, 1, D)).reshape(v.shape)
+        else:
+            g_rows = g.index_select(0, ray_indices)
+            if ctx.needs_input_grad[0]:
+                gw = (v * g_rows).sum(-1)
+            if ctx.needs_input_grad[1]:
+                gv = w[:, None] * g_rows
+        return gw, gv, None, None, None
+
+
+def _check_weights_values(fn: str, weights: Tensor, values: Tensor | None) -> None:
     _check_tensor(fn, "weights", weights)
     if values is None:
-        return weights[..., None]
+        return
     _check_tensor(fn, "values", values)
     if values.dim() != weights.dim() + 1 or values.shape[:-1] != weights.shape:
         raise ValueError(f"{fn}: values must be weights' shape {tuple(weights.shape)} plus a channel dim, "
                          f"(..., D), got {tuple(values.shape)}")
-    return weights[..., None] * values
 
 
-def _check_flat_indices(fn: str, weights: Tensor, ray_indices: Tensor, n_rays: int) -> None:
+def _sum_batched(weights: Tensor, values: Tensor | None) -> Tensor:
+    """[..., D] sums over the samples of batched [..., N] weights and [..., N, D] values."""
+    if values is None:
+        return weights.sum(-1, keepdim=True)
+    dtype = torch.promote_types(weights.dtype, values.dtype)
+    lead, N, D = weights.shape[:-1], weights.shape[-1], values.shape[-1]
+    R = lead.numel()
+    starts = _arange(R, weights.device) * N
+    out = _WeightedSum.apply(weights.to(dtype).reshape(R * N), values.to(dtype).reshape(R * N, D), starts, N, None)
+    return out.reshape(lead + (D,))
+
+
+def _sum_packed(fn: str, weights: Tensor, values: Tensor | None, ray_indices: Tensor, n: int) -> Tensor:
+    """[n, D] per-ray sums of flattened weights [S] and values [S, D] | None, ray_indices [S]."""
     _check_tensor(fn, "ray_indices", ray_indices, floating=False)
     if weights.dim() != 1:
         raise ValueError(f"{fn}: with ray_indices, weights must be flattened (all_samples,), got shape "
@@ -400,19 +537,26 @@ def _check_flat_indices(fn: str, weights: Tensor, ray_indices: Tensor, n_rays: i
     if ray_indices.shape != weights.shape:
         raise ValueError(f"{fn}: ray_indices must have the shape of weights, {tuple(weights.shape)}, got "
                          f"{tuple(ray_indices.shape)}")
-    if ray_indices.numel():
-        lo, hi = torch.stack([ray_indices.min(), ray_indices.max()]).tolist()
-        if lo < 0 or hi >= n_rays:
-            raise ValueError(f"{fn}: ray_indices must lie in [0, n_rays) = [0, {n_rays}), got values in "
-                             f"[{lo}, {hi}]")
+    packing = _packing(fn, ray_indices, n, required=False)  # None: not sorted, still in range
+    if packing is not None and packing.uniform:  # every ray has N samples: a [n, N] batch
+        N = packing.uniform
+        return _sum_batched(weights.reshape(n, N), None if values is None else values.reshape(n, N, -1))
+    if packing is not None and values is not None:  # sorted, rays of different lengths
+        dtype = torch.promote_types(weights.dtype, values.dtype)
+        return _WeightedSum.apply(weights.to(dtype), values.to(dtype), packing.packed_info[:, 0], None,
+                                  ray_indices.long())
+    src = weights[:, None] if values is None else weights[:, None] * values
+    out = torch.zeros((n, src.shape[-1]), dtype=src.dtype, device=src.device)
+    return out.index_add(0, ray_indices.long(), src)
 
 
 def accumulate_along_rays(weights: Tensor, values: Tensor | None = None, ray_indices: Tensor | None = None,
                           n_rays: int | None = None) -> Tensor:
     """Per-ray sums ``sum_i w_i v_i`` (``sum_i w_i`` when values is None).
 
-    Plain ``index_add`` (one scatter kernel): arbitrary weights cannot go through the fused
-    compositing op, which derives them. ``rendering`` does not call this.
+    Arbitrary weights cannot go through the fused compositing op, which derives them. Samples
+    grouped ray after ray (batched, or packed with sorted ray_indices) take one weighted segment
+    sum; unsorted ray_indices a scatter-add. ``rendering`` does not call this.
 
     Args:
         weights: [S] with ray_indices (any order), else batched [n_rays, n_samples].
@@ -429,31 +573,28 @@ def accumulate_along_rays(weights: Tensor, values: Tensor | None = None, ray_ind
         [0.75, 0.0, 0.20000000298023224]
     """
     fn = "accumulate_along_rays"
-    src = _weighted_values(fn, weights, values)
+    _check_weights_values(fn, weights, values)
     if ray_indices is None:
-        return src.sum(-2)
+        return _sum_batched(weights, values)
     if n_rays is None:
         raise ValueError(f"{fn}: n_rays must be provided with ray_indices")
-    n = _resolve_n_rays(fn, ray_indices, n_rays)
-    _check_flat_indices(fn, weights, ray_indices, n)
-    out = torch.zeros((n, src.shape[-1]), dtype=src.dtype, device=src.device)
-    return out.index_add(0, ray_indices.long(), src)
+    return _sum_packed(fn, weights, values, ray_indices, _check_n_rays(fn, n_rays))
 
 
 def accumulate_along_rays_(weights: Tensor, values: Tensor | None = None, ray_indices: Tensor | None = None,
                            outputs: Tensor | None = None) -> None:
     """In-place ``accumulate_along_rays``: adds the per-ray sums into ``outputs`` [n_rays, D]."""
     fn = "accumulate_along_rays_"
-    src = _weighted_values(fn, weights, values)
+    _check_weights_values(fn, weights, values)
     if not isinstance(outputs, Tensor):
         raise TypeError(f"{fn}: outputs must be a torch.Tensor, got {type(outputs).__name__}")
+    D = 1 if values is None else values.shape[-1]
     if ray_indices is None:
-        outputs.add_(src.sum(-2))
+        outputs.add_(_sum_batched(weights, values))
         return
-    if outputs.dim() != 2 or outputs.shape[-1] != src.shape[-1]:
-        raise ValueError(f"{fn}: outputs must be (n_rays, {src.shape[-1]}), got {tuple(outputs.shape)}")
-    _check_flat_indices(fn, weights, ray_indices, outputs.shape[0])
-    outputs.index_add_(0, ray_indices.long(), src)
+    if outputs.dim() != 2 or outputs.shape[-1] != D:
+        raise ValueError(f"{fn}: outputs must be (n_rays, {D}), got {tuple(outputs.shape)}")
+    outputs.add_(_sum_packed(fn, weights, values, ray_indices, outputs.shape[0]))
 
 
 def rendering(t_starts: Tensor, t_ends: Tensor, ray_indices: Tensor | None = None, n_rays: int | None = None,
@@ -562,43 +703,108 @@ def pack_info(ray_indices: Tensor, n_rays: int | None = None) -> Tensor:
     _check_tensor("pack_info", "ray_indices", ray_indices, floating=False)
     if ray_indices.dim() != 1:
         raise ValueError(f"pack_info: ray_indices must be (n_samples,), got shape {tuple(ray_indices.shape)}")
-    return _pack_sorted(ray_indices, _resolve_n_rays("pack_info", ray_indices, n_rays))
+    return _packing("pack_info", ray_indices, n_rays).packed_info
+
+
+def _chunks(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(starts, counts) [R] int64 of the chunks of flattened inputs [S]: packed_info's, checked
+    to lie in [0, S) without overlapping, or those of sorted indices."""
+    if packed_info is None:
+        packed_info = _layout(fn, inputs, "inputs", None, indices, None).packed_info
+        return packed_info[:, 0], packed_info[:, 1]
+    packed_info = _layout(fn, inputs, "inputs", packed_info, None, None).packed_info
+    starts, counts = packed_info[:, 0].long(), packed_info[:, 1].long()
+    if counts.numel():
+        ends = starts + counts
+        order = torch.argsort(torch.where(counts > 0, starts, inputs.shape[0]))
+        live = (counts > 0)[order]
+        overlap = (starts[order][1:] < ends[order][:-1]) & live[1:] & live[:-1]
+        bad = torch.stack([(starts < 0).any(), (counts < 0).any(), (ends > inputs.shape[0]).any(), overlap.any()])
+        if bad.any():
+            raise ValueError(f"{fn}: packed_info chunks must lie in [0, {inputs.shape[0]}), with counts >= 0 and "
+                             f"without overlapping")
+    return starts, counts
+
+
+def _segment_positions(starts: Tensor, counts: Tensor, S: int) -> Tensor | None:
+    """Sample index of every chunk element, chunk after chunk (None when the chunks are [0, S) in
+    order, the usual case: then it is arange(S))."""
+    first = torch.cumsum(counts, 0) - counts  # position of each chunk's first element
+    if int(counts.sum()) == S and bool((starts == first).all()):
+        return None
+    total = int(counts.sum())
+    return torch.repeat_interleave(starts - first, counts, output_size=total) + torch.arange(total,
+                                                                                            device=starts.device)
+
+
+def _segment_sum(x: Tensor, counts: Tensor, exclusive: bool) -> Tensor:
+    """Inclusive / exclusive sums within consecutive chunks of x [T] (counts [R], summing to T).
+
+    One cumulative sum over all of x, minus its value before each chunk: O(T) memory. The sum
+    runs in float64 (float64 inputs too), so the cancellation in the subtraction costs about
+    1e-16 of the running total over the preceding chunks, far below a float32 ulp of the result.
+    """
+    if x.shape[0] == 0:
+        return x.clone()
+    cs = torch.cumsum(x.double(), 0)
+    before = torch.cat([cs.new_zeros(1), cs[:-1]])  # exclusive prefix, exact at each chunk start
+    first = (torch.cumsum(counts, 0) - counts).clamp_max(x.shape[0] - 1)  # (empty chunks: any index)
+    base = torch.repeat_interleave(before[first], counts, output_size=x.shape[0])
+    return ((before if exclusive else cs) - base).to(x.dtype)
+
+
+def _segment_prod(x: Tensor, counts: Tensor, exclusive: bool) -> Tensor:
+    """Inclusive / exclusive products within consecutive chunks of x [T] (counts [R]).
+
+    A product cannot be undone by division (zeros, underflow), so chunks are padded, but only to
+    the next power of two of their own length, in groups of equal padded length: at most 2 T
+    elements in all, and torch.cumprod's exact gradient (zeros included) within each group.
+    """
+    first = torch.cumsum(counts, 0) - counts
+    live = counts > 0
+    # ceil(log2(count)) for count >= 1: the padded length is 2 ** level
+    level = torch.where(live, torch.ceil(torch.log2(counts.clamp_min(1).double())).long(), -1)
+    pos, vals = [], []
+    for lv in torch.unique(level[live]).tolist():
+        sel = torch.nonzero(level == lv)[:, 0]
+        j = torch.arange(2**lv, device=x.device)
+        mask = j < counts[sel, None]
+        index = torch.where(mask, first[sel, None] + j, 0)
+        padded = torch.where(mask, x[index], 1.0)
+        if exclusive:
+            padded = torch.cat([torch.ones_like(padded[:, :1]), padded[:, :-1]], 1)
+        pos.append(index[mask])
+        vals.append(torch.cumprod(padded, 1)[mask])
+    if not pos:
+        return torch.ones_like(x)
+    return torch.ones_like(x).index_put((torch.cat(pos),), torch.cat(vals))
 
 
 def _scan(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor | None, prod: bool,
           exclusive: bool) -> Tensor:
     """Cumulative sum / product along the last dim (batched) or within each chunk (packed).
 
-    Packed input is laid out as a padded [R, max_count] matrix (identity on padding), scanned
-    along dim 1 and scattered back; samples outside every chunk keep the identity (0 or 1).
+    Packed input takes O(S) memory, not O(R x longest chunk): sums by one float64 cumulative
+    sum less each chunk's offset, products by chunks padded to powers of two (see
+    ``_segment_sum`` / ``_segment_prod``). Samples outside every chunk get the identity (0 or 1).
     """
     _check_tensor(fn, "inputs", inputs)
     identity = 1.0 if prod else 0.0
-    cum = torch.cumprod if prod else torch.cumsum
     if packed_info is None and indices is None:
+        cum = torch.cumprod if prod else torch.cumsum
         if exclusive:
             inputs = torch.cat([torch.full_like(inputs[..., :1], identity), inputs[..., :-1]], -1)
         return cum(inputs, -1)
     if inputs.dim() != 1:
         raise ValueError(f"{fn}: with packed_info or indices, inputs must be flattened (n_samples,), got shape "
                          f"{tuple(inputs.shape)}")
-    if packed_info is None:
-        layout = _layout(fn, inputs, "inputs", None, indices, None)
-    else:
-        layout = _layout(fn, inputs, "inputs", packed_info, None, None)
-    starts, counts = layout.packed_info[:, 0].long(), layout.packed_info[:, 1].long()
-    n_max = int(counts.max()) if counts.numel() else 0
-    if counts.numel() and (int(starts.min()) < 0 or int((starts + counts).max()) > inputs.shape[0]):
-        raise ValueError(f"{fn}: packed_info chunks must lie in [0, {inputs.shape[0]})")
-    j = torch.arange(n_max, device=inputs.device)
-    mask = j[None, :] < counts[:, None]
-    index = torch.where(mask, starts[:, None] + j[None, :], 0)
-    padded = torch.where(mask, inputs[index], identity)
-    if exclusive:
-        padded = torch.cat([torch.full_like(padded[:, :1], identity), padded[:, :-1]], 1)
-    scanned = cum(padded, 1)
-    out = torch.full_like(inputs, identity)
-    return out.index_put((index[mask],), scanned[mask])
+    starts, counts = _chunks(fn, inputs, packed_info, indices)
+    pos = _segment_positions(starts, counts, inputs.shape[0])
+    x = inputs if pos is None else inputs[pos]
+    out = (_segment_prod if prod else _segment_sum)(x, counts, exclusive)
+    if pos is None:
+        return out
+    return torch.full_like(inputs, identity).index_put((pos,), out)
 
 
 def inclusive_sum(inputs: Tensor, packed_info: Tensor | None = None, indices: Tensor | None = None) -> Tensor:

@@ -136,6 +136,72 @@ def test_scan_gradients_match_torch():
         assert_close(got, want, **F64, what=fn.__name__)
 
 
+def padded_scan(x, packed_info, prod, exclusive):
+    """Scans within chunks by padding every chunk to the longest (the drop-in's former method)."""
+    identity = 1.0 if prod else 0.0
+    starts, counts = packed_info[:, 0], packed_info[:, 1]
+    n_max = int(counts.max()) if counts.numel() else 0
+    j = torch.arange(n_max)
+    mask = j < counts[:, None]
+    index = torch.where(mask, starts[:, None] + j, 0)
+    padded = torch.where(mask, x[index], identity)
+    if exclusive:
+        padded = torch.cat([torch.full_like(padded[:, :1], identity), padded[:, :-1]], 1)
+    scanned = (torch.cumprod if prod else torch.cumsum)(padded, 1)
+    return torch.full_like(x, identity).index_put((index[mask],), scanned[mask])
+
+
+SCANS = {"inclusive_sum": (False, False), "exclusive_sum": (False, True), "inclusive_prod": (True, False),
+         "exclusive_prod": (True, True)}
+
+
+@pytest.mark.parametrize("name", list(SCANS))
+@pytest.mark.parametrize("chunks", ["tiled", "gaps and shuffled", "indices"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_scans_match_the_padded_formulation(name, chunks, dtype):
+    prod, exclusive = SCANS[name]
+    g = torch.Generator().manual_seed(len(name) + len(chunks))
+    counts = torch.tensor([3, 0, 1, 70, 0, 2, 17, 5, 1, 0, 33, 8])  # empty rays, one sample, long ones
+    S = int(counts.sum())
+    info = torch.stack([torch.cumsum(counts, 0) - counts, counts], 1)
+    if chunks == "gaps and shuffled":  # samples outside every chunk, chunks listed out of order
+        S += 2 * len(counts) + 3
+        info[:, 0] += torch.arange(len(counts)) * 2 - 1
+        info[0, 0] = 0
+        info = info[torch.randperm(len(counts), generator=g)]
+    x = torch.rand(S, dtype=torch.float64, generator=g) * 1.5 + 0.25
+    x[::9] = 0.0  # zeros: products and their gradients through them
+    x[::7] *= -1
+    x = x.to(dtype).requires_grad_()
+    gout = torch.randn(S, dtype=dtype, generator=g)
+    if chunks == "indices":
+        ray_indices = torch.arange(len(counts)).repeat_interleave(counts)
+        got = getattr(nerfacc, name)(x, indices=ray_indices)
+    else:
+        got = getattr(nerfacc, name)(x, info)
+    want = padded_scan(x, info, prod, exclusive)
+    tol = F32 if dtype == torch.float32 else F64
+    assert_close(got, want, **tol, what=f"{name} {chunks}")
+    (g_got,) = torch.autograd.grad((got * gout).sum(), x)
+    (g_want,) = torch.autograd.grad((want * gout).sum(), x)
+    assert_close(g_got, g_want, **tol, what=f"d {name} / d inputs, {chunks}")
+
+
+def test_packed_scans_empty_and_bad_chunks():
+    for name in SCANS:
+        fn = getattr(nerfacc, name)
+        assert fn(torch.rand(0), torch.zeros(0, 2, dtype=torch.long)).shape == (0,)
+        assert fn(torch.rand(0), torch.tensor([[0, 0], [0, 0]])).shape == (0,)
+        identity = 1.0 if SCANS[name][0] else 0.0
+        assert fn(torch.rand(4), torch.tensor([[1, 0]])).tolist() == [identity] * 4
+        with pytest.raises(ValueError, match="overlapping"):
+            fn(torch.rand(6), torch.tensor([[0, 4], [3, 2]]))
+        with pytest.raises(ValueError, match=r"in \[0, 6\)"):
+            fn(torch.rand(6), torch.tensor([[4, 3]]))
+        with pytest.raises(ValueError, match="sorted"):
+            fn(torch.rand(3), indices=torch.tensor([1, 0, 0]))
+
+
 def test_accumulate_along_rays_values_and_weights():
     weights = torch.tensor([0.5, 0.25, 0.2, 0.1])
     values = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
@@ -156,6 +222,165 @@ def test_accumulate_along_rays_values_and_weights():
     out = torch.zeros(4, 2)
     nerfacc.accumulate_along_rays_(weights, values, ray_indices, out)
     assert_close(out, acc, **F32, what="accumulate_along_rays_")
+
+
+def plain_accumulate(weights, values, ray_indices, n_rays):
+    """Per-ray sums written out with a scatter-add, the formula of nerfacc's accumulate_along_rays."""
+    src = weights[:, None] * values
+    return torch.zeros(n_rays, values.shape[1], dtype=src.dtype).index_add(0, ray_indices, src)
+
+
+@pytest.mark.parametrize("layout", ["equal rays", "ragged sorted", "unsorted", "batched [2, 3, N]"])
+def test_accumulate_along_rays_every_path_matches_scatter_add(layout):
+    # equal rays go through a batched matrix product, ragged or unsorted ones through a scatter-add
+    g = torch.Generator().manual_seed(11)
+    counts = {"equal rays": [5] * 6, "ragged sorted": [0, 3, 7, 1, 0, 0], "unsorted": [2, 3, 0, 4, 1, 2],
+              "batched [2, 3, N]": [5] * 6}[layout]
+    R = len(counts)
+    ray_indices = torch.arange(R).repeat_interleave(torch.tensor(counts))
+    if layout == "unsorted":
+        ray_indices = ray_indices[torch.randperm(len(ray_indices), generator=g)]
+    S = len(ray_indices)
+    w = torch.rand(S, dtype=torch.float64, generator=g, requires_grad=True)
+    v = torch.rand(S, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    gout = torch.randn(R, 2, dtype=torch.float64, generator=g)
+    if layout.startswith("batched"):
+        out = nerfacc.accumulate_along_rays(w.reshape(2, 3, 5), v.reshape(2, 3, 5, 2)).reshape(R, 2)
+        opac = nerfacc.accumulate_along_rays(w.reshape(2, 3, 5)).reshape(R, 1)
+    else:
+        out = nerfacc.accumulate_along_rays(w, v, ray_indices, n_rays=R)
+        opac = nerfacc.accumulate_along_rays(w, None, ray_indices, n_rays=R)
+    want = plain_accumulate(w, v, ray_indices, R)
+    assert_close(out, want, **F64, what=f"{layout} values")
+    assert_close(opac, plain_accumulate(w, torch.ones_like(v[:, :1]), ray_indices, R), **F64,
+                 what=f"{layout} weights")
+    got = torch.autograd.grad((out * gout).sum(), [w, v], create_graph=True)
+    ref = torch.autograd.grad((want * gout).sum(), [w, v], create_graph=True)
+    for a, b, name in zip(got, ref, ("weights", "values")):
+        assert_close(a, b, **F64, what=f"{layout} d/d {name}")
+    # second order (the backward is made of differentiable ops)
+    h = torch.autograd.grad(got[0].sum() + got[1].square().sum(), [w, v], allow_unused=True)
+    h_ref = torch.autograd.grad(ref[0].sum() + ref[1].square().sum(), [w, v], allow_unused=True)
+    for a, b in zip(h, h_ref):
+        if b is not None:
+            assert_close(a, b, **F64, what=f"{layout} second order")
+    out_ = torch.zeros(R, 2, dtype=torch.float64)
+    if layout.startswith("batched"):
+        nerfacc.accumulate_along_rays_(w.reshape(R, 5), v.reshape(R, 5, 2), None, out_)
+    else:
+        nerfacc.accumulate_along_rays_(w, v, ray_indices, out_)
+    assert_close(out_, want, **F64, what=f"{layout} accumulate_along_rays_")
+
+
+def test_accumulate_along_rays_promotes_dtypes_and_keeps_empty_rays():
+    w = torch.rand(2, 4)
+    v = torch.rand(2, 4, 3, dtype=torch.float64)
+    out = nerfacc.accumulate_along_rays(w, v)
+    assert out.dtype == torch.float64
+    assert_close(out, (w.double()[..., None] * v).sum(-2), **F64, what="mixed dtypes")
+    for layout in ((2, 4), (8,)):  # half precision: batched, and ragged packed rays
+        wh, vh = torch.rand(layout).half(), torch.rand(layout + (3,)).half()
+        ri = None if len(layout) == 2 else torch.tensor([0, 0, 0, 2, 2, 2, 2, 2])
+        got = nerfacc.accumulate_along_rays(wh, vh, ri, None if ri is None else 3)
+        want = (wh.float()[..., None] * vh.float()).sum(-2) if ri is None else plain_accumulate(
+            wh.float(), vh.float(), ri, 3)
+        assert got.dtype == torch.float16
+        assert_close(got.float(), want, atol=2e-3, rtol=2e-3, what=f"float16 {layout}")
+    empty = nerfacc.accumulate_along_rays(torch.rand(0), torch.rand(0, 3), torch.zeros(0, dtype=torch.long), n_rays=4)
+    assert empty.shape == (4, 3) and not empty.any()
+    assert nerfacc.accumulate_along_rays(torch.rand(3, 0), torch.rand(3, 0, 2)).shape == (3, 2)
+
+
+def test_ray_indices_changed_in_place_are_packed_again():
+    # the drop-in remembers the packing of the last ray_indices; an in-place write must not reuse it
+    t_starts, t_ends, sigmas, _, _ = random_rays(4, 3)
+    flat = [t.reshape(-1) for t in (t_starts, t_ends, sigmas)]
+    ray_indices = torch.arange(4).repeat_interleave(3)
+    nerfacc.render_weight_from_density(*flat, ray_indices=ray_indices, n_rays=4)
+    ray_indices[:] = torch.tensor([0, 0, 0, 0, 0, 0, 2, 2, 2, 3, 3, 3])
+    w, _, _ = nerfacc.render_weight_from_density(*flat, ray_indices=ray_indices, n_rays=4)
+    ref, _, _ = plain_density(*(t.reshape(-1) for t in (t_starts, t_ends, sigmas)))
+    want = torch.cat([plain_density(flat[0][:6], flat[1][:6], flat[2][:6])[0],
+                      plain_density(flat[0][6:9], flat[1][6:9], flat[2][6:9])[0],
+                      plain_density(flat[0][9:], flat[1][9:], flat[2][9:])[0]])
+    assert_close(w, want, **F32, what="weights after an in-place change")
+    acc = nerfacc.accumulate_along_rays(w, None, ray_indices, n_rays=4)
+    assert_close(acc[:, 0], torch.stack([want[:6].sum(), torch.tensor(0.0), want[6:9].sum(), want[9:].sum()]),
+                 **F32, what="accumulated after an in-place change")
+    with torch.inference_mode():  # inference tensors have no version counter: packed every time
+        ri = torch.arange(4).repeat_interleave(3)
+        w_inf, _, _ = nerfacc.render_weight_from_density(*flat, ray_indices=ri, n_rays=4)
+    assert_close(w_inf, plain_density(t_starts, t_ends, sigmas)[0].reshape(-1), **F32, what="inference mode")
+
+
+def _kernel_errors():
+    """max |float32 CPU kernel - float64 reference| / max(1, |reference|) over composite's outputs
+    and gradients, and the same for the float32 reference (the error that float32 inputs alone
+    cause), on rays of every length around the kernel's 64-sample blocks and its vector widths,
+    with densities from 0 to 1e4 (transmittance underflows) and alphas up to exactly 1."""
+    from pyengine.ops.composite import composite
+
+    counts = torch.tensor([0, 1, 3, 4, 5, 7, 8, 9, 63, 64, 65, 128, 129, 300, 2])
+    pi = torch.stack([counts.cumsum(0) - counts, counts], 1)
+    S = int(counts.sum())
+    g = torch.Generator().manual_seed(7)
+    t0 = torch.rand(S, dtype=torch.float64, generator=g) * 4
+    dt = torch.rand(S, dtype=torch.float64, generator=g) * 0.05
+    worst = []
+    for C in (0, 1, 2, 3, 4, 5, 9):
+        for alpha_mode in (False, True):
+            if alpha_mode:
+                x = torch.rand(S, dtype=torch.float64, generator=g) * 0.5
+                x[::9], x[::4] = 1.0, 0.0
+            else:
+                x = torch.rand(S, dtype=torch.float64, generator=g) * 10
+                x[::5], x[::11], x[::13] = 1e-6, 1e4, 0.0
+            v = torch.randn(S, C, dtype=torch.float64, generator=g)
+            ups = None
+
+            def run(dtype, backend):
+                nonlocal ups
+                xx, vv = x.to(dtype).requires_grad_(), v.to(dtype).requires_grad_()
+                kw = {"alphas": xx} if alpha_mode else {"densities": xx}
+                out = composite(pi, t0.to(dtype), (t0 + dt).to(dtype), values=vv, backend=backend, **kw)
+                if ups is None:
+                    ups = [torch.randn(o.shape, dtype=torch.float64, generator=g) for o in out]
+                grads = torch.autograd.grad(out, [xx, vv], [u.to(dtype) for u in ups], allow_unused=True)
+                return [t.double() for t in (*out, *grads) if t is not None]
+
+            want, kernel, ref32 = run(torch.float64, "reference"), run(torch.float32, "cpu"), run(torch.float32,
+                                                                                                 "reference")
+            for a, r, b in zip(kernel, ref32, want):
+                scale = max(1.0, b.abs().max().item()) if b.numel() else 1.0
+                err = (a - b).abs().max().item() / scale if b.numel() else 0.0
+                err32 = (r - b).abs().max().item() / scale if b.numel() else 0.0
+                worst.append((err, err32, C, alpha_mode))
+    return worst
+
+
+@pytest.mark.parametrize("vector_path", ["native", "PYENGINE_NO_AVX2=1"])
+def test_cpu_kernel_float32_error_is_that_of_float32_inputs(vector_path):
+    """The float32 CPU kernel (blocked, vectorized, polynomial exp) errs no more than the float32
+    reference; both of its vector paths (8 floats with AVX2, else 4) are checked."""
+    from pyengine import _ext
+
+    if _ext.load() is None:
+        pytest.skip(_ext.error())
+    if vector_path == "native":
+        worst = _kernel_errors()
+    else:  # the vector width is chosen once per process
+        import json
+        import os
+        import subprocess
+
+        code = "import json; from tests.compat.test_nerfacc import _kernel_errors; print(json.dumps(_kernel_errors()))"
+        env = dict(os.environ, PYENGINE_NO_AVX2="1")
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                             check=True)
+        worst = json.loads(out.stdout.strip().splitlines()[-1])
+    for err, err32, C, alpha_mode in worst:
+        assert err <= 4 * err32 + 1e-6, f"C={C} alpha_mode={alpha_mode}: {err:.2e} vs float32 reference {err32:.2e}"
 
 
 # packed vs batched, prefix_trans, gradients -------------------------------------------------------
