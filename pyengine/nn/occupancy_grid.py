@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from pyengine.ops.composite import composite
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
@@ -140,7 +141,10 @@ class OccupancyGrid(torch.nn.Module):
             rays_o, rays_d, start, end, self.binaries, self.aabbs[0], render_step_size, cone_angle, jitter,
             validate=False, backend=self.backend)
 
-        if (alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None):
+        # guard_or_true: no samples skips the density function; a traced (torch.compile) size that
+        # is not known yet does not break the graph
+        if ((alpha_thre > 0.0 or early_stop_eps > 0.0) and (sigma_fn is not None or alpha_fn is not None)
+                and guard_or_true(ray_indices.numel() > 0)):
             # nerfacc's min(alpha_thre, mean occupancy), kept on the device (no sync)
             alpha_thre_t = self.occs.mean().clamp(max=alpha_thre)
             # transmittance and alphas from the fused compositing op (ray_march built packed_info)

@@ -195,8 +195,8 @@ def generate_rays(cams: Cameras, pixel_ij: torch.Tensor | None = None) -> tuple[
                  pixel_ij[..., 0], pixel_ij[..., 1])
 
 
-def rays_for_pixels(cams: Cameras, cam_idx: torch.Tensor, i: torch.Tensor, j: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def rays_for_pixels(cams: Cameras, cam_idx: torch.Tensor, i: torch.Tensor, j: torch.Tensor, *,
+                    validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays for a set of sampled pixels (e.g. a random training batch drawn across views).
 
     Args:
@@ -204,6 +204,8 @@ def rays_for_pixels(cams: Cameras, cam_idx: torch.Tensor, i: torch.Tensor, j: to
         cam_idx: [N] int64 camera index of each ray, in [0, B).
         i, j: [N] pixel row and column (integers, or floats for points inside a pixel); the ray of
             pixel ``(i, j)`` is the one ``generate_rays`` returns at ``[cam_idx, i, j]``.
+        validate: check that cam_idx lies in [0, B), which reads two values back from the device;
+            pass False for indices drawn in range (a training loop).
 
     Returns:
         rays_o, rays_d: [N, 3], directions unit-norm.
@@ -227,7 +229,7 @@ def rays_for_pixels(cams: Cameras, cam_idx: torch.Tensor, i: torch.Tensor, j: to
     if i.shape != cam_idx.shape or j.shape != cam_idx.shape:
         raise ValueError(f"rays_for_pixels: cam_idx, i, j must have one shape [N], got {tuple(cam_idx.shape)}, "
                          f"{tuple(i.shape)}, {tuple(j.shape)}")
-    if cam_idx.numel() and (int(cam_idx.min()) < 0 or int(cam_idx.max()) >= len(cams)):
+    if validate and cam_idx.numel() and (int(cam_idx.min()) < 0 or int(cam_idx.max()) >= len(cams)):
         raise ValueError(f"rays_for_pixels: cam_idx must lie in [0, {len(cams)})")
     c = cam_idx.long()
     return _rays(cams.c2w[c], cams.fx[c], cams.fy[c], cams.cx[c], cams.cy[c], i, j)
