@@ -66,6 +66,7 @@ from torch import Tensor
 from pyengine.nn.occupancy_grid import OccupancyGrid
 from pyengine.ops.composite import CompositeResult, composite
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
+from pyengine.ops.segment_scan import segment_scan
 
 __version__ = "0.5.3"  # the nerfacc release whose API this module follows
 
@@ -726,67 +727,12 @@ def _chunks(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor
     return starts, counts
 
 
-def _segment_positions(starts: Tensor, counts: Tensor, S: int) -> Tensor | None:
-    """Sample index of every chunk element, chunk after chunk (None when the chunks are [0, S) in
-    order, the usual case: then it is arange(S))."""
-    first = torch.cumsum(counts, 0) - counts  # position of each chunk's first element
-    if int(counts.sum()) == S and bool((starts == first).all()):
-        return None
-    total = int(counts.sum())
-    return torch.repeat_interleave(starts - first, counts, output_size=total) + torch.arange(total,
-                                                                                            device=starts.device)
-
-
-def _segment_sum(x: Tensor, counts: Tensor, exclusive: bool) -> Tensor:
-    """Inclusive / exclusive sums within consecutive chunks of x [T] (counts [R], summing to T).
-
-    One cumulative sum over all of x, minus its value before each chunk: O(T) memory. The sum
-    runs in float64 (float64 inputs too), so the cancellation in the subtraction costs about
-    1e-16 of the running total over the preceding chunks, far below a float32 ulp of the result.
-    """
-    if x.shape[0] == 0:
-        return x.clone()
-    cs = torch.cumsum(x.double(), 0)
-    before = torch.cat([cs.new_zeros(1), cs[:-1]])  # exclusive prefix, exact at each chunk start
-    first = (torch.cumsum(counts, 0) - counts).clamp_max(x.shape[0] - 1)  # (empty chunks: any index)
-    base = torch.repeat_interleave(before[first], counts, output_size=x.shape[0])
-    return ((before if exclusive else cs) - base).to(x.dtype)
-
-
-def _segment_prod(x: Tensor, counts: Tensor, exclusive: bool) -> Tensor:
-    """Inclusive / exclusive products within consecutive chunks of x [T] (counts [R]).
-
-    A product cannot be undone by division (zeros, underflow), so chunks are padded, but only to
-    the next power of two of their own length, in groups of equal padded length: at most 2 T
-    elements in all, and torch.cumprod's exact gradient (zeros included) within each group.
-    """
-    first = torch.cumsum(counts, 0) - counts
-    live = counts > 0
-    # ceil(log2(count)) for count >= 1: the padded length is 2 ** level
-    level = torch.where(live, torch.ceil(torch.log2(counts.clamp_min(1).double())).long(), -1)
-    pos, vals = [], []
-    for lv in torch.unique(level[live]).tolist():
-        sel = torch.nonzero(level == lv)[:, 0]
-        j = torch.arange(2**lv, device=x.device)
-        mask = j < counts[sel, None]
-        index = torch.where(mask, first[sel, None] + j, 0)
-        padded = torch.where(mask, x[index], 1.0)
-        if exclusive:
-            padded = torch.cat([torch.ones_like(padded[:, :1]), padded[:, :-1]], 1)
-        pos.append(index[mask])
-        vals.append(torch.cumprod(padded, 1)[mask])
-    if not pos:
-        return torch.ones_like(x)
-    return torch.ones_like(x).index_put((torch.cat(pos),), torch.cat(vals))
-
-
 def _scan(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor | None, prod: bool,
           exclusive: bool) -> Tensor:
     """Cumulative sum / product along the last dim (batched) or within each chunk (packed).
 
-    Packed input takes O(S) memory, not O(R x longest chunk): sums by one float64 cumulative
-    sum less each chunk's offset, products by chunks padded to powers of two (see
-    ``_segment_sum`` / ``_segment_prod``). Samples outside every chunk get the identity (0 or 1).
+    Packed input runs the fused op ``pyengine.ops.segment_scan``: one pass per chunk, no padding
+    (nerfacc pads to the longest chunk). Samples outside every chunk get the identity (0 or 1).
     """
     _check_tensor(fn, "inputs", inputs)
     identity = 1.0 if prod else 0.0
@@ -799,12 +745,7 @@ def _scan(fn: str, inputs: Tensor, packed_info: Tensor | None, indices: Tensor |
         raise ValueError(f"{fn}: with packed_info or indices, inputs must be flattened (n_samples,), got shape "
                          f"{tuple(inputs.shape)}")
     starts, counts = _chunks(fn, inputs, packed_info, indices)
-    pos = _segment_positions(starts, counts, inputs.shape[0])
-    x = inputs if pos is None else inputs[pos]
-    out = (_segment_prod if prod else _segment_sum)(x, counts, exclusive)
-    if pos is None:
-        return out
-    return torch.full_like(inputs, identity).index_put((pos,), out)
+    return segment_scan(inputs, torch.stack([starts, counts], -1), prod=prod, exclusive=exclusive)
 
 
 def inclusive_sum(inputs: Tensor, packed_info: Tensor | None = None, indices: Tensor | None = None) -> Tensor:
