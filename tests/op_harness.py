@@ -64,6 +64,17 @@ class Bad:
     match: str
 
 
+def change(key, f):
+    """A ``Bad.mutate`` that replaces one argument (a position or a keyword) by ``f(old)``."""
+    def mutate(args, kwargs):
+        if isinstance(key, int):
+            args[key] = f(args[key])
+        else:
+            kwargs[key] = f(kwargs.get(key))
+        return args, kwargs
+    return mutate
+
+
 @dataclass
 class OpSuite:
     definition: object  # the op's ``_define.Op``

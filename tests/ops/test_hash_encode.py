@@ -14,7 +14,7 @@ from pyengine.ops.hash_encode import hash_encode
 from pyengine.reference import hash_encode as ref_mod
 from pyengine.reference.hash_encode import PRIMES, HashGridConfig, hash_grid_layout
 from tests.helpers import assert_close
-from tests.op_harness import HAS_CUDA, Bad, Case, OpSuite
+from tests.op_harness import HAS_CUDA, Bad, Case, OpSuite, change
 
 # backends that run on CPU tensors here; Triton only under its interpreter (no GPU)
 CPU_BACKENDS = ["cpu"] + (["triton"] if _dispatch.triton_interpret() and not HAS_CUDA else [])
@@ -284,22 +284,15 @@ def _base(g, device):
     return (x, p, cfg), {}
 
 
-def _arg(i, f):
-    def mutate(args, kwargs):
-        args[i] = f(args[i])
-        return args, kwargs
-    return mutate
-
-
 BAD = [
-    Bad("positions-2d", _arg(0, lambda x: x[:, :2]), ValueError,
+    Bad("positions-2d", change(0, lambda x: x[:, :2]), ValueError,
         r"positions must be \[\.\.\., D\] with D = 3 \(from the config\), got shape \(9, 2\)"),
-    Bad("int-positions", _arg(0, lambda x: (x * 10).int()), TypeError, "positions must be float32 or float64"),
-    Bad("int-params", _arg(1, lambda p: p.int()), TypeError, "params must be float16"),
-    Bad("short-params", _arg(1, lambda p: p[:-1]), ValueError, r"params must be \[P\] with P = \d+"),
-    Bad("2d-params", _arg(1, lambda p: p.reshape(-1, 2)), ValueError, r"params must be \[P\]"),
-    Bad("meta-params", _arg(1, lambda p: p.to("meta")), ValueError, "params is on meta but positions is on cpu"),
-    Bad("dict-config", _arg(2, lambda c: {"n_levels": 5}), TypeError, "config must be a HashGridConfig"),
+    Bad("int-positions", change(0, lambda x: (x * 10).int()), TypeError, "positions must be float32 or float64"),
+    Bad("int-params", change(1, lambda p: p.int()), TypeError, "params must be float16"),
+    Bad("short-params", change(1, lambda p: p[:-1]), ValueError, r"params must be \[P\] with P = \d+"),
+    Bad("2d-params", change(1, lambda p: p.reshape(-1, 2)), ValueError, r"params must be \[P\]"),
+    Bad("meta-params", change(1, lambda p: p.to("meta")), ValueError, "params is on meta but positions is on cpu"),
+    Bad("dict-config", change(2, lambda c: {"n_levels": 5}), TypeError, "config must be a HashGridConfig"),
     Bad("unknown-backend", lambda a, k: (a, {"backend": "fast"}), ValueError, "unknown backend 'fast'"),
     Bad("cuda-on-cpu", lambda a, k: (a, {"backend": "cuda"}), pyengine.BackendError, "'cuda'.*CUDA tensors"),
     Bad("triton-float64", lambda a, k: ([a[0].double(), a[1], a[2]], {"backend": "triton"}), pyengine.BackendError,

@@ -9,7 +9,7 @@ from pyengine.ops import ray_march as op_mod
 from pyengine.ops.ray_march import ray_march
 from pyengine.reference import ray_aabb_intersect as ref_aabb
 from pyengine.reference import ray_march as ref_mod
-from tests.op_harness import Bad, Case, OpSuite
+from tests.op_harness import Bad, Case, OpSuite, change
 
 ROI = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
 ODD_ROI = [-1.0, -0.5, -1.0, 1.0, 0.5, 0.7]  # non-cubic, off-centre
@@ -335,29 +335,25 @@ def _kw(**changes):
     return lambda a, k: (a, {**k, **changes})
 
 
-def _bad_kw(name, f):
-    return lambda a, k: (a, {**k, name: f(k[name])})
-
-
 BAD = [
-    Bad("rays-o-2", _bad_kw("rays_o", lambda t: t[:, :2]), ValueError, r"rays_o must be \[R, 3\]"),
-    Bad("rays-d-9", _bad_kw("rays_d", lambda t: t[:9]), ValueError, r"rays_d must be \[R, 3\] with R = 10"),
-    Bad("t-min-2d", _bad_kw("t_min", lambda t: t[:, None]), ValueError, r"t_min must be \[R\] with R = 10"),
-    Bad("t-max-3", _bad_kw("t_max", lambda t: t[:3]), ValueError, r"t_max must be \[R\] with R = 10"),
-    Bad("rays-o-double", _bad_kw("rays_o", lambda t: t.double()), TypeError, "rays_o must be float32"),
-    Bad("t-max-half", _bad_kw("t_max", lambda t: t.half()), TypeError, "t_max must be float32"),
-    Bad("float-binaries", _bad_kw("binaries", lambda t: t.float()), TypeError, "binaries must be bool"),
-    Bad("3d-binaries", _bad_kw("binaries", lambda t: t[0]), ValueError, r"binaries must be \[L, X, Y, Z\]"),
-    Bad("empty-binaries", _bad_kw("binaries", lambda t: t[:, :0]), ValueError,
+    Bad("rays-o-2", change("rays_o", lambda t: t[:, :2]), ValueError, r"rays_o must be \[R, 3\]"),
+    Bad("rays-d-9", change("rays_d", lambda t: t[:9]), ValueError, r"rays_d must be \[R, 3\] with R = 10"),
+    Bad("t-min-2d", change("t_min", lambda t: t[:, None]), ValueError, r"t_min must be \[R\] with R = 10"),
+    Bad("t-max-3", change("t_max", lambda t: t[:3]), ValueError, r"t_max must be \[R\] with R = 10"),
+    Bad("rays-o-double", change("rays_o", lambda t: t.double()), TypeError, "rays_o must be float32"),
+    Bad("t-max-half", change("t_max", lambda t: t.half()), TypeError, "t_max must be float32"),
+    Bad("float-binaries", change("binaries", lambda t: t.float()), TypeError, "binaries must be bool"),
+    Bad("3d-binaries", change("binaries", lambda t: t[0]), ValueError, r"binaries must be \[L, X, Y, Z\]"),
+    Bad("empty-binaries", change("binaries", lambda t: t[:, :0]), ValueError,
         r"binaries must be \[L, X, Y, Z\] with every size >= 1"),
-    Bad("roi-2d", _bad_kw("roi_aabb", lambda t: t[None]), ValueError, r"roi_aabb must be \[6\]"),
+    Bad("roi-2d", change("roi_aabb", lambda t: t[None]), ValueError, r"roi_aabb must be \[6\]"),
     Bad("roi-flat", _kw(roi_aabb=f32(-1, -1, -1, 1, -1, 1)), ValueError, "roi_aabb must have max > min"),
     Bad("step-0", _kw(step_size=0.0), ValueError, "step_size must be > 0"),
     Bad("cone-negative", _kw(cone_angle=-0.1), ValueError, "cone_angle must be >= 0"),
     Bad("jitter-1", _kw(jitter=torch.full((10,), 1.0)), ValueError, r"jitter must lie in \[0, 1\)"),
     Bad("jitter-3", _kw(jitter=torch.zeros(3)), ValueError, r"jitter must be \[R\] with R = 10"),
     Bad("jitter-double", _kw(jitter=torch.zeros(10, dtype=torch.float64)), TypeError, "jitter must be float32"),
-    Bad("meta-binaries", _bad_kw("binaries", lambda t: t.to("meta")), ValueError,
+    Bad("meta-binaries", change("binaries", lambda t: t.to("meta")), ValueError,
         "binaries is on meta but rays_o is on cpu"),
     Bad("list-roi", _kw(roi_aabb=ROI), TypeError, "roi_aabb must be a torch.Tensor"),
     Bad("max-steps-0", _kw(max_steps=0), ValueError, "max_steps must be an int >= 1"),
