@@ -1,4 +1,4 @@
-"""Small CUDA run of every kernel (hash_encode with every table type, composite, ray marching),
+"""Small CUDA run of every kernel (hash_encode with every table type, composite, ray marching, scans),
 for compute-sanitizer.
 
     compute-sanitizer --tool memcheck python bench/gpu_smoke.py
@@ -61,7 +61,14 @@ def main(backend="cuda"):
         for cone in (0.0, 0.01):
             ray_march(o, d, tmin[:, 0], tmax[:, 0], binaries, aabb, 0.01, cone,
                       torch.rand(999, device=dev), backend=backend)
-        ray_march(o[:0], d[:0], tmin[:0, 0], tmax[:0, 0], binaries, aabb, 0.01, backend=backend)
+        ray_march(o[:0], d[:0], tmin[:0, 0], tmax[:0, 0], binaries, aabb, 0.01, max_steps=3, backend=backend)
+        from pyengine.ops.segment_scan import segment_scan
+
+        x = torch.rand(S, device=dev, requires_grad=True)
+        for prod in (False, True):
+            for exclusive in (False, True):
+                segment_scan(x, packed, prod=prod, exclusive=exclusive, backend=backend).sum().backward()
+        segment_scan(x[:0], packed[:0], backend=backend)
     torch.cuda.synchronize()
     print(f"gpu_smoke: {backend} kernels ran clean")
 
