@@ -47,7 +47,7 @@ class HashGridConfig:
     Example:
         >>> cfg = HashGridConfig(n_input_dims=3, n_levels=16, n_features_per_level=2)
         >>> cfg.layout().n_params * cfg.n_features_per_level  # length of the flat params
-        12196240
+        14229504
     """
 
     n_input_dims: int = 3
