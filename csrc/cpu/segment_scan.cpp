@@ -6,49 +6,27 @@
 namespace pe {
 namespace cpu {
 namespace {
-
 constexpr int64_t kChunk = 64;
-
-template <typename T>
-struct Fwd {
-  int64_t R, S;
-  const int64_t* packed_info;
-  const T* x;
-  T* y;
-  template <bool PROD, bool EXCLUSIVE>
-  void run() {
-#pragma omp parallel for schedule(dynamic, kChunk)
-    for (int64_t r = 0; r < R; ++r) pe::segment_scan_fwd<T, PROD, EXCLUSIVE>(packed_info, x, y, r, S);
-  }
-};
-
-template <typename T>
-struct Bwd {
-  int64_t R, S;
-  const int64_t* packed_info;
-  const T *x, *g;
-  T* dx;
-  template <bool PROD, bool EXCLUSIVE>
-  void run() {
-#pragma omp parallel for schedule(dynamic, kChunk)
-    for (int64_t r = 0; r < R; ++r) pe::segment_scan_bwd<T, PROD, EXCLUSIVE>(packed_info, x, g, dx, r, S);
-  }
-};
-
 }  // namespace
 
 template <typename T>
 void segment_scan_fwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x,
                       T* y) {
-  Fwd<T> fn{R, S, packed_info, x, y};
-  dispatch_segment_scan(prod, exclusive, fn);
+  dispatch_segment_scan(prod, exclusive, [&](auto p, auto e) {
+#pragma omp parallel for schedule(dynamic, kChunk)
+    for (int64_t r = 0; r < R; ++r)
+      pe::segment_scan_fwd<T, decltype(p)::value, decltype(e)::value>(packed_info, x, y, r, S);
+  });
 }
 
 template <typename T>
 void segment_scan_bwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x,
                       const T* g, T* dx) {
-  Bwd<T> fn{R, S, packed_info, x, g, dx};
-  dispatch_segment_scan(prod, exclusive, fn);
+  dispatch_segment_scan(prod, exclusive, [&](auto p, auto e) {
+#pragma omp parallel for schedule(dynamic, kChunk)
+    for (int64_t r = 0; r < R; ++r)
+      pe::segment_scan_bwd<T, decltype(p)::value, decltype(e)::value>(packed_info, x, g, dx, r, S);
+  });
 }
 
 template void segment_scan_fwd<float>(int64_t, int64_t, bool, bool, const int64_t*, const float*, float*);

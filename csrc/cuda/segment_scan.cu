@@ -31,40 +31,16 @@ __global__ void segment_scan_bwd_kernel(int64_t R, int64_t S, const int64_t* pac
 
 unsigned blocks(int64_t R) { return static_cast<unsigned>((R + kThreads - 1) / kThreads); }
 
-template <typename T>
-struct Fwd {
-  int64_t R, S;
-  const int64_t* packed_info;
-  const T* x;
-  T* y;
-  cudaStream_t stream;
-  template <bool PROD, bool EXCLUSIVE>
-  void run() {
-    segment_scan_fwd_kernel<T, PROD, EXCLUSIVE><<<blocks(R), kThreads, 0, stream>>>(R, S, packed_info, x, y);
-  }
-};
-
-template <typename T>
-struct Bwd {
-  int64_t R, S;
-  const int64_t* packed_info;
-  const T *x, *g;
-  T* dx;
-  cudaStream_t stream;
-  template <bool PROD, bool EXCLUSIVE>
-  void run() {
-    segment_scan_bwd_kernel<T, PROD, EXCLUSIVE><<<blocks(R), kThreads, 0, stream>>>(R, S, packed_info, x, g, dx);
-  }
-};
-
 }  // namespace
 
 template <typename T>
 int segment_scan_fwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x, T* y,
                      cudaStream_t stream) {
   if (R == 0) return 0;
-  Fwd<T> fn{R, S, packed_info, x, y, stream};
-  dispatch_segment_scan(prod, exclusive, fn);
+  dispatch_segment_scan(prod, exclusive, [&](auto p, auto e) {
+    segment_scan_fwd_kernel<T, decltype(p)::value, decltype(e)::value>
+        <<<blocks(R), kThreads, 0, stream>>>(R, S, packed_info, x, y);
+  });
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -72,8 +48,10 @@ template <typename T>
 int segment_scan_bwd(int64_t R, int64_t S, bool prod, bool exclusive, const int64_t* packed_info, const T* x,
                      const T* g, T* dx, cudaStream_t stream) {
   if (R == 0) return 0;
-  Bwd<T> fn{R, S, packed_info, x, g, dx, stream};
-  dispatch_segment_scan(prod, exclusive, fn);
+  dispatch_segment_scan(prod, exclusive, [&](auto p, auto e) {
+    segment_scan_bwd_kernel<T, decltype(p)::value, decltype(e)::value>
+        <<<blocks(R), kThreads, 0, stream>>>(R, S, packed_info, x, g, dx);
+  });
   return static_cast<int>(cudaGetLastError());
 }
 

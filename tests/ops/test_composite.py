@@ -11,7 +11,7 @@ from pyengine.ops import composite as composite_mod
 from pyengine.ops.composite import CompositeResult, composite, pack_info
 from pyengine.reference import composite as ref_mod
 from tests.helpers import assert_close
-from tests.op_harness import Bad, Case, OpSuite
+from tests.op_harness import Bad, Case, OpSuite, change
 
 # backends that run on CPU tensors here; Triton only under its interpreter (no GPU)
 CPU_BACKENDS = ["cpu"] + (["triton"] if _dispatch.triton_interpret() and not torch.cuda.is_available() else [])
@@ -293,30 +293,20 @@ def _base(g, device):
     return (pi, t0, t1), {"densities": x, "values": v}
 
 
-def _set(**changes):
-    def mutate(args, kwargs):
-        names = ["packed_info", "t_starts", "t_ends"]
-        for k, f in changes.items():
-            if k in names:
-                args[names.index(k)] = f(args[names.index(k)])
-            else:
-                kwargs[k] = f(kwargs.get(k, kwargs.get("densities")))
-        return args, kwargs
-    return mutate
-
-
 BAD = [
-    Bad("both-modes", _set(alphas=lambda x: x), ValueError, "exactly one of densities and alphas, got both"),
+    Bad("both-modes", change("alphas", lambda _: torch.rand(5)), ValueError,
+        "exactly one of densities and alphas, got both"),
     Bad("neither-mode", lambda a, k: (a, {"values": k["values"]}), ValueError, "got neither"),
-    Bad("float-packed-info", _set(packed_info=lambda t: t.float()), TypeError, "packed_info must be int32 or int64"),
-    Bad("flat-packed-info", _set(packed_info=lambda t: t.reshape(-1)), ValueError, r"packed_info must be \[R, 2\]"),
-    Bad("int-t-starts", _set(t_starts=lambda t: t.long()), TypeError, "t_starts must be float16"),
-    Bad("not-a-tensor", _set(densities=lambda t: [1.0] * 5), TypeError, "densities must be a torch.Tensor"),
-    Bad("short-t-ends", _set(t_ends=lambda t: t[:-1]), ValueError,
+    Bad("float-packed-info", change(0, lambda t: t.float()), TypeError, "packed_info must be int32 or int64"),
+    Bad("flat-packed-info", change(0, lambda t: t.reshape(-1)), ValueError, r"packed_info must be \[R, 2\]"),
+    Bad("int-t-starts", change(1, lambda t: t.long()), TypeError, "t_starts must be float16"),
+    Bad("not-a-tensor", change("densities", lambda t: [1.0] * 5), TypeError, "densities must be a torch.Tensor"),
+    Bad("short-t-ends", change(2, lambda t: t[:-1]), ValueError,
         r"t_ends must be \[S\] with S = 5 \(from t_starts\), got shape \(4,\)"),
-    Bad("2d-densities", _set(densities=lambda t: t[:, None]), ValueError, r"densities must be \[S\] with S = 5"),
-    Bad("1d-values", _set(values=lambda t: t[:, 0]), ValueError, r"values must be \[S, C\] with S = 5"),
-    Bad("meta-values", _set(values=lambda t: t.to("meta")), ValueError, "values is on meta but packed_info is on cpu"),
+    Bad("2d-densities", change("densities", lambda t: t[:, None]), ValueError, r"densities must be \[S\] with S = 5"),
+    Bad("1d-values", change("values", lambda t: t[:, 0]), ValueError, r"values must be \[S, C\] with S = 5"),
+    Bad("meta-values", change("values", lambda t: t.to("meta")), ValueError,
+        "values is on meta but packed_info is on cpu"),
     Bad("unknown-backend", lambda a, k: (a, {**k, "backend": "fast"}), ValueError, "unknown backend 'fast'"),
     Bad("cuda-on-cpu", lambda a, k: (a, {**k, "backend": "cuda"}), pyengine.BackendError, "'cuda'.*CUDA tensors"),
     Bad("triton-float64", lambda a, k: ([a[0], a[1].double(), a[2]], {**k, "backend": "triton"}),

@@ -25,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "pyengine/common.h"
 
@@ -78,13 +79,15 @@ PE_HD void segment_scan_bwd(const int64_t* packed_info, const T* x, const T* g, 
   }
 }
 
-// Calls fn.template run<PROD, EXCLUSIVE>() for the runtime flags.
+// Calls fn(PROD, EXCLUSIVE) with std::integral_constant<bool> tags for the runtime flags.
 template <typename Fn>
-void dispatch_segment_scan(bool prod, bool exclusive, Fn& fn) {
+void dispatch_segment_scan(bool prod, bool exclusive, Fn&& fn) {
+  using T_ = std::true_type;
+  using F_ = std::false_type;
   if (prod) {
-    if (exclusive) fn.template run<true, true>(); else fn.template run<true, false>();
+    if (exclusive) fn(T_(), T_()); else fn(T_(), F_());
   } else {
-    if (exclusive) fn.template run<false, true>(); else fn.template run<false, false>();
+    if (exclusive) fn(F_(), T_()); else fn(F_(), F_());
   }
 }
 
