@@ -60,14 +60,24 @@ def composite_inputs(log2_samples: int, spr: int, dev, gen):
     return packed, t0.to(dev), (t0 + dt).to(dev), sig.to(dev), vals.to(dev), S
 
 
-def nerfacc_composite(packed, ts, te, sig, vals):
+def nerfacc_composite(packed, ts, te, sig, vals, ray_indices, mod=None):
+    """nerfacc's packed path (or the drop-in's, mod=dropin) on ray_indices, as its estimators return them."""
     import nerfacc
 
-    ray_indices = torch.repeat_interleave(torch.arange(packed.shape[0], device=ts.device), packed[:, 1])
+    nerfacc = mod or nerfacc
     w, trans, alphas = nerfacc.render_weight_from_density(ts, te, sig, ray_indices=ray_indices,
                                                           n_rays=packed.shape[0])
     acc = nerfacc.accumulate_along_rays(w, vals, ray_indices=ray_indices, n_rays=packed.shape[0])
     return w, acc
+
+
+def peer_rows(rows, what, size, peer="nerfacc"):
+    """Fill the 'x peer' column (peer's time over each provider's) of the rows of one benchmark and size."""
+    mine = [r for r in rows if r["benchmark"] == what and r["size"] == size]
+    peer_ms = next((float(r["ms"]) for r in mine if r["provider"] == peer), None)
+    for r in mine:
+        if peer_ms is not None and r["provider"] != peer:
+            r["x peer"] = f"{peer_ms / float(r['ms']):.2f} ({peer})"
 
 
 def import_nerfacc():
@@ -132,18 +142,20 @@ def nerfacc_rows(args, gen, row, skipped):
         row("weights + accumulate, fwd+bwd", f"{R} x {N} samples, C = 3", name, t, base, "nerfacc")
 
 
-def floor_rows(args, gen, row):
-    R, N = 8192, 128
+def floor_rows(args, gen, row, rows, dev="cpu"):
+    gpu = dev.startswith("cuda")
+    R, N = (32768, 128) if gpu else (8192, 128)
     t0, t1, sig, rgb, _ = batched_inputs(R, N, gen)
     ri = torch.arange(R).repeat_interleave(N)
-    packed = pack_info(ri, R)
-    t0, t1, sig, rgb = t0.reshape(-1), t1.reshape(-1), sig.reshape(-1), rgb.reshape(-1, 3)
+    packed = pack_info(ri, R).to(dev)
+    t0, t1, sig = (t.reshape(-1).to(dev) for t in (t0, t1, sig))
+    rgb = rgb.reshape(-1, 3).to(dev)
     inputs = (packed, t0, t1, sig, rgb)
     with torch.no_grad():
         outputs = composite(packed, t0, t1, densities=sig, values=rgb, validate=False)
     nbytes = sum(t.numel() * t.element_size() for t in inputs + tuple(outputs))
-    big_src, big_dst = torch.rand(nbytes // 4), torch.empty(nbytes // 4)
-    half_src, half_dst = torch.rand(nbytes // 8), torch.empty(nbytes // 8)
+    big_src, big_dst = torch.rand(nbytes // 4, device=dev), torch.empty(nbytes // 4, device=dev)
+    half_src, half_dst = torch.rand(nbytes // 8, device=dev), torch.empty(nbytes // 8, device=dev)
 
     def fwd():
         with torch.no_grad():
@@ -152,15 +164,57 @@ def floor_rows(args, gen, row):
     fns = {"composite fwd (auto backend)": fwd,
            "copy in+out": lambda: big_dst.copy_(big_src),
            "copy same traffic": lambda: half_dst.copy_(half_src)}
-    ms = bench_side_by_side(fns, reps=max(args.reps, 15))
+    if gpu:  # device events per function; the GPU is not shared, so interleaving buys nothing
+        ms = {k: bench(fn, dev) for k, fn in fns.items()}
+    else:
+        ms = bench_side_by_side(fns, reps=max(args.reps, 15))
     size = f"{R * N} samples, C = 3, {nbytes / 2**20:.1f} MiB in+out"
     for name in ("copy in+out", "copy same traffic"):
         row("composite fwd vs bandwidth floor", size, name, ms[name], ms["composite fwd (auto backend)"],
             "composite fwd")
     row("composite fwd vs bandwidth floor", size, "composite fwd (auto backend)",
         ms["composite fwd (auto backend)"], None, "")
-    rows_ratio = {k: ms["composite fwd (auto backend)"] / ms[k] for k in ("copy in+out", "copy same traffic")}
-    return rows_ratio
+    # bytes read + written over time: the op's minimum traffic, and the copies' (2x their buffer)
+    gbs = {"composite fwd (auto backend)": nbytes / ms["composite fwd (auto backend)"] / 1e6,
+           "copy in+out": 2 * big_src.numel() * 4 / ms["copy in+out"] / 1e6,
+           "copy same traffic": 2 * half_src.numel() * 4 / ms["copy same traffic"] / 1e6}
+    for r in rows:
+        if r["benchmark"] == "composite fwd vs bandwidth floor" and r["size"] == size:
+            r["GB/s"] = f"{gbs[r['provider']]:.0f}"
+    return {k: ms["composite fwd (auto backend)"] / ms[k] for k in ("copy in+out", "copy same traffic")}
+
+
+def occgrid_rows(peer, o, d, binaries, aabb, step, provs, row, rows, skipped, args):
+    """nerfacc's OccGridEstimator.sampling (no sigma_fn: every step in an occupied cell) against
+    ray_aabb_intersect + ray_march on the same grid, rays and step. Both lattices start at the
+    ray's entry into the box, so the sample counts should agree up to steps that straddle t_max."""
+    dev = o.device
+    est = peer.OccGridEstimator(aabb, resolution=binaries.shape[-1], levels=binaries.shape[0]).to(dev)
+    est.binaries.copy_(binaries)
+    what = "occupancy-grid sampling"
+
+    def nerfacc_fn():
+        return est.sampling(o, d, render_step_size=step, near_plane=0.0)
+
+    def ours(p):
+        tmin, tmax, _ = ray_aabb_intersect(o, d, aabb[None], backend=p)
+        return ray_march(o, d, tmin[:, 0], tmax[:, 0], binaries, aabb, step, backend=p)
+
+    n_peer = nerfacc_fn()[0].numel()
+    size = f"{o.shape[0]} rays, nerfacc {n_peer} samples"
+    ms = bench(nerfacc_fn, str(dev), reps=args.reps)
+    row(what, size, "nerfacc", ms, None)
+    for p in provs:
+        if p in ("reference", "triton", "nerfacc", "compat"):
+            continue
+        try:
+            n = ours(p)[1].numel()
+            ms = bench(lambda p=p: ours(p), str(dev), reps=args.reps)
+        except Exception as exc:
+            skipped.append(f"{what} {p}: {type(exc).__name__}: {exc}")
+            continue
+        row(what, size, f"{p} ({n} samples)", ms, None)
+    peer_rows(rows, what, size)
 
 
 def sphere_grid(res: int, dev, radius=0.8, half=1.1):
@@ -181,7 +235,7 @@ def main(argv=None):
     dev = args.device
     gpu = dev.startswith("cuda")
     # on CPU nerfacc's packed functions need CUDA: it is compared batched in its own section
-    provs = args.providers or (["reference", "cuda", "triton", "nerfacc"] if gpu else ["reference", "cpu"])
+    provs = args.providers or (["reference", "cuda", "triton", "compat", "nerfacc"] if gpu else ["reference", "cpu"])
     sizes = args.sizes or ([20, 22] if gpu else [20])
     gen = torch.Generator().manual_seed(0)
     rows, skipped = [], []
@@ -193,6 +247,7 @@ def main(argv=None):
     if "composite" not in args.skip:
         for log2s in sizes:
             packed, ts, te, sig, vals, S = composite_inputs(log2s, 64, dev, gen)
+            ray_indices = torch.repeat_interleave(torch.arange(packed.shape[0], device=dev), packed[:, 1])
             base = None
             for prov in provs:
                 if prov == "triton" and not gpu:
@@ -206,7 +261,11 @@ def main(argv=None):
                         continue
 
                     def fn():
-                        w, acc = nerfacc_composite(packed, ts, te, sg, vg)
+                        w, acc = nerfacc_composite(packed, ts, te, sg, vg, ray_indices)
+                        (acc.sum() + w.sum()).backward()
+                elif prov == "compat":
+                    def fn():
+                        w, acc = nerfacc_composite(packed, ts, te, sg, vg, ray_indices, mod=dropin)
                         (acc.sum() + w.sum()).backward()
                 else:
                     def fn(prov=prov):
@@ -219,13 +278,14 @@ def main(argv=None):
                     continue
                 base = ms if prov == "reference" else base
                 row("composite fwd+bwd", f"2^{log2s} samples ({S})", prov, ms, base)
+            peer_rows(rows, "composite fwd+bwd", f"2^{log2s} samples ({S})")
 
     if "nerfacc" not in args.skip and not gpu:
         nerfacc_rows(args, gen, row, skipped)
 
     floor = {}
-    if "floor" not in args.skip and not gpu:
-        floor = floor_rows(args, gen, row)
+    if "floor" not in args.skip:
+        floor = floor_rows(args, gen, row, rows, dev)
 
     if "march" not in args.skip:
         res, half = 128, 1.1
@@ -249,6 +309,11 @@ def main(argv=None):
             base = ms if prov == "reference" else base
             S = ray_march(o, d, tmin[:, 0], tmax[:, 0], binaries, aabb, step)[1].numel()
             row("ray_march", f"{o.shape[0]} rays, {S} samples", prov, ms, base)
+        peer = import_nerfacc()
+        if peer is None or not gpu:
+            skipped.append("occupancy-grid sampling vs nerfacc: needs nerfacc and a GPU")
+        else:
+            occgrid_rows(peer, o, d, binaries, aabb, step, provs, row, rows, skipped, args)
 
     if "step" not in args.skip:
         torch.manual_seed(0)
@@ -282,7 +347,7 @@ def main(argv=None):
             row("NeRF train step (64x64, 512 spp, analytic normals)", "4096 rays", name, ms, base)
 
     print(f"render benchmark: {machine(dev)}; commit {commit()}; torch {torch.__version__}")
-    print_table(rows, ["benchmark", "size", "provider", "ms", "speed-up", "vs"])
+    print_table(rows, ["benchmark", "size", "provider", "ms", "speed-up", "vs", "x peer", "GB/s"])
     for name, ratio in floor.items():
         print(f"composite fwd takes {ratio:.2f}x the time of '{name}'")
     for s in sorted(set(skipped)):

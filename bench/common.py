@@ -13,6 +13,8 @@ import torch
 
 
 def commit() -> str:
+    if os.environ.get("PYENGINE_COMMIT"):  # set by bench/gpu_check.sh (a GPU machine gets no .git)
+        return os.environ["PYENGINE_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=os.path.dirname(os.path.abspath(__file__)))

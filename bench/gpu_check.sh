@@ -1,52 +1,152 @@
 #!/usr/bin/env bash
-# One command for a fresh GPU machine (under 8 minutes): build with CUDA, run the whole test suite
-# (the README's test command: CPU, GPU and Triton tests, Triton compiled on CUDA tensors), a
-# compute-sanitizer pass, the GPU benchmarks, and print a short table last. Logs and JSON go to
-# $OUT (the device tool's output folder) or bench/out.
+# One command for a fresh GPU machine with no network (under 8 minutes): build with CUDA, run the
+# whole test suite (GPU tests first, then everything else), the benchmarks with every provider
+# that imports (nerfacc and tiny-cuda-nn from .peers/, see bench/peers/download.sh), a
+# compute-sanitizer pass, then print a short table. results.json (test summaries, benchmark rows)
+# and logs.tar.gz (every log) go to $OUT (or bench/out).
 #
-#   bash bench/gpu_check.sh
+#   bash bench/gpu_check.sh             # on the GPU machine
+#   bash bench/gpu_check.sh --dry-run   # on a CPU machine: every step with CPU stand-ins (tests
+#                                       # collected, not run; benchmarks tiny), to prove the script
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-bench/out}
-mkdir -p "$OUT"
+L=$(mktemp -d)/logs  # packed into $OUT/logs.tar.gz at the end ($OUT takes few files)
+mkdir -p "$OUT" "$L"
+if [ -z "${PYTHON:-}" ] && [ $DRY = 1 ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
 PY=${PYTHON:-python3}
-export MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYENGINE_CUDA=1
+NCPU=$(nproc)
+export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
+[ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
 status=0
-step() { echo "== $* ($(date +%T))"; }
+failed=()
+T0=$(date +%s)
+step() {  # a new step; the logs so far are packed first, in case the machine's time limit cuts in
+  tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs 2>/dev/null
+  echo "== $* (+$(( $(date +%s) - T0 )) s)"
+}
+run() {  # run NAME TIMEOUT CMD...: log to $L/NAME.log, remember a failure
+  local name=$1 t=$2; shift 2
+  timeout "$t" "$@" >"$L/$name.log" 2>&1
+  local rc=$?
+  if [ $rc != 0 ]; then status=1; failed+=("$name(rc=$rc)"); fi
+  return $rc
+}
 
 step "device"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+if [ $DRY = 0 ]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$L/gpu.txt"
+else
+  echo "dry run: no GPU" | tee "$L/gpu.txt"
+fi
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$L/gpu.txt"
+# the GPU machine gets the working tree without .git: pass PYENGINE_COMMIT=<hash> there
+export PYENGINE_COMMIT=${PYENGINE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "commit $PYENGINE_COMMIT" | tee -a "$L/gpu.txt"
+
+step "peers from .peers/ (no network)"
+PEER_SITE=$(mktemp -d)
+for whl in .peers/*.whl; do
+  [ -e "$whl" ] || continue
+  $PY -m pip install -q --no-index --no-deps --target "$PEER_SITE" "$whl" >>"$L/peers.log" 2>&1 \
+    && echo "installed $(basename "$whl")" || echo "could not install $whl (see peers.log)"
+done
+for d in .peers/site/*; do  # prebuilt packages (tiny-cuda-nn, PVCNN) for this machine's torch
+  [ -e "$d" ] && cp -r "$d" "$PEER_SITE/"
+done
+export PYTHONPATH="$PEER_SITE${PYTHONPATH:+:$PYTHONPATH}"
+NERFACC_PID=""
+if [ $DRY = 0 ] && $PY -c "import nerfacc" 2>/dev/null; then
+  # nerfacc compiles its CUDA code at first use: start that now, behind the build and the tests
+  (MAX_JOBS=$(( NCPU / 2 )) timeout 400 $PY -c "from nerfacc.cuda import _backend as b; assert b._C is not None; print('nerfacc CUDA built')" \
+    >"$L/nerfacc_build.log" 2>&1) &
+  NERFACC_PID=$!
+fi
+$PY -c "import nerfacc; print('nerfacc', nerfacc.__version__, 'imports')" 2>/dev/null || echo "nerfacc: not importable"
+$PY -c "import tinycudann; print('tiny-cuda-nn imports')" 2>/dev/null || echo "tiny-cuda-nn: not importable (no comparison with it)"
 
 step "build"
 start=$(date +%s)
-if ! $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+if ! timeout 240 $PY -m pip install --no-build-isolation --no-deps -e . >"$L/build.log" 2>&1; then
+  tail -40 "$L/build.log"; echo "BUILD FAILED"; exit 1
 fi
 echo "built in $(( $(date +%s) - start )) s"
-$PY -m pyengine doctor | tee "$OUT/doctor.txt"
+$PY -m pyengine doctor 2>&1 | tee "$L/doctor.txt"
 
-step "test suite (GPU tests first, then everything else)"
-timeout 120 $PY -m pytest -q -m gpu tests >"$OUT/gpu_tests.log" 2>&1 || status=1
-tail -4 "$OUT/gpu_tests.log"
-timeout 240 $PY -m pytest -q -m "not gpu" -p no:cacheprovider tests >"$OUT/tests.log" 2>&1 || status=1
-tail -4 "$OUT/tests.log"
+XDIST=()
+if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "$(( NCPU > 8 ? 8 : NCPU ))" --dist loadfile); fi
+if [ $DRY = 0 ]; then
+  step "GPU tests (${XDIST[*]:-one process})"
+  OMP_NUM_THREADS=2 run gpu_tests 130 $PY -m pytest -q -p no:cacheprovider -m gpu "${XDIST[@]}" tests
+  tail -3 "$L/gpu_tests.log"
+else
+  step "tests (dry run: collected only)"
+  run gpu_tests 120 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests
+  tail -1 "$L/gpu_tests.log"
+fi
 
 step "benchmarks"
-timeout 70 $PY bench/bench_hash_encode.py --device cuda --sizes 18 20 --providers reference cuda triton tcnn \
-  --json "$OUT/bench_hash_encode_fp32.json" >"$OUT/bench_fp32.txt" 2>&1 || status=1
-timeout 40 $PY bench/bench_hash_encode.py --device cuda --sizes 20 --dtype float16 --providers cuda triton tcnn \
-  --json "$OUT/bench_hash_encode_fp16.json" >"$OUT/bench_fp16.txt" 2>&1 || status=1
-timeout 70 $PY bench/bench_render.py --device cuda --json "$OUT/bench_render.json" >"$OUT/bench_render.txt" 2>&1 || status=1
-
-step "compute-sanitizer"
-if command -v compute-sanitizer >/dev/null; then
-  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda >"$OUT/sanitizer.log" 2>&1 || status=1
-  tail -3 "$OUT/sanitizer.log"
+if [ $DRY = 0 ]; then
+  if [ -n "$NERFACC_PID" ]; then wait "$NERFACC_PID"; tail -2 "$L/nerfacc_build.log"; fi
+  run bench_hash_fp32 75 $PY bench/bench_hash_encode.py --device cuda --sizes 18 20 \
+    --providers reference cuda triton tcnn --json "$L/bench_hash_encode_fp32.json"
+  run bench_hash_fp16 45 $PY bench/bench_hash_encode.py --device cuda --sizes 20 --dtype float16 \
+    --providers cuda triton tcnn --json "$L/bench_hash_encode_fp16.json"
+  run bench_render 120 $PY bench/bench_render.py --device cuda --json "$L/bench_render.json"
+else
+  run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
+    --providers reference cpu tcnn --json "$L/bench_hash_encode_fp32.json"
+  run bench_hash_fp16 60 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 --dtype float16 \
+    --providers cpu --json "$L/bench_hash_encode_fp16.json"
+  run bench_render 300 $PY bench/bench_render.py --device cpu --sizes 12 --reps 1 --skip step \
+    --json "$L/bench_render.json"
 fi
-timeout 40 $PY bench/gpu_smoke.py triton >"$OUT/triton_smoke.log" 2>&1 || status=1
-tail -1 "$OUT/triton_smoke.log"
+
+step "the rest of the suite, beside compute-sanitizer and the Triton smoke run"
+if [ $DRY = 0 ]; then
+  OMP_NUM_THREADS=1 run tests 180 $PY -m pytest -q -p no:cacheprovider -m "not gpu" "${XDIST[@]}" tests &
+  TESTS_PID=$!
+  if command -v compute-sanitizer >/dev/null; then
+    run sanitizer 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda
+    tail -3 "$L/sanitizer.log"
+  else
+    echo "compute-sanitizer not found"; failed+=("sanitizer(missing)")
+  fi
+  run triton_smoke 50 $PY bench/gpu_smoke.py triton
+  tail -1 "$L/triton_smoke.log"
+  wait $TESTS_PID || { status=1; failed+=("tests"); }
+  tail -3 "$L/tests.log"
+else
+  run tests 120 $PY -m pytest -q -p no:cacheprovider -m "not gpu" --collect-only tests
+  tail -1 "$L/tests.log"
+  echo "dry run: compute-sanitizer not run; the smoke script on the CPU instead"
+  run sanitizer 120 $PY bench/gpu_smoke.py cpu
+  tail -1 "$L/sanitizer.log"
+fi
+
+step "results"
+$PY - "$L" "$OUT/results.json" "$DRY" "${failed[*]:-}" <<'EOF'
+import glob, json, os, re, sys
+logs, dest, dry, failed = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4].split()
+res = {"dry_run": dry, "failed_steps": failed, "machine": open(os.path.join(logs, "gpu.txt")).read().strip()}
+for name in ("gpu_tests", "tests"):
+    p = os.path.join(logs, name + ".log")
+    lines = open(p).read().strip().splitlines() if os.path.exists(p) else []
+    res[name] = next((ln for ln in reversed(lines) if re.search(r"passed|failed|error|collected|tests? ", ln)), "no log")
+    res[name + "_failures"] = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))][:60]
+for p in sorted(glob.glob(os.path.join(logs, "bench_*.json"))):
+    res[os.path.basename(p)[:-5]] = json.load(open(p))
+json.dump(res, open(dest, "w"), indent=1)
+print(f"results: {dest}; failed steps: {' '.join(failed) or 'none'}")
+EOF
+tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 
 step "summary (status $status)"
-cat "$OUT/bench_fp32.txt" "$OUT/bench_fp16.txt" "$OUT/bench_render.txt"
+for f in gpu_tests tests; do echo "$f: $(tail -1 "$L/$f.log")"; done
+for f in bench_hash_fp32 bench_hash_fp16 bench_render; do
+  grep -E '^\||^skipped|^composite fwd takes' "$L/$f.log" || tail -5 "$L/$f.log"
+done
+echo "failed steps: ${failed[*]:-none}"
 exit $status

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Fetch the peers that the package index has into .peers/ (ignored by git), which travels to a GPU
+# machine without network access next to the working tree; bench/gpu_check.sh installs from there.
+#
+#   bash bench/peers/download.sh
+#
+# nerfacc 0.5.3: a pure-Python wheel that compiles its CUDA code at first use (gpu_check.sh starts
+# that compilation in the background while the build and the tests run).
+# tiny-cuda-nn and PVCNN are not on the package index. A copy built elsewhere for the GPU machine's
+# torch (2.11+cu130, sm_90) may be put under .peers/site/<package>/; gpu_check.sh puts .peers/site
+# on the path and the benchmarks compare with whatever imports. This repository holds neither their
+# source nor a recipe that builds it. Keep .peers/ under 64 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p .peers/site
+python3 -m pip download --no-deps --only-binary=:all: -d .peers nerfacc==0.5.3
+du -sh .peers
