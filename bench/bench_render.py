@@ -71,6 +71,22 @@ def nerfacc_composite(packed, ts, te, sig, vals, ray_indices, mod=None):
     return w, acc
 
 
+def kernels_only(backend, packed, ts, te, sig, vals):
+    """The backend's forward and backward kernels called directly (no op layer, no autograd),
+    upstream gradients as the benchmark's sums give them (ones): the time the kernels take."""
+    import importlib
+
+    mod = importlib.import_module("pyengine.kernels.composite") if backend == "triton" else pyengine._ext.load()
+    ones_s, ones_r = torch.ones_like(ts), torch.ones(packed.shape[0], device=ts.device)
+    zeros_s, g_acc = torch.zeros_like(ts), torch.ones_like(vals[: packed.shape[0]])
+
+    def fn():
+        w, trans, a, acc, op, dep = mod.composite_fwd(packed, ts, te, sig, vals, False)
+        mod.composite_bwd(ones_s, zeros_s, zeros_s, g_acc, ones_r, ones_r, packed, ts, te, sig, vals,
+                          trans, False, True, True)
+    return fn
+
+
 def peer_rows(rows, what, size, peer="nerfacc"):
     """Fill the 'x peer' column (peer's time over each provider's) of the rows of one benchmark and size."""
     mine = [r for r in rows if r["benchmark"] == what and r["size"] == size]
@@ -235,7 +251,8 @@ def main(argv=None):
     dev = args.device
     gpu = dev.startswith("cuda")
     # on CPU nerfacc's packed functions need CUDA: it is compared batched in its own section
-    provs = args.providers or (["reference", "cuda", "triton", "compat", "nerfacc"] if gpu else ["reference", "cpu"])
+    provs = args.providers or (["reference", "cuda", "triton", "cuda novalidate", "triton novalidate",
+                                "cuda kernels", "triton kernels", "compat", "nerfacc"] if gpu else ["reference", "cpu"])
     sizes = args.sizes or ([20, 22] if gpu else [20])
     gen = torch.Generator().manual_seed(0)
     rows, skipped = [], []
@@ -263,6 +280,14 @@ def main(argv=None):
                     def fn():
                         w, acc = nerfacc_composite(packed, ts, te, sg, vg, ray_indices)
                         (acc.sum() + w.sum()).backward()
+                elif prov.endswith(" novalidate"):
+                    b = prov.split()[0]
+
+                    def fn(b=b):
+                        r = composite(packed, ts, te, densities=sg, values=vg, backend=b, validate=False)
+                        (r.accumulated.sum() + r.weights.sum() + r.opacity.sum() + r.depth.sum()).backward()
+                elif prov.endswith(" kernels"):
+                    fn = kernels_only(prov.split()[0], packed, ts, te, sig, vals)
                 elif prov == "compat":
                     def fn():
                         w, acc = nerfacc_composite(packed, ts, te, sg, vg, ray_indices, mod=dropin)

@@ -8,6 +8,8 @@
 #   bash bench/gpu_check.sh             # on the GPU machine
 #   bash bench/gpu_check.sh --dry-run   # on a CPU machine: every step with CPU stand-ins (tests
 #                                       # collected, not run; benchmarks tiny), to prove the script
+#   STEPS=gpu_tests,bench_render bash bench/gpu_check.sh   # some steps only (a short rerun); the
+#       steps: gpu_tests bench_hash bench_render tests sanitizer (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -20,6 +22,8 @@ PY=${PYTHON:-python3}
 NCPU=$(nproc)
 export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 [ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
+STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,tests,sanitizer},"
+want() { [[ $STEPS == *",$1,"* ]]; }
 status=0
 failed=()
 T0=$(date +%s)
@@ -77,7 +81,8 @@ $PY -m pyengine doctor 2>&1 | tee "$L/doctor.txt"
 
 XDIST=()
 if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "$(( NCPU > 8 ? 8 : NCPU ))" --dist loadfile); fi
-if [ $DRY = 0 ]; then
+if ! want gpu_tests; then :
+elif [ $DRY = 0 ]; then
   step "GPU tests (${XDIST[*]:-one process})"
   OMP_NUM_THREADS=2 run gpu_tests 130 $PY -m pytest -q -p no:cacheprovider -m gpu "${XDIST[@]}" tests
   tail -3 "$L/gpu_tests.log"
@@ -90,40 +95,50 @@ fi
 step "benchmarks"
 if [ $DRY = 0 ]; then
   if [ -n "$NERFACC_PID" ]; then wait "$NERFACC_PID"; tail -2 "$L/nerfacc_build.log"; fi
-  run bench_hash_fp32 75 $PY bench/bench_hash_encode.py --device cuda --sizes 18 20 \
+  want bench_hash && run bench_hash_fp32 75 $PY bench/bench_hash_encode.py --device cuda --sizes 18 20 \
     --providers reference cuda triton tcnn --json "$L/bench_hash_encode_fp32.json"
-  run bench_hash_fp16 45 $PY bench/bench_hash_encode.py --device cuda --sizes 20 --dtype float16 \
+  want bench_hash && run bench_hash_fp16 45 $PY bench/bench_hash_encode.py --device cuda --sizes 20 --dtype float16 \
     --providers cuda triton tcnn --json "$L/bench_hash_encode_fp16.json"
-  run bench_render 120 $PY bench/bench_render.py --device cuda --json "$L/bench_render.json"
+  want bench_render && run bench_render 150 $PY bench/bench_render.py --device cuda --json "$L/bench_render.json"
 else
-  run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
+  want bench_hash && run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
     --providers reference cpu tcnn --json "$L/bench_hash_encode_fp32.json"
-  run bench_hash_fp16 60 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 --dtype float16 \
+  want bench_hash && run bench_hash_fp16 60 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 --dtype float16 \
     --providers cpu --json "$L/bench_hash_encode_fp16.json"
-  run bench_render 300 $PY bench/bench_render.py --device cpu --sizes 12 --reps 1 --skip step \
+  want bench_render && run bench_render 300 $PY bench/bench_render.py --device cpu --sizes 12 --reps 1 --skip step \
     --json "$L/bench_render.json"
 fi
 
 step "the rest of the suite, beside compute-sanitizer and the Triton smoke run"
+TESTS_PID=""
 if [ $DRY = 0 ]; then
-  OMP_NUM_THREADS=1 run tests 180 $PY -m pytest -q -p no:cacheprovider -m "not gpu" "${XDIST[@]}" tests &
-  TESTS_PID=$!
-  if command -v compute-sanitizer >/dev/null; then
+  if want tests; then
+    OMP_NUM_THREADS=1 run tests 180 $PY -m pytest -q -p no:cacheprovider -m "not gpu" "${XDIST[@]}" tests &
+    TESTS_PID=$!
+  fi
+  if ! want sanitizer; then :
+  elif command -v compute-sanitizer >/dev/null; then
     run sanitizer 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda
     tail -3 "$L/sanitizer.log"
   else
     echo "compute-sanitizer not found"; failed+=("sanitizer(missing)")
   fi
-  run triton_smoke 50 $PY bench/gpu_smoke.py triton
-  tail -1 "$L/triton_smoke.log"
-  wait $TESTS_PID || { status=1; failed+=("tests"); }
-  tail -3 "$L/tests.log"
+  if want sanitizer; then
+    run triton_smoke 50 $PY bench/gpu_smoke.py triton
+    tail -1 "$L/triton_smoke.log"
+  fi
+  if [ -n "$TESTS_PID" ]; then
+    wait $TESTS_PID || { status=1; failed+=("tests"); }
+    tail -3 "$L/tests.log"
+  fi
 else
-  run tests 120 $PY -m pytest -q -p no:cacheprovider -m "not gpu" --collect-only tests
-  tail -1 "$L/tests.log"
-  echo "dry run: compute-sanitizer not run; the smoke script on the CPU instead"
-  run sanitizer 120 $PY bench/gpu_smoke.py cpu
-  tail -1 "$L/sanitizer.log"
+  want tests && run tests 120 $PY -m pytest -q -p no:cacheprovider -m "not gpu" --collect-only tests
+  want tests && tail -1 "$L/tests.log"
+  if want sanitizer; then
+    echo "dry run: compute-sanitizer not run; the smoke script on the CPU instead"
+    run sanitizer 120 $PY bench/gpu_smoke.py cpu
+    tail -1 "$L/sanitizer.log"
+  fi
 fi
 
 step "results"
@@ -144,8 +159,9 @@ EOF
 tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 
 step "summary (status $status)"
-for f in gpu_tests tests; do echo "$f: $(tail -1 "$L/$f.log")"; done
+for f in gpu_tests tests; do [ -f "$L/$f.log" ] && echo "$f: $(tail -1 "$L/$f.log")"; done
 for f in bench_hash_fp32 bench_hash_fp16 bench_render; do
+  [ -f "$L/$f.log" ] || continue
   grep -E '^\||^skipped|^composite fwd takes' "$L/$f.log" || tail -5 "$L/$f.log"
 done
 echo "failed steps: ${failed[*]:-none}"

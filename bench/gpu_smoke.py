@@ -23,6 +23,8 @@ def main(backend="cuda"):
     for D in (2, 3, 4):
         for F in (1, 2, 4, 8):
             for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+                if backend == "triton" and dtype == torch.float64:
+                    continue  # Triton's hash_encode computes in float32 and narrower
                 cfg = HashGridConfig(D, 6, F, 12, 3.0, 1.93, "smoothstep" if F % 2 else "linear")
                 x = torch.rand(777, D, device=dev)
                 x[:5] = 1.0

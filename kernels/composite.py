@@ -15,11 +15,19 @@ Backward, with g_i = gw_i + <g_acc, v_i> + g_op + g_depth t_mid_i and the relati
     alpha mode:    dL/dalpha_k = T_k (g_k - U_k) + ga_k
     dL/dv_k = w_k g_acc
 
-Work split: grid ``cdiv(R, BLOCK)``; a program owns ``BLOCK`` rays, one per lane, and walks
-sample ``j`` of every ray at once for ``j < max count in the block`` (lanes whose ray is shorter
-are masked), so neighbouring lanes read neighbouring rays as the CUDA kernel's threads do.
-Value channels are a ``[BLOCK, CP]`` tile, ``CP`` the next power of two of ``C``. Everything is
-float32; the host launchers cast.
+Work split: a program owns ``BR`` rays and walks them in chunks of ``BS`` consecutive samples,
+a ``[BR, BS]`` tile: every load and store is contiguous along a ray, so a warp touches whole
+cache lines. Within a chunk the per-ray scans are ``tl.associative_scan`` along the samples; a
+per-ray carry links the chunks. Exclusive scans use a pair (everything but the last element,
+the last element), so no value is ever recovered by subtraction or division:
+
+    forward:   exclusive sum of tau (density) or product of 1 - alpha (alpha mode);
+    backward:  the suffix U is an affine recurrence U_k = a_{k+1} + b_{k+1} U_{k+1}, with
+               a = g alpha + gT and b = 1 - alpha: the chunk is walked from the ray's end (lane j
+               holds sample count - 1 - j - chunk * BS) and the scan composes the affine maps.
+
+``BS`` follows the mean samples per ray (16 to 64). Value channels are a ``[BR, BS, CP]`` tile,
+``CP`` the next power of two of ``C``. Everything is float32; the host launchers cast.
 
 No autograd here: ``pyengine/ops/composite.py`` wires these two functions into the registered op.
 """
@@ -34,8 +42,8 @@ import triton.language as tl
 
 __all__ = ["composite_bwd", "composite_fwd"]
 
-_BLOCK = 64  # rays per program: one ray per lane
-_NUM_WARPS = 2
+_TILE = 512  # BR * BS samples per chunk
+_NUM_WARPS = 4
 
 
 @triton.jit
@@ -48,12 +56,41 @@ def _alpha_from_tau(tau):
 
 @triton.jit
 def _ray_ranges(packed_ptr, rays, rmask, S):
-    """(start, count) of each lane's ray, clamped into [0, S] like composite_ray_range in C++."""
+    """(start, count) of each ray, clamped into [0, S] like composite_ray_range in C++."""
     start = tl.load(packed_ptr + rays * 2, mask=rmask, other=0)
     count = tl.load(packed_ptr + rays * 2 + 1, mask=rmask, other=0)
     start = tl.minimum(tl.maximum(start, 0), S)
     count = tl.minimum(tl.maximum(count, 0), S - start)
     return start, count
+
+
+@triton.jit
+def _excl_add(a_rest, a_last, b_rest, b_last):
+    """Segments as (sum of all but the last element, the last element); a before b."""
+    return a_rest + a_last + b_rest, b_last
+
+
+@triton.jit
+def _excl_mul(a_rest, a_last, b_rest, b_last):
+    return a_rest * a_last * b_rest, b_last
+
+
+@triton.jit
+def _excl_affine(ra, rb, la, lb, sa, sb, ma, mb):
+    """Affine maps X -> a + b X; a segment as (composition of all but its last map, its last map),
+    the earlier lane's map applied first. Segment (ra, rb, la, lb) before (sa, sb, ma, mb):
+    rest = b.rest o a.last o a.rest, last = b.last."""
+    # a.last o a.rest
+    xa = la + lb * ra
+    xb = lb * rb
+    # b.rest o (a.last o a.rest)
+    return sa + sb * xa, sb * xb, ma, mb
+
+
+@triton.jit
+def _lane(x, lanes, j):
+    """x[:, j] of a [BR, BS] tile, as [BR]."""
+    return tl.sum(tl.where(lanes[None, :] == j, x, 0.0), 1)
 
 
 @triton.jit
@@ -67,44 +104,51 @@ def _composite_fwd_kernel(
     R, S, C,
     ALPHA: tl.constexpr,
     CP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BR: tl.constexpr,
+    BS: tl.constexpr,
 ):
-    rays = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    rays = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     rmask = rays < R
     start, count = _ray_ranges(packed_ptr, rays, rmask, S)
+    lanes = tl.arange(0, BS)
     cols = tl.arange(0, CP)
     cmask = cols < C
     if ALPHA:
-        run = tl.full([BLOCK], 1.0, tl.float32)  # exclusive product of (1 - alpha)
+        carry = tl.full([BR], 1.0, tl.float32)  # product of (1 - alpha) over the earlier chunks
     else:
-        run = tl.zeros([BLOCK], tl.float32)  # exclusive sum of tau
-    opacity = tl.zeros([BLOCK], tl.float32)
-    depth = tl.zeros([BLOCK], tl.float32)
-    acc = tl.zeros([BLOCK, CP], tl.float32)
+        carry = tl.zeros([BR], tl.float32)  # sum of tau over the earlier chunks
+    opacity = tl.zeros([BR], tl.float32)
+    depth = tl.zeros([BR], tl.float32)
+    acc = tl.zeros([BR, CP], tl.float32)
     n_max = tl.max(count, 0)
-    for j in range(n_max):
-        active = j < count
-        i = start + j
+    for base in range(0, n_max, BS):
+        j = base + lanes
+        active = j[None, :] < count[:, None]
+        i = start[:, None] + j[None, :]
         t0 = tl.load(t0_ptr + i, mask=active, other=0.0)
         t1 = tl.load(t1_ptr + i, mask=active, other=0.0)
-        x = tl.load(x_ptr + i, mask=active, other=0.0)
+        x = tl.load(x_ptr + i, mask=active, other=0.0)  # 0 keeps inactive lanes neutral
         if ALPHA:
-            trans = run
+            f = 1.0 - x
+            excl, _ = tl.associative_scan((tl.full([BR, BS], 1.0, tl.float32), f), 1, _excl_mul)
+            trans = carry[:, None] * excl
             alpha = x
-            run = run * (1.0 - x)
+            carry = carry * _lane(excl * f, lanes, BS - 1)
         else:
             tau = x * (t1 - t0)
-            trans = tl.exp(-run)
+            excl, _ = tl.associative_scan((tl.zeros([BR, BS], tl.float32), tau), 1, _excl_add)
+            trans = tl.exp(-(carry[:, None] + excl))
             alpha = _alpha_from_tau(tau)
-            run = run + tau
+            carry = carry + tl.sum(tau, 1)
         w = trans * alpha  # zero on inactive lanes, where x = 0
         tl.store(w_ptr + i, w, mask=active)
         tl.store(trans_ptr + i, trans, mask=active)
         tl.store(alpha_ptr + i, alpha, mask=active)
-        opacity += w
-        depth += w * (t0 + t1) * 0.5
-        v = tl.load(v_ptr + i[:, None] * C + cols[None, :], mask=active[:, None] & cmask[None, :], other=0.0)
-        acc += w[:, None] * v
+        opacity += tl.sum(w, 1)
+        depth += tl.sum(w * (t0 + t1) * 0.5, 1)
+        m3 = active[:, :, None] & cmask[None, None, :]
+        v = tl.load(v_ptr + i[:, :, None] * C + cols[None, None, :], mask=m3, other=0.0)
+        acc += tl.sum(w[:, :, None] * v, 1)
     tl.store(op_ptr + rays, opacity, mask=rmask)
     tl.store(depth_ptr + rays, depth, mask=rmask)
     tl.store(acc_ptr + rays[:, None] * C + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
@@ -126,23 +170,25 @@ def _composite_bwd_kernel(
     NEED_X: tl.constexpr,
     NEED_V: tl.constexpr,
     CP: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BR: tl.constexpr,
+    BS: tl.constexpr,
 ):
-    rays = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    rays = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     rmask = rays < R
     start, count = _ray_ranges(packed_ptr, rays, rmask, S)
+    lanes = tl.arange(0, BS)
     cols = tl.arange(0, CP)
     cmask = cols < C
     g_acc = tl.load(gacc_ptr + rays[:, None] * C + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
     g_op = tl.load(gop_ptr + rays, mask=rmask, other=0.0)
     g_depth = tl.load(gdepth_ptr + rays, mask=rmask, other=0.0)
-    U = tl.zeros([BLOCK], tl.float32)
+    carry = tl.zeros([BR], tl.float32)  # U of the last sample of this chunk (0 at the ray's end)
     n_max = tl.max(count, 0)
-    for jj in range(n_max):
-        j = n_max - 1 - jj  # reverse order along every ray
-        active = j < count
-        k = start + j
-        m2 = active[:, None] & cmask[None, :]
+    for base in range(0, n_max, BS):
+        j = count[:, None] - 1 - base - lanes[None, :]  # from the ray's end backwards
+        active = j >= 0
+        k = start[:, None] + j
+        m3 = active[:, :, None] & cmask[None, None, :]
         t0 = tl.load(t0_ptr + k, mask=active, other=0.0)
         t1 = tl.load(t1_ptr + k, mask=active, other=0.0)
         x = tl.load(x_ptr + k, mask=active, other=0.0)
@@ -157,19 +203,25 @@ def _composite_bwd_kernel(
             one_minus = tl.exp(-tau)
         w = trans * alpha
         if NEED_V:
-            tl.store(gv_ptr + k[:, None] * C + cols[None, :], w[:, None] * g_acc, mask=m2)
+            tl.store(gv_ptr + k[:, :, None] * C + cols[None, None, :], w[:, :, None] * g_acc[:, None, :], mask=m3)
         if NEED_X:
-            v = tl.load(v_ptr + k[:, None] * C + cols[None, :], mask=m2, other=0.0)
-            g = tl.load(gw_ptr + k, mask=active, other=0.0) + g_op + g_depth * (t0 + t1) * 0.5
-            g += tl.sum(g_acc * v, 1)
+            v = tl.load(v_ptr + k[:, :, None] * C + cols[None, None, :], mask=m3, other=0.0)
+            g = tl.load(gw_ptr + k, mask=active, other=0.0) + g_op[:, None] + g_depth[:, None] * (t0 + t1) * 0.5
+            g += tl.sum(g_acc[:, None, :] * v, 2)
             ga = tl.load(ga_ptr + k, mask=active, other=0.0)
+            gt = tl.load(gt_ptr + k, mask=active, other=0.0)
+            # this sample's map U_{k-1} = a + b U_k; identity on inactive lanes
+            a = tl.where(active, g * alpha + gt, 0.0)
+            b = tl.where(active, one_minus, 1.0)
+            ra, rb, _, _ = tl.associative_scan(
+                (tl.zeros([BR, BS], tl.float32), tl.full([BR, BS], 1.0, tl.float32), a, b), 1, _excl_affine)
+            U = ra + rb * carry[:, None]
             if ALPHA:
                 d = trans * (g - U) + ga
             else:
                 d = (trans * one_minus * (g - U) + ga * one_minus) * dt
             tl.store(gx_ptr + k, d, mask=active)
-            gt = tl.load(gt_ptr + k, mask=active, other=0.0)
-            U = tl.where(active, g * alpha + gt + one_minus * U, U)
+            carry = _lane(a + b * U, lanes, BS - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +244,13 @@ def _check(packed_info, t_starts, t_ends, x, values):
 def _on_device(t):
     """Launch on t's GPU whatever the current device is (Triton launches on the current one)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _tile(R, S):
+    """(BR, BS): chunks of BS samples per ray, BS the mean samples per ray rounded up to a power
+    of two in [16, 64], and BR = 512 / BS rays per program."""
+    bs = min(max(triton.next_power_of_2(max(-(-S // max(R, 1)), 1)), 16), 64)
+    return _TILE // bs, bs
 
 
 def _cp(C):
@@ -224,10 +283,11 @@ def composite_fwd(packed_info, t_starts, t_ends, x, values, alpha_mode):
     acc, opacity, depth = t_starts.new_empty(R, C), t_starts.new_empty(R), t_starts.new_empty(R)
     if R > 0:
         with _on_device(t_starts):
-            _composite_fwd_kernel[(triton.cdiv(R, _BLOCK),)](
+            BR, BS = _tile(R, S)
+            _composite_fwd_kernel[(triton.cdiv(R, BR),)](
                 packed_info.contiguous(), t_starts.contiguous(), t_ends.contiguous(), x.contiguous(),
                 values.contiguous(), weights, trans, alphas, acc, opacity, depth, R, S, C,
-                ALPHA=bool(alpha_mode), CP=_cp(C), BLOCK=_BLOCK, num_warps=_NUM_WARPS,
+                ALPHA=bool(alpha_mode), CP=_cp(C), BR=BR, BS=BS, num_warps=_NUM_WARPS,
             )  # fmt: skip
     return weights, trans, alphas, acc, opacity, depth
 
@@ -255,12 +315,13 @@ def composite_bwd(g_weights, g_trans, g_alphas, g_acc, g_opacity, g_depth, packe
         f = lambda t: t.to(torch.float32).contiguous()
         dummy = t_starts  # pointer of a gradient that is not needed (never touched)
         with _on_device(t_starts):
-            _composite_bwd_kernel[(triton.cdiv(R, _BLOCK),)](
+            BR, BS = _tile(R, S)
+            _composite_bwd_kernel[(triton.cdiv(R, BR),)](
                 packed_info.contiguous(), t_starts.contiguous(), t_ends.contiguous(), x.contiguous(),
                 values.contiguous(), f(trans), f(g_weights), f(g_trans), f(g_alphas), f(g_acc),
                 f(g_opacity), f(g_depth), gx if need_x else dummy, gv if need_values else dummy,
                 R, S, C,
                 ALPHA=bool(alpha_mode), NEED_X=bool(need_x), NEED_V=need_values, CP=_cp(C),
-                BLOCK=_BLOCK, num_warps=_NUM_WARPS,
+                BR=BR, BS=BS, num_warps=_NUM_WARPS,
             )  # fmt: skip
     return gx, gv

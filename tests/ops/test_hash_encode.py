@@ -47,8 +47,8 @@ def grads(fn, x, p, g_out, g):
     go = g_out.detach().clone().requires_grad_()
     y = fn(x, p)
     dx, dp = torch.autograd.grad(y, (x, p), go, create_graph=True)
-    gg = torch.randn(dx.shape, generator=g, dtype=torch.float64).to(dx.dtype)
-    ggp = torch.randn(dp.shape, generator=g, dtype=torch.float64).to(dp.dtype) * 1e-1
+    gg = torch.randn(dx.shape, generator=g, dtype=torch.float64).to(dx)
+    ggp = torch.randn(dp.shape, generator=g, dtype=torch.float64).to(dp) * 1e-1
     ddx, ddp, ddgo = torch.autograd.grad((dx * gg).sum() + (dp * ggp).sum(), (x, p, go))
     return y, dx, dp, ddx, ddp, ddgo
 
