@@ -246,11 +246,12 @@ def _on_device(t):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
-def _tile(R, S):
+def _tile(R, S, C):
     """(BR, BS): chunks of BS samples per ray, BS the mean samples per ray rounded up to a power
-    of two in [16, 64], and BR = 512 / BS rays per program."""
+    of two in [16, 64], and BR = 512 / BS rays per program, fewer with more than 4 channels so
+    that the [BR, BS, CP] value tile stays at 2048 elements."""
     bs = min(max(triton.next_power_of_2(max(-(-S // max(R, 1)), 1)), 16), 64)
-    return _TILE // bs, bs
+    return max(_TILE // bs // max(_cp(C) // 4, 1), 1), bs
 
 
 def _cp(C):
@@ -283,7 +284,7 @@ def composite_fwd(packed_info, t_starts, t_ends, x, values, alpha_mode):
     acc, opacity, depth = t_starts.new_empty(R, C), t_starts.new_empty(R), t_starts.new_empty(R)
     if R > 0:
         with _on_device(t_starts):
-            BR, BS = _tile(R, S)
+            BR, BS = _tile(R, S, C)
             _composite_fwd_kernel[(triton.cdiv(R, BR),)](
                 packed_info.contiguous(), t_starts.contiguous(), t_ends.contiguous(), x.contiguous(),
                 values.contiguous(), weights, trans, alphas, acc, opacity, depth, R, S, C,
@@ -315,7 +316,7 @@ def composite_bwd(g_weights, g_trans, g_alphas, g_acc, g_opacity, g_depth, packe
         f = lambda t: t.to(torch.float32).contiguous()
         dummy = t_starts  # pointer of a gradient that is not needed (never touched)
         with _on_device(t_starts):
-            BR, BS = _tile(R, S)
+            BR, BS = _tile(R, S, C)
             _composite_bwd_kernel[(triton.cdiv(R, BR),)](
                 packed_info.contiguous(), t_starts.contiguous(), t_ends.contiguous(), x.contiguous(),
                 values.contiguous(), f(trans), f(g_weights), f(g_trans), f(g_alphas), f(g_acc),

@@ -20,6 +20,8 @@
 
 #include <torch/extension.h>
 
+#include <string>
+
 #ifdef PE_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -93,6 +95,16 @@ T* ptr(const Tensor& t) {
   return static_cast<T*>(t.data_ptr());
 }
 
+// "[a, b, c]" by std::to_string. Error messages format numbers through this rather than
+// through an ostream: on an H200 machine (torch 2.11+cu130, g++ 13) inserting an integer into
+// c10::str's ostream from this module crashed inside the stream's locale (2026-11-27, commit
+// e848364, found with cuda-gdb), so the messages here do without it.
+inline std::string shape_str(c10::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
 // Checks the inputs of one call against what its kernels read: dtype, sizes (-1: any) and the
 // device of the first tensor; returns each contiguous.
 struct Inputs {
@@ -105,9 +117,10 @@ struct Inputs {
                      c10::getDtypeNames(t.scalar_type()).first);
     bool ok = t.dim() == static_cast<int64_t>(sizes.size());
     for (size_t i = 0; ok && i < sizes.size(); ++i) ok = sizes[i] < 0 || t.size(i) == sizes[i];
-    TORCH_CHECK_VALUE(ok, op, ": ", name, " must be ", sizes, " (-1: any), got ", t.sizes());
-    TORCH_CHECK_VALUE(t.device() == device, op, ": ", name, " is on ", t.device(), ", not ",
-                      device);
+    TORCH_CHECK_VALUE(ok, op, ": ", name, " must be ", shape_str(sizes), " (-1: any), got ",
+                      shape_str(t.sizes()));
+    TORCH_CHECK_VALUE(t.device() == device, op, ": ", name, " is on ", t.device().str(),
+                      ", not ", device.str());
     return t.contiguous();
   }
 };

@@ -55,7 +55,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
   for (int a = 0; a < 4; ++a)
     TORCH_CHECK_VALUE(bins.size(a) >= 1 && bins.size(a) < (1 << 30), op,
                       ": binaries must have sizes in [1, 2^30)");
-  TORCH_CHECK_VALUE(max_steps >= 1, op, ": max_steps must be >= 1, got ", max_steps);
+  TORCH_CHECK_VALUE(max_steps >= 1, op, ": max_steps must be >= 1, got ",
+                    std::to_string(max_steps));
   const MarchGrid g{ptr<const float>(roi), ptr<const bool>(bins),
                     {static_cast<int32_t>(bins.size(1)), static_cast<int32_t>(bins.size(2)),
                      static_cast<int32_t>(bins.size(3))},

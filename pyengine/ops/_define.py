@@ -35,11 +35,14 @@ backward, and the backend choice through ``_dispatch`` with its error messages.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.utils import _python_dispatch
 
 from pyengine import _ext
 from pyengine.ops import _dispatch
@@ -72,6 +75,13 @@ def _dtype_list(dtypes) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
+@functools.cache
+def _parse_shape(shape: str) -> tuple[bool, tuple[str, ...]]:
+    dims = shape.split()
+    batch = bool(dims) and dims[0] == "..."
+    return batch, tuple(dims[1:] if batch else dims)
+
+
 def check(op: str, specs: dict[str, T], args: dict, **sizes: int) -> dict[str, int]:
     """Checks ``args[name]`` against ``specs[name]`` for every spec; returns the bound symbols.
 
@@ -90,9 +100,7 @@ def check(op: str, specs: dict[str, T], args: dict, **sizes: int) -> dict[str, i
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in spec.dtypes:
             raise TypeError(f"{op}: {name} must be {_dtype_list(spec.dtypes)}, got {t.dtype}")
-        dims = spec.shape.split()
-        batch = bool(dims) and dims[0] == "..."
-        dims = dims[1:] if batch else dims
+        batch, dims = _parse_shape(spec.shape)
         shape = tuple(t.shape)
         ok = len(shape) >= len(dims) if batch else len(shape) == len(dims)
         got = shape[len(shape) - len(dims):] if ok else ()
@@ -105,7 +113,7 @@ def check(op: str, specs: dict[str, T], args: dict, **sizes: int) -> dict[str, i
                 ok = False
         if not ok:
             known = [f"{d} = {bound[d]} (from {source[d]})" for d in dict.fromkeys(dims) if d in bound]
-            want = "[" + ", ".join((["..."] if batch else []) + dims) + "]"
+            want = "[" + ", ".join((["..."] if batch else []) + list(dims)) + "]"
             raise ValueError(f"{op}: {name} must be {want}{' with ' + ', '.join(known) if known else ''}, "
                              f"got shape {shape}")
         for d, n in pending.items():
@@ -154,6 +162,7 @@ class Op:
         self.n_out = len(parsed.returns)
         self.grad_idx = [self.arg_names.index(g) for g in self.grads]
         self.single = schema.rsplit("->", 1)[1].strip() == "Tensor"
+        self._is_tensor = [str(a.type) in ("Tensor", "Optional[Tensor]") for a in parsed.arguments]
 
         _dispatch.register(name, "reference", lambda device, dtypes=(): None, lambda: reference)
         if cpu:
@@ -233,7 +242,7 @@ class Op:
             fwd, needs = forward_args(args)
             return op.reference_backward(args[:n_out], fwd, needs)
 
-        bwd = self.kernel(self.bwd_name, schema, fake, derive=derive, post=post)
+        bwd = self.bwd_op = self.kernel(self.bwd_name, schema, fake, derive=derive, post=post)
 
         def setup_context(ctx, inputs, output):
             outputs = (output,) if op.single else output
@@ -290,9 +299,110 @@ class Op:
 
     def __call__(self, *args, backend: str | None = None):
         """Runs the forward kernel on ``backend`` (resolved here, so errors surface at the call
-        and the backward runs on the same backend)."""
-        name = _dispatch.select(self.name, _device(args), backend, dtypes=_float_dtypes(args)).name
-        return self.fwd(*args, name)
+        and the backward runs on the same backend).
+
+        Plain eager calls skip the custom op: the kernels run straight from an
+        ``autograd.Function`` (``_Eager``), which costs a fraction of the custom op's dispatch.
+        Under ``torch.compile``, functorch transforms, dispatch modes (fake tensors) or with
+        tensor subclasses, the call goes through ``torch.ops.pyengine.*``."""
+        b = _dispatch.select(self.name, _device(args), backend, dtypes=_float_dtypes(args))
+        if not _plain_eager(args):
+            return self.fwd(*args, b.name)
+        if not self.grads:
+            return getattr(b.impl(), self.fwd_name)(*args)
+        return _Eager.apply(self, b, *args)
+
+    # -- the eager path ---------------------------------------------------------------------------
+    def eager_backward(self, b, grads, fwd, saved, needs):
+        """The backward kernel of backend b called directly (or the derived one), with the custom
+        op's conventions: a gradient not needed is None, one needed but absent is zeros."""
+        kernel = getattr(b.impl(), self.bwd_name, None)
+        if kernel is None:
+            got = self.reference_backward(grads, fwd, needs)
+        else:
+            tensors = [a for a, t in zip(fwd, self._is_tensor) if t]
+            others = [a for a, t in zip(fwd, self._is_tensor) if not t]
+            got = kernel(*grads, *tensors, *saved, *others, *needs)
+        got = (got,) if isinstance(got, torch.Tensor) or got is None else tuple(got)
+        return [(g if g is not None else torch.zeros_like(fwd[i])) if need else None
+                for i, need, g in zip(self.grad_idx, needs, got)]
+
+
+class _Eager(torch.autograd.Function):
+    """An op's forward and backward kernels on one backend, for plain eager calls (``Op.__call__``).
+
+    The backward runs the kernel directly; when the graph of the backward is being recorded
+    (``create_graph=True``), it calls the registered backward op instead, which carries the
+    op's double backward (hash_encode's analytic normals)."""
+
+    @staticmethod
+    def forward(ctx, op, b, *args):
+        out = getattr(b.impl(), op.fwd_name)(*args)
+        outs = (out,) if op.single else tuple(out)
+        ctx.op, ctx.b = op, b
+        ctx.set_materialize_grads(False)
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+        ctx.scalars = [None if t else a for a, t in zip(args, ctx.is_tensor)]
+        ctx.save_for_backward(*[a for a in args if isinstance(a, torch.Tensor)], *[outs[i] for i in op.save])
+        ctx.out_meta = [(o.shape, o.dtype, o.device) for o in outs]
+        ctx.mark_non_differentiable(*[o for o in outs if not o.is_floating_point()])
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        op = ctx.op
+        needs = [ctx.needs_input_grad[2 + i] for i in op.grad_idx]
+        none = (None,) * (2 + len(ctx.scalars))
+        if not any(needs):
+            return none
+        it = iter(ctx.saved_tensors)
+        fwd = [next(it) if t else a for a, t in zip(ctx.scalars, ctx.is_tensor)]
+        outs_saved = list(it)
+        grads = [g.contiguous() if g is not None else torch.zeros(s, dtype=dt, device=dv)
+                 for g, (s, dt, dv) in zip(grads, ctx.out_meta)]
+        if torch.is_grad_enabled():  # create_graph: the registered op records its own backward
+            tensors = [a for a, t in zip(fwd, op._is_tensor) if t]
+            others = [a for a, t in zip(fwd, op._is_tensor) if not t]
+            got = op.bwd_op(*grads, *tensors, *outs_saved, *others, *needs, ctx.b.name)
+            got = (got,) if isinstance(got, torch.Tensor) else got
+            got = [g if need else None for g, need in zip(got, needs)]
+        else:
+            got = op.eager_backward(ctx.b, grads, fwd, outs_saved, needs)
+        result = list(none)
+        for i, g in zip(op.grad_idx, got):
+            result[2 + i] = g
+        return tuple(result)
+
+
+_custom_op_only = [False]
+
+
+@contextlib.contextmanager
+def custom_op_only():
+    """Within it every op call goes through its ``torch.ops.pyengine.*`` custom op, as under
+    ``torch.compile`` (the tests compare the two paths)."""
+    before = _custom_op_only[0]
+    _custom_op_only[0] = True
+    try:
+        yield
+    finally:
+        _custom_op_only[0] = before
+
+
+def _plain_eager(args) -> bool:
+    """True for a call that the eager path can take: no compile tracing, no functorch transform,
+    no dispatch mode, and only plain tensors (or parameters) on the CPU or a GPU."""
+    if _custom_op_only[0] or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if _python_dispatch._get_current_dispatch_mode() is not None:
+        return False
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if type(a) is not torch.Tensor and type(a) is not torch.nn.Parameter:
+                return False
+            if a.device.type not in ("cpu", "cuda"):
+                return False
+    return True
 
 
 def _device(args) -> torch.device:

@@ -25,15 +25,16 @@ def _fake(packed_info, t_starts, t_ends, x, values, alpha_mode):
     return new(S), new(S), new(S), new(R, C), new(R), new(R)
 
 
-# GPU order (cuda first) fits this op: on an H200, 2^20 samples, C = 3, the CUDA kernels took
-# 58 us forward / 113 us backward against Triton's 186 / 111 us. With many channels (C >= 16)
-# Triton's backward is about 2x faster (vector stores of the [rays, C] tile).
+# On GPUs Triton comes first. On an H200 (bench/RESULTS.md, commit ba6b52e), C = 3, about 64
+# samples per ray, forward + backward kernels alone took 0.180 ms with Triton's [rays x samples]
+# tiles against 0.225 ms with the one-thread-per-ray CUDA kernels at 2^20 samples, and 0.417
+# against 1.164 ms at 2^22.
 OP = define(
     "composite",
     "(Tensor packed_info, Tensor t_starts, Tensor t_ends, Tensor x, Tensor values, bool alpha_mode)"
     " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     grads=("x", "values"), save=(1,), fake=_fake, reference=_ref, cpu=True, cuda=True,
-    triton="pyengine.kernels.composite")
+    triton="pyengine.kernels.composite", gpu_order=("triton", "cuda", "reference"))
 
 SPECS = {"packed_info": T(INDEX, "R 2"), "t_starts": T(FLOAT, "S"), "t_ends": T(FLOAT, "S"),
          "x": T(FLOAT, "S"), "values": T(FLOAT, "S C", optional=True)}
