@@ -93,7 +93,7 @@ PE_HD int32_t devox_corner(const DevoxAxis<T>* a, int k, int R, T& w, T* grad = 
 // int32, real coords [B, 3, N] in T, idx [B, N] and counts [B, V] int32.
 
 namespace cpu {
-// idx, counts (zeroed by the caller) and grid.
+// idx, and counts and grid (zeroed by the caller).
 template <typename T>
 void avg_voxelize_fwd(int64_t B, int64_t C, int64_t N, int R, const T* features, const int32_t* coords, T* grid,
                       int32_t* idx, int32_t* counts);
