@@ -6,6 +6,7 @@
 #include "host/hash_encode.h"
 #include "host/ray_march.h"
 #include "host/segment_scan.h"
+#include "host/voxelize.h"
 #include "pyengine/ray_march.h"
 
 namespace {
@@ -30,6 +31,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "hash_encode double backward -> (d_grad_out | None, d_positions | None, d_params | None)");
 
   // (new ops: add their m.def lines below, one block per op)
+
+  // avg_voxelize, trilinear_devoxelize
+  m.def("avg_voxelize_fwd", &pe::host::avg_voxelize_fwd,
+        "average of the points in each voxel -> (grid [B, C, R, R, R], idx [B, N], counts [B, R^3])");
+  m.def("avg_voxelize_bwd", &pe::host::avg_voxelize_bwd, "avg_voxelize backward -> grad_features | None");
+  m.def("trilinear_devoxelize_fwd", &pe::host::trilinear_devoxelize_fwd,
+        "trilinear lookup of the grid at each point -> [B, C, N]");
+  m.def("trilinear_devoxelize_bwd", &pe::host::trilinear_devoxelize_bwd,
+        "trilinear_devoxelize backward -> (grad_grid | None, grad_coords | None)");
 
   // segment_scan
   m.def("segment_scan_fwd", &pe::host::segment_scan_fwd, "scans of packed segments -> [S]");

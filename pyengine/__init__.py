@@ -9,8 +9,10 @@ from pyengine.ops.composite import CompositeResult, composite, pack_info
 from pyengine.ops.hash_encode import HashGridConfig, hash_encode
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 from pyengine.ops.ray_march import ray_march
+from pyengine.ops.voxelize import avg_voxelize, normalize_coords, trilinear_devoxelize
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendError", "CompositeResult", "HashGridConfig", "composite", "hash_encode", "pack_info",
-           "ray_aabb_intersect", "ray_march", "use_backend", "__version__"]
+__all__ = ["BackendError", "CompositeResult", "HashGridConfig", "avg_voxelize", "composite", "hash_encode",
+           "normalize_coords", "pack_info", "ray_aabb_intersect", "ray_march", "trilinear_devoxelize", "use_backend",
+           "__version__"]

@@ -279,17 +279,24 @@ class Op:
         torch.func rather than torch.autograd: this runs inside the custom op, below the autograd
         dispatch key, where the tape would record nothing."""
         ref_fwd = getattr(self.reference, self.fwd_name)
+        floating = []
 
         def f(*diff):
             a = list(fwd)
             for i, t in zip(self.grad_idx, diff):
                 a[i] = t
-            return ref_fwd(*a)
+            out = ref_fwd(*a)
+            if self.single:
+                return out
+            # integer outputs (indices, counts) carry no gradient, and vjp accepts none
+            floating[:] = [o.is_floating_point() for o in out]
+            return tuple(o for o in out if o.is_floating_point())
 
         primal, vjp = torch.func.vjp(f, *[fwd[i] for i in self.grad_idx])
         if self.single:
             out = vjp(grads[0].to(primal.dtype))
         else:
+            grads = [g for g, fl in zip(grads, floating) if fl]
             out = vjp(tuple(g.to(p.dtype) for g, p in zip(grads, primal)))
         return tuple(g if need else None for g, need in zip(out, needs))
 

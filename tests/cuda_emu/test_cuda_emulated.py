@@ -16,7 +16,8 @@ from tests.cuda_emu import build
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 OP_TESTS = ["tests/ops/test_hash_encode.py", "tests/ops/test_composite.py", "tests/ops/test_ray_march.py",
-            "tests/ops/test_ray_aabb_intersect.py"]
+            "tests/ops/test_ray_aabb_intersect.py", "tests/ops/test_avg_voxelize.py",
+            "tests/ops/test_trilinear_devoxelize.py"]
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,32 @@ print(json.dumps(out))
     assert got["encode_f32_F1"].get("atomicAdd(float)", 0) > 0, got["encode_f32_F1"]
     assert not vector & got["encode_f32_F1"].keys(), got["encode_f32_F1"]
     assert got["encode_f64_F2"].get("atomicAdd(double)", 0) > 0, got["encode_f64_F2"]
+
+
+def test_voxel_reductions_use_atomics_only_when_not_deterministic(emulated_build):
+    """avg_voxelize's sums and devoxelize's grid gradient: float atomics by default, none with
+    deterministic=True (the sorted segments), the same values either way."""
+    got = _run_emulated(emulated_build, """
+from pyengine.ops.voxelize import avg_voxelize, trilinear_devoxelize
+g = torch.Generator().manual_seed(0)
+f = torch.randn(2, 3, 40, generator=g)
+c = torch.randint(0, 3, (2, 3, 40), generator=g)
+x = torch.rand(2, 3, 40, generator=g) * 3 - 0.5
+out = {}
+for det in (False, True):
+    lib.pe_emu_reset_counters()
+    grid = avg_voxelize(f, c, 3, deterministic=det, backend="cpu").requires_grad_()
+    y = trilinear_devoxelize(grid, x, 3, deterministic=det, backend="cpu")
+    (gg,) = torch.autograd.grad(y, grid, torch.ones_like(y))
+    out[str(det)] = {"counters": counters(), "grid": grid.flatten().tolist(), "gg": gg.flatten().tolist()}
+print(json.dumps(out))
+""")
+    atomic, sorted_ = got["False"], got["True"]
+    assert atomic["counters"]["atomicAdd(float)"] == 2 * 3 * 40 * 9, atomic["counters"]  # sums + 8 corners
+    assert sorted_["counters"]["atomicAdd(float)"] == 0, sorted_["counters"]
+    assert sorted_["counters"]["atomicAdd(int)"] == 2 * 40  # the counts, exact in any order
+    for k in ("grid", "gg"):
+        assert max(abs(a - b) for a, b in zip(atomic[k], sorted_[k])) < 1e-5
 
 
 def test_rn_intrinsics_round_like_separate_ieee_operations(emulated_build):
