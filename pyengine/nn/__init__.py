@@ -3,5 +3,20 @@
 from pyengine.nn.hash_grid import HashGrid
 from pyengine.nn.nerf_field import NeRFField
 from pyengine.nn.occupancy_grid import OccupancyGrid
+from pyengine.nn.pvcnn import (
+    PVCNN2,
+    Attention,
+    BallQuery,
+    PointNetAModule,
+    PointNetFPModule,
+    PointNetSAModule,
+    PVCNN2Base,
+    PVConv,
+    SE3d,
+    SharedMLP,
+    Swish,
+    Voxelization,
+)
 
-__all__ = ["HashGrid", "NeRFField", "OccupancyGrid"]
+__all__ = ["PVCNN2", "SE3d", "Attention", "BallQuery", "HashGrid", "NeRFField", "OccupancyGrid", "PVCNN2Base",
+           "PVConv", "PointNetAModule", "PointNetFPModule", "PointNetSAModule", "SharedMLP", "Swish", "Voxelization"]
