@@ -316,10 +316,9 @@ class PointNetFPModule(nn.Module):
     of the 3 nearest centres), concatenated with the points' own features, then ``mlp``.
 
     ``forward((points_coords [B, 3, N], centers_coords [B, 3, M], centers_features [B, C, M],
-    points_features [B, C', N] or absent, temb [B, E, M]))`` returns ``(out [B, C_out, N],
-    points_coords, temb interpolated to [B, E, N])``, as PVD's; without temb,
-    ``(points_coords, centers_coords, centers_features[, points_features])`` gives
-    ``(out, points_coords)``, as PVCNN's.
+    points_features [B, C', N], temb [B, E, M]))`` returns ``(out [B, C_out, N], points_coords,
+    temb interpolated to [B, E, N])``, as PVD's; ``(points_coords, centers_coords,
+    centers_features[, points_features])`` returns ``(out, points_coords)``, as PVCNN's.
     """
 
     def __init__(self, in_channels: int, out_channels):
@@ -329,11 +328,8 @@ class PointNetFPModule(nn.Module):
     def forward(self, inputs):
         from pyengine.ops import nearest_neighbor_interpolate
 
-        if len(inputs) in (4, 5):  # PVD: temb last (a 4-tuple has no points_features)
-            *inputs, temb = inputs
-        else:
-            temb = None
-        points_coords, centers_coords, centers_features, *points_features = inputs
+        temb = inputs[4] if len(inputs) == 5 else None
+        points_coords, centers_coords, centers_features, *points_features = inputs[:4]
         features = nearest_neighbor_interpolate(points_coords, centers_coords, centers_features)
         out = self.mlp(torch.cat([features, *points_features], 1))
         if temb is None:
