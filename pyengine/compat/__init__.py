@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
-__all__ = ["install_nerfacc", "install_tinycudann"]
+__all__ = ["install_nerfacc", "install_pvcnn", "install_tinycudann"]
 
 
 def _install(name: str, shim: str, force: bool, submodules=()) -> ModuleType:
@@ -85,3 +85,56 @@ def install_nerfacc(force: bool = False) -> ModuleType:
     """
     submodules = ("volrend", "estimators", "estimators.occ_grid", "grid", "pack", "scan")
     return _install("nerfacc", "pyengine.compat.nerfacc", force, submodules=submodules)
+
+
+def install_pvcnn(name: str = "modules.functional", force: bool = False) -> ModuleType:
+    """Makes ``import <name>`` return ``pyengine.compat.pvcnn.functional``, the drop-in for PVCNN's ops.
+
+    PVD and PVCNN import their ops as ``modules.functional`` (the default ``name``), LION as
+    ``third_party.pvcnn.functional``; the real package compiles a CUDA extension when imported,
+    the drop-in compiles nothing and runs on any device. The drop-in is registered under ``name``
+    and under ``name``'s submodules (``ball_query``, ``devoxelization``, ``grouping``,
+    ``interpolatation``, ``loss``, ``sampling``, ``voxelization``). Parent packages that are
+    importable (a PVD or LION checkout on ``sys.path``) are imported after that, so their layers
+    use the drop-in; a missing direct parent becomes ``pyengine.compat.pvcnn`` (PVD's layers,
+    so ``from modules import PVConv`` works without PVD's files), and missing higher ones empty
+    packages. The real package is never imported.
+
+    Args:
+        name: the dotted import name of PVCNN's ``functional`` package in the code to run.
+        force: replace a module already registered under ``name``; without it that one wins.
+
+    Returns:
+        The module that ``import <name>`` now gives.
+
+    Example:
+        >>> import pyengine.compat
+        >>> F = pyengine.compat.install_pvcnn()
+        >>> import modules.functional
+        >>> modules.functional is F
+        True
+    """
+    if not force and name in sys.modules:
+        return sys.modules[name]
+    module = importlib.import_module("pyengine.compat.pvcnn.functional")
+    sys.modules[name] = module
+    for sub in module.SUBMODULES:
+        sys.modules[f"{name}.{sub}"] = module
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        if parent not in sys.modules:
+            try:
+                found = importlib.util.find_spec(parent) is not None
+            except (ImportError, ValueError):
+                found = False
+            if found:
+                importlib.import_module(parent)
+            elif i == len(parts) - 1:
+                sys.modules[parent] = importlib.import_module("pyengine.compat.pvcnn")
+            else:
+                sys.modules[parent] = ModuleType(parent)
+                sys.modules[parent].__path__ = []
+    for i in range(1, len(parts)):
+        setattr(sys.modules[".".join(parts[:i])], parts[i], sys.modules[".".join(parts[:i + 1])])
+    return module
