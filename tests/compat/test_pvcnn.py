@@ -23,7 +23,7 @@ def clean_modules():
     """Removes what a test registers under ``modules`` / ``third_party`` from sys.modules."""
     yield
     for name in list(sys.modules):
-        if name.split(".")[0] in ("modules", "third_party", "pvd_style", "tests.compat.pvd_style"):
+        if name.split(".")[0] in ("modules", "third_party"):
             del sys.modules[name]
     sys.modules.pop("tests.compat.pvd_style", None)
 
