@@ -113,7 +113,7 @@ step "the rest of the suite, beside compute-sanitizer and the Triton smoke run"
 TESTS_PID=""
 if [ $DRY = 0 ]; then
   if want tests; then
-    OMP_NUM_THREADS=1 run tests 180 $PY -m pytest -q -p no:cacheprovider -m "not gpu" "${XDIST[@]}" tests &
+    OMP_NUM_THREADS=1 run tests 240 $PY -m pytest -q -p no:cacheprovider -m "not gpu" "${XDIST[@]}" tests &
     TESTS_PID=$!
   fi
   if ! want sanitizer; then :
@@ -124,7 +124,7 @@ if [ $DRY = 0 ]; then
     echo "compute-sanitizer not found"; failed+=("sanitizer(missing)")
   fi
   if want sanitizer; then
-    run triton_smoke 50 $PY bench/gpu_smoke.py triton
+    run triton_smoke 150 $PY bench/gpu_smoke.py triton
     tail -1 "$L/triton_smoke.log"
   fi
   if [ -n "$TESTS_PID" ]; then

@@ -185,6 +185,33 @@ def test_vanishing_step_terminates(backend):
     assert info[0, 1] <= 1
 
 
+@pytest.mark.parametrize("backend", ["cpu"])
+@pytest.mark.parametrize("levels", [1, 3])
+def test_sparse_cascade_axis_aligned_rays_bitwise(backend, levels):
+    """Sparse cascades (a sphere shell and a few random cells) with rays along the axes, nearly
+    along them and on cell faces: the reference's samples bit for bit."""
+    res = (24, 24, 24)
+    c = (torch.arange(24, dtype=torch.float32) + 0.5) / 24 * 2 - 1
+    x, y, z = torch.meshgrid(c, c, c, indexing="ij")
+    r = (x * x + y * y + z * z).sqrt()
+    g = torch.Generator().manual_seed(3)
+    bins = ((r > 0.55) & (r < 0.65))[None].repeat(levels, 1, 1, 1) | (torch.rand((levels,) + res, generator=g) < 0.01)
+    roi = f32(*ROI)
+    axes = torch.eye(3).repeat(2, 1) * torch.tensor([1.0] * 3 + [-1.0] * 3)[:, None]
+    near_axis = torch.nn.functional.normalize(axes + 1e-7 * torch.randn(6, 3, generator=g), dim=-1)
+    d = torch.cat([axes, near_axis, torch.nn.functional.normalize(torch.randn(300, 3, generator=g), dim=-1)])
+    o = -d * 3.0 + torch.cat([torch.zeros(12, 3), (torch.rand(300, 3, generator=g) - 0.5) * 0.8])
+    o[:3] += f32(0.0, 1 / 12, 2 / 12)  # exactly on cell faces
+    half = 2.0 ** (levels - 1)
+    t0, t1, _ = ref_aabb.ray_aabb_intersect(o, d, torch.tensor([[-half] * 3 + [half] * 3]), near_plane=0.0)
+    for cone, jitter in ((0.0, None), (0.01, torch.rand(d.shape[0], generator=g))):
+        args = dict(rays_o=o, rays_d=d, t_min=t0[:, 0], t_max=t1[:, 0], binaries=bins, roi_aabb=roi,
+                    step_size=0.0017, cone_angle=cone, jitter=jitter)
+        want = ref_mod.ray_march(**args)
+        assert want[1].numel() > 1000  # the shell is hit
+        assert_same(ray_march(**args, backend=backend), want, f"levels={levels} cone={cone}")
+
+
 # --------------------------------------------------------------------------------- checks & registration
 
 
@@ -307,21 +334,25 @@ def test_fill_pass_writes_exactly_the_counted_slices_when_inputs_change():
 # --------------------------------------------------------------------------------- the harness
 
 
-def _case(R, levels, res, cone_angle, jitter, step=0.02, cpu=True):
+def _case(R, levels, res, cone_angle, jitter, step=0.02, cpu=True, p=0.5):
     def make(g, dtype, device):
-        args, g2 = make_case(R, levels, res, seed=int(torch.randint(0, 2**31, (1,), generator=g)), step=step)
+        args, g2 = make_case(R, levels, res, seed=int(torch.randint(0, 2**31, (1,), generator=g)), step=step, p=p)
         args["cone_angle"] = cone_angle
         args["jitter"] = torch.rand(R, generator=g2) if jitter else None
         return (), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
-    return Case(f"R{R}-L{levels}-{'x'.join(map(str, res))}-cone{cone_angle}-{'jit' if jitter else 'fixed'}", make,
-                dtypes=(torch.float32,), cpu=cpu)
+    sparse = "" if p == 0.5 else f"-p{p}"
+    return Case(f"R{R}-L{levels}-{'x'.join(map(str, res))}-cone{cone_angle}-{'jit' if jitter else 'fixed'}{sparse}",
+                make, dtypes=(torch.float32,), cpu=cpu)
 
 
 # bit-identical to the reference (atol = rtol = 0) on every case
 CASES = ([_case(257, L, r, c, j) for L, r in [(1, (16, 8, 12)), (2, (16, 8, 12)), (2, (5, 7, 3))]
           for c in (0.0, 0.03) for j in (False, True)]
          + [_case(R, 2, (4, 4, 4), 0.0, False) for R in (0, 1, 3)]
+         # sparse grids with small steps: long runs of empty steps
+         + [_case(257, L, r, c, j, step=0.004, p=0.03) for L, r in [(1, (16, 8, 12)), (3, (9, 7, 5))]
+            for c, j in ((0.0, False), (0.02, True))]
          + [_case(4099, L, r, c, j, step=0.01, cpu=False) for L, r in [(2, (16, 8, 12)), (4, (32, 32, 32))]
             for c in (0.0, 0.03) for j in (False, True)])
 
