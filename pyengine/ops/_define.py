@@ -315,8 +315,9 @@ class Op:
         b = _dispatch.select(self.name, _device(args), backend, dtypes=_float_dtypes(args))
         if not _plain_eager(args):
             return self.fwd(*args, b.name)
-        if not self.grads:
-            return getattr(b.impl(), self.fwd_name)(*args)
+        if not (self.grads and torch.is_grad_enabled() and any(
+                isinstance(args[i], torch.Tensor) and args[i].requires_grad for i in self.grad_idx)):
+            return getattr(b.impl(), self.fwd_name)(*args)  # nothing to differentiate
         return _Eager.apply(self, b, *args)
 
     # -- the eager path ---------------------------------------------------------------------------
