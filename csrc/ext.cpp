@@ -2,8 +2,12 @@
 // allocation, CPU / CUDA dispatch) lives in csrc/host/<op>.cpp; kernels in csrc/cpu and csrc/cuda.
 #include <torch/extension.h>
 
+#include "host/ball_query.h"
 #include "host/composite.h"
+#include "host/furthest_point_sample.h"
+#include "host/grouping.h"
 #include "host/hash_encode.h"
+#include "host/nearest_neighbor_interpolate.h"
 #include "host/ray_march.h"
 #include "host/segment_scan.h"
 #include "host/voxelize.h"
@@ -40,6 +44,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "trilinear lookup of the grid at each point -> [B, C, N]");
   m.def("trilinear_devoxelize_bwd", &pe::host::trilinear_devoxelize_bwd,
         "trilinear_devoxelize backward -> (grad_grid | None, grad_coords | None)");
+
+  // furthest_point_sample, gather, grouping, ball_query, nearest_neighbor_interpolate (PVCNN's point ops)
+  m.def("furthest_point_sample", &pe::host::furthest_point_sample,
+        "furthest point sampling from point 0 -> indices [B, M] int32");
+  m.def("gather_fwd", &pe::host::gather_fwd, "features at indices -> [B, C, M]");
+  m.def("gather_bwd", &pe::host::gather_bwd, "gather backward -> grad_features | None");
+  m.def("grouping_fwd", &pe::host::grouping_fwd, "features at neighbour indices -> [B, C, M, K]");
+  m.def("grouping_bwd", &pe::host::grouping_bwd, "grouping backward -> grad_features | None");
+  m.def("ball_query", &pe::host::ball_query, "the first K points within the radius -> indices [B, M, K] int32");
+  m.def("nearest_neighbor_interpolate_fwd", &pe::host::nearest_neighbor_interpolate_fwd,
+        "three-nearest-centre interpolation -> (out [B, C, N], indices [B, 3, N], weights [B, 3, N])");
+  m.def("nearest_neighbor_interpolate_bwd", &pe::host::nearest_neighbor_interpolate_bwd,
+        "nearest_neighbor_interpolate backward -> grad_centers_features | None");
 
   // segment_scan
   m.def("segment_scan_fwd", &pe::host::segment_scan_fwd, "scans of packed segments -> [S]");

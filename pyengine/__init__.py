@@ -5,14 +5,19 @@ says which backends each op can use and why not.
 """
 
 from pyengine.ops._dispatch import BackendError, use_backend
+from pyengine.ops.ball_query import ball_query
 from pyengine.ops.composite import CompositeResult, composite, pack_info
+from pyengine.ops.furthest_point_sample import furthest_point_sample
+from pyengine.ops.grouping import gather, grouping
 from pyengine.ops.hash_encode import HashGridConfig, hash_encode
+from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 from pyengine.ops.ray_march import ray_march
 from pyengine.ops.voxelize import avg_voxelize, normalize_coords, trilinear_devoxelize
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendError", "CompositeResult", "HashGridConfig", "avg_voxelize", "composite", "hash_encode",
+__all__ = ["BackendError", "CompositeResult", "HashGridConfig", "avg_voxelize", "ball_query", "composite",
+           "furthest_point_sample", "gather", "grouping", "hash_encode", "nearest_neighbor_interpolate",
            "normalize_coords", "pack_info", "ray_aabb_intersect", "ray_march", "trilinear_devoxelize", "use_backend",
            "__version__"]

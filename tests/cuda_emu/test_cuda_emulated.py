@@ -17,7 +17,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 OP_TESTS = ["tests/ops/test_hash_encode.py", "tests/ops/test_composite.py", "tests/ops/test_ray_march.py",
             "tests/ops/test_ray_aabb_intersect.py", "tests/ops/test_avg_voxelize.py",
-            "tests/ops/test_trilinear_devoxelize.py"]
+            "tests/ops/test_trilinear_devoxelize.py", "tests/ops/test_furthest_point_sample.py",
+            "tests/ops/test_ball_query.py", "tests/ops/test_gather.py", "tests/ops/test_grouping.py",
+            "tests/ops/test_nearest_neighbor_interpolate.py"]
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,40 @@ print(json.dumps(out))
     assert sorted_["counters"]["atomicAdd(int)"] == 2 * 40  # the counts, exact in any order
     for k in ("grid", "gg"):
         assert max(abs(a - b) for a, b in zip(atomic[k], sorted_[k])) < 1e-5
+
+
+def test_point_op_reductions_use_atomics_only_when_not_deterministic(emulated_build):
+    """gather / grouping / nearest_neighbor_interpolate backward: float atomics by default, none
+    with deterministic=True (the sorted segments), the same values either way; the sampling and
+    the ball query use no float atomics at all."""
+    got = _run_emulated(emulated_build, """
+from pyengine.ops.ball_query import ball_query
+from pyengine.ops.furthest_point_sample import furthest_point_sample
+from pyengine.ops.grouping import gather, grouping
+from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate
+g = torch.Generator().manual_seed(0)
+p = torch.rand(2, 3, 40, generator=g)
+f = torch.randn(2, 3, 40, generator=g)
+lib.pe_emu_reset_counters()
+idx = furthest_point_sample(p, 9, backend="cpu")
+nb = ball_query(gather(p, idx), p, 0.4, 5, backend="cpu")
+out = {"sampling": counters()}
+for det in (False, True):
+    lib.pe_emu_reset_counters()
+    x = f.clone().requires_grad_()
+    c = gather(x, idx, deterministic=det, backend="cpu")
+    y = grouping(x, nb, deterministic=det, backend="cpu")
+    z = nearest_neighbor_interpolate(p, gather(p, idx), c, deterministic=det, backend="cpu")
+    (gx,) = torch.autograd.grad(z.sum() + y.square().sum(), x)
+    out[str(det)] = {"counters": counters(), "gx": gx.flatten().tolist()}
+print(json.dumps(out))
+""")
+    assert got["sampling"]["atomicAdd(float)"] == 0, got["sampling"]
+    atomic, sorted_ = got["False"], got["True"]
+    # grouping 2 * 3 * 9 * 5, interpolate 2 * 3 * 40 * 3, gather 2 * 3 * 9
+    assert atomic["counters"]["atomicAdd(float)"] == 270 + 720 + 54, atomic["counters"]
+    assert sorted_["counters"]["atomicAdd(float)"] == 0, sorted_["counters"]
+    assert max(abs(a - b) for a, b in zip(atomic["gx"], sorted_["gx"])) < 1e-5
 
 
 def test_rn_intrinsics_round_like_separate_ieee_operations(emulated_build):

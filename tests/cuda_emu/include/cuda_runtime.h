@@ -204,6 +204,30 @@ inline float4 atomicAdd(float4* a, float4 v) {
 }
 #endif
 
+// Integer maximum / minimum (furthest_point_sample's per-step argmax): exact in any order.
+inline unsigned long long atomicMax(unsigned long long* a, unsigned long long v) {
+  const unsigned long long old = *a;
+  if (v > old) *a = v;
+  return old;
+}
+inline int atomicMin(int* a, int v) {
+  const int old = *a;
+  if (v < old) *a = v;
+  return old;
+}
+
+// Bit casts.
+inline unsigned __float_as_uint(float v) {
+  unsigned u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+inline long long __double_as_longlong(double v) {
+  long long u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+
 template <typename T>
 inline T __ldg(const T* p) {
   pe_emu::count(pe_emu::kLdg);
