@@ -292,16 +292,11 @@ def make_trainer(cfg: PointsConfig, run_dir: str, info: _trainer.DistInfo | None
 def find_run(cfg: PointsConfig) -> str:
     """The directory of the trained run that matches ``cfg`` (``out``, ``out-2``, ...); ValueError if none."""
     out = cfg.out or default_out(cfg)
-    reasons = []
-    for path in _runs._candidates(out):
-        if not _runs._has_run(path):
-            break
-        why = _runs._why_not(JOB, path, cfg, RESUME_FREE)
-        if why is None:
-            return path
-        reasons.append(f"{path}: {why}")
-    raise ValueError(f"points: no trained run for this config at {out}" + (f" ({'; '.join(reasons)})" if reasons
-                     else "") + "; run `pyengine points train` with the same settings first")
+    path, reasons = _runs.find_run(JOB, out, cfg, RESUME_FREE)
+    if path is None:
+        raise ValueError(f"points: no trained run for this config at {out}" + (f" ({'; '.join(reasons)})" if reasons
+                         else "") + "; run `pyengine points train` with the same settings first")
+    return path
 
 
 def load_model(cfg: PointsConfig, run_dir: str | None = None) -> tuple[torch.nn.Module, dict]:
