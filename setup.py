@@ -124,6 +124,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "numpy",
+        "scipy",  # exact EMD (linear_sum_assignment) in `pyengine points eval`
         "safetensors",
         "tqdm",
         "omegaconf",
