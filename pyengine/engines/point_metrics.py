@@ -26,17 +26,23 @@ def chamfer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.min(-1).values.mean(-1) + d.min(-2).values.mean(-1)
 
 
-def chamfer_matrix(A: torch.Tensor, B: torch.Tensor, max_elements: int = 1 << 24) -> torch.Tensor:
+def chamfer_matrix(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """[n, m] Chamfer distances between every cloud of A [n, N, 3] and of B [m, M, 3].
 
-    Pairs are batched so that one distance block holds at most ``max_elements`` entries.
+    Exact nearest neighbours from one k-d tree per cloud (``scipy.spatial.cKDTree``): a pair of
+    2048-point clouds costs about a millisecond instead of a 2048 x 2048 distance matrix.
     """
-    chunk = max(1, max_elements // max(A.shape[1] * B.shape[1], 1))
-    out = A.new_empty(len(A), len(B))
+    from scipy.spatial import cKDTree
+
+    a_np, b_np = A.detach().cpu().double().numpy(), B.detach().cpu().double().numpy()
+    trees_a, trees_b = [cKDTree(c) for c in a_np], [cKDTree(c) for c in b_np]
+    out = torch.empty(len(A), len(B), dtype=torch.float64)
     for i in range(len(A)):
-        for j in range(0, len(B), chunk):
-            out[i, j:j + chunk] = chamfer(A[i].expand(len(B[j:j + chunk]), -1, -1), B[j:j + chunk])
-    return out
+        for j in range(len(B)):
+            d_ab = trees_b[j].query(a_np[i], k=1)[0]
+            d_ba = trees_a[i].query(b_np[j], k=1)[0]
+            out[i, j] = float((d_ab ** 2).mean() + (d_ba ** 2).mean())
+    return out.to(A.dtype)
 
 
 def subsample(clouds: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:

@@ -147,6 +147,13 @@ def test_chamfer_and_emd_on_hand_made_clouds():
     assert pm.chamfer(a, d).item() == pytest.approx(0.5) and pm.emd(a, d) == pytest.approx(0.5)
 
 
+def test_chamfer_matrix_matches_brute_force():
+    A, B = _clouds(3, 0), _clouds(4, 1)[:, :29]  # other sizes too
+    want = torch.stack([torch.stack([pm.chamfer(a, b) for b in B]) for a in A])
+    got = pm.chamfer_matrix(A, B)
+    assert got.shape == (3, 4) and torch.allclose(got, want, rtol=1e-5, atol=1e-7), (got - want).abs().max()
+
+
 def _clouds(n, seed, offset=0.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 32, 3, generator=g) * 0.3 + offset
