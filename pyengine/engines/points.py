@@ -29,7 +29,7 @@ import inspect
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -396,18 +396,12 @@ def train(cfg: PointsConfig) -> dict:
             print(f"points: {res['steps']} steps ({res['seconds']:.0f} s this run), loss {res['loss']:.4f}; "
                   f"wrote {run_dir}/")
             if cfg.n_samples:
-                samples = write_samples(trainer.sampling_model(), _with(cfg, device=str(info.device)), run_dir)
+                samples = write_samples(trainer.sampling_model(), replace(cfg, device=str(info.device)), run_dir)
                 result["ply"] = samples["ply"]
                 print(f"points: wrote {len(samples['ply'])} samples and a turntable to {samples['dir']}/")
         return result
     finally:
         _trainer.shutdown_distributed()
-
-
-def _with(cfg: PointsConfig, **changes) -> PointsConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def sample(cfg: PointsConfig) -> dict:
