@@ -119,11 +119,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["pyengine"] + ["pyengine." + p for p in (
-        "ops", "reference", "nn", "compat", "engines", "data", "render")] + ["pyengine.kernels"],
+        "ops", "reference", "nn", "compat", "engines", "data", "render", "diffusion")] + ["pyengine.kernels"],
     package_dir={"pyengine.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
         "numpy",
+        "scipy",  # exact EMD (linear_sum_assignment) in `pyengine points eval`
         "safetensors",
         "tqdm",
         "omegaconf",

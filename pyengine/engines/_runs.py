@@ -109,6 +109,19 @@ def choose_run_dir(job: str, out: str, cfg, resume: bool, resume_free: frozenset
             reason = why
 
 
+def find_run(job: str, out: str, cfg, resume_free: frozenset) -> tuple[str | None, list[str]]:
+    """The first of ``out``, ``out-2``, ... holding a run whose config matches ``cfg`` (for jobs that
+    read a trained run, such as sampling); ``(None, [why each existing run does not match])`` if none."""
+    reasons = []
+    for path in _candidates(out):
+        if not _has_run(path):
+            return None, reasons
+        why = _why_not(job, path, cfg, resume_free)
+        if why is None:
+            return path, reasons
+        reasons.append(f"{path}: {why}")
+
+
 # -- checkpoint files -------------------------------------------------------------------------------
 
 def save_checkpoint(path: str, tensors: dict[str, torch.Tensor], state: dict) -> None:
