@@ -135,6 +135,33 @@ def point_workloads(prov, pvcnn, points, features, centre_features, M, K):
     }.items()}
 
 
+def unet_step(prov, batch, dev, full):
+    """One training step of PVD's generation U-Net (forward, backward, Adam) with every op on
+    backend ``prov``: PVD's default configuration on a GPU, the bundled CPU prior's
+    (configs/points_pvd_cpu.yaml) on the CPU."""
+    import pyengine
+    from pyengine.nn.pvcnn import PVCNN2
+
+    kw = {} if full else {"width_multiplier": 0.25, "voxel_resolution_multiplier": 0.5}
+    torch.manual_seed(0)
+    model = PVCNN2(num_classes=3, embed_dim=64 if full else 32, use_att=True, dropout=0.1,
+                   extra_feature_channels=0, **kw).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(batch, 3, 2048, generator=g).to(dev)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(dev)
+    noise = torch.randn(batch, 3, 2048, generator=g).to(dev)
+
+    def step():
+        with pyengine.use_backend(prov):
+            loss = (model(x, t) - noise).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    return {"PVD U-Net training step": step}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +169,8 @@ def main(argv=None):
     ap.add_argument("--size", nargs=4, type=int, default=[16, 64, 2048, 32], metavar=("B", "C", "N", "R"))
     ap.add_argument("--points-size", nargs=5, type=int, default=[16, 64, 2048, 512, 32],
                     metavar=("B", "C", "N", "M", "K"))
-    ap.add_argument("--ops", choices=["all", "voxel", "points"], default="all")
+    ap.add_argument("--ops", choices=["all", "voxel", "points", "step"], default="all")
+    ap.add_argument("--step-batch", type=int, default=None, help="clouds per U-Net training step")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -173,6 +201,10 @@ def main(argv=None):
             groups.append((size, lambda: workloads(prov, pvcnn, features, coords, voxels, grid, R)))
         if args.ops in ("all", "points"):
             groups.append((f"B={pB} C={pC} N={pN}", lambda: point_workloads(prov, pvcnn, *point_args, pM, pK)))
+        if args.ops in ("all", "step") and prov != "pvcnn":
+            sb = args.step_batch or (16 if gpu else 2)
+            groups.append((f"B={sb} N=2048, {'PVD default' if gpu else 'CPU prior'} config",
+                           lambda: unet_step(prov, sb, dev, gpu)))
         for group_size, make in groups:
             try:
                 for name, fn in make().items():

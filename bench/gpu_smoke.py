@@ -18,6 +18,36 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
+def point_voxel(backend, dev):
+    """The point-voxel ops with atomics and deterministic, float32 / float16 / float64, odd sizes,
+    coordinates on and beyond the grid's faces, one point, empty clouds and no centres."""
+    from pyengine.ops.ball_query import ball_query
+    from pyengine.ops.furthest_point_sample import furthest_point_sample
+    from pyengine.ops.grouping import gather, grouping
+    from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate
+    from pyengine.ops.voxelize import avg_voxelize, normalize_coords, trilinear_devoxelize
+
+    for B, C, N, R in ((3, 5, 777, 7), (1, 2, 1, 4), (2, 3, 0, 5)):
+        for dtype in (torch.float32, torch.float16, torch.float64):
+            for det in (False, True):
+                pts = torch.randn(B, 3, N, device=dev)
+                feats = torch.randn(B, C, N, device=dev, dtype=dtype, requires_grad=True)
+                fcoords, icoords = normalize_coords(pts, R)
+                grid = avg_voxelize(feats, icoords, R, deterministic=det, backend=backend)
+                far = fcoords * 1.5 - 1.0  # beyond both faces: clamped
+                out = trilinear_devoxelize(grid, far, R, deterministic=det, backend=backend)
+                out.float().square().sum().backward()
+                M = min(N, 33)
+                idx = furthest_point_sample(pts, M, backend=backend)
+                centers = gather(pts, idx, deterministic=det, backend=backend)
+                nb = ball_query(centers, pts, 0.7, 9, backend=backend)
+                g = grouping(feats, nb, deterministic=det, backend=backend)
+                c_feats = torch.randn(B, C, M, device=dev, dtype=dtype, requires_grad=True)
+                up = nearest_neighbor_interpolate(pts, centers, c_feats, deterministic=det, backend=backend)
+                (g.float().sum() + up.float().sum()).backward()
+                sync(dev)
+
+
 def main(backend="cuda"):
     dev = "cpu" if backend == "cpu" else "cuda"  # cpu: the dry run of bench/gpu_check.sh
     # Triton compiles each configuration at first use (about a second each): fewer of them
@@ -79,6 +109,8 @@ def main(backend="cuda"):
             for exclusive in (False, True):
                 segment_scan(x, packed, prod=prod, exclusive=exclusive, backend=backend).sum().backward()
         segment_scan(x[:0], packed[:0], backend=backend)
+    if backend in ("cuda", "cpu"):
+        point_voxel(backend, dev)
     sync(dev)
     print(f"gpu_smoke: {backend} kernels ran clean")
 
