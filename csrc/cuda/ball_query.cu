@@ -6,19 +6,13 @@
 // along m. No reduction, so the output is the same in every run.
 #include <cuda_runtime.h>
 
+#include "pyengine/cuda_grid.h"
+
 #include "pyengine/ball_query.h"
 
 namespace pe {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-unsigned blocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < kMaxBlocks ? b : kMaxBlocks);
-}
 
 template <typename T>
 __global__ void ball_query_kernel(int64_t B, int64_t M, int64_t N, int64_t K, T r2, const T* centers,

@@ -8,6 +8,8 @@
 // (exact, commutative), so the samples are the same in every run: no float atomics here.
 #include <cuda_runtime.h>
 
+#include "pyengine/cuda_grid.h"
+
 #include <cstdint>
 #include <type_traits>
 
@@ -17,17 +19,9 @@ namespace pe {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 constexpr int64_t kPointsPerLane = 4;
 
-unsigned blocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < kMaxBlocks ? b : kMaxBlocks);
-}
 
-#define PE_GRID_LOOP(i, n) \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 // float32, step i: the previous sample is decoded from keys[b, i - 1] (keys[b, 0] encodes point
 // 0); the lane's best goes into keys[b, i] as (distance bits << 32 | ~index).

@@ -6,22 +6,13 @@
 // grid-stride over an int64 range, so any size fits a capped grid and many blocks share a batch.
 #include <cuda_runtime.h>
 
+#include "pyengine/cuda_grid.h"
+
 #include "pyengine/grouping.h"
 
 namespace pe {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-unsigned blocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < kMaxBlocks ? b : kMaxBlocks);
-}
-
-#define PE_GRID_LOOP(i, n) \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 template <typename T>
 __global__ void gather_fwd_kernel(int64_t B, int64_t C, int64_t N, int64_t L, const T* features, const int32_t* idx,

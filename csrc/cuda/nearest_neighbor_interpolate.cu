@@ -7,22 +7,13 @@
 // All loops are grid-stride over an int64 range: many blocks per batch, any size fits.
 #include <cuda_runtime.h>
 
+#include "pyengine/cuda_grid.h"
+
 #include "pyengine/nearest_neighbor_interpolate.h"
 
 namespace pe {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-unsigned blocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < kMaxBlocks ? b : kMaxBlocks);
-}
-
-#define PE_GRID_LOOP(i, n) \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 template <typename T>
 __global__ void nni_search_kernel(int64_t B, int64_t N, int64_t M, const T* points, const T* centers, int32_t* idx,

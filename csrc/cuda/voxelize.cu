@@ -13,22 +13,13 @@
 // of the host's stable sort in order. The counts are integer atomics, exact in any order.
 #include <cuda_runtime.h>
 
+#include "pyengine/cuda_grid.h"
+
 #include "pyengine/voxelize.h"
 
 namespace pe {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-unsigned blocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < kMaxBlocks ? b : kMaxBlocks);
-}
-
-#define PE_GRID_LOOP(i, n) \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 __global__ void avg_voxelize_index_kernel(int64_t B, int64_t N, int R, const int32_t* coords, int32_t* idx,
                                           int32_t* counts) {
