@@ -119,8 +119,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["pyengine"] + ["pyengine." + p for p in (
-        "ops", "reference", "nn", "compat", "engines", "data", "render", "diffusion")] + ["pyengine.kernels"],
+        "ops", "reference", "nn", "compat", "compat.pvcnn", "engines", "data", "render", "diffusion")]
+    + ["pyengine.kernels"],
     package_dir={"pyengine.kernels": "kernels"},
+    package_data={"pyengine": ["assets/*.safetensors"]},
     install_requires=[
         "torch>=2.4",
         "numpy",

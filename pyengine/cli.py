@@ -4,7 +4,7 @@ Jobs:
   doctor                 versions, devices, and which backends each op can use (and why not)
   fit-image [k=v ...]    fit a 2-D hash grid + MLP to an image (bundled procedural default)
   fit-nerf [k=v ...]     fit a NeRF to multi-view ShapeWorld renders (occupancy grid, fused ops)
-  points train|sample|complete|eval [k=v ...]
+  points train|sample|complete|eval|export [k=v ...]
                          point-voxel diffusion on ShapeWorld point clouds (PVD): train a DDPM prior,
                          sample clouds, complete partial clouds, evaluate (1-NNA, Chamfer, EMD)
 """
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML file with FitNeRFConfig keys")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. shape=torus steps=2000")
     p = sub.add_parser("points", help="point-cloud diffusion (PVD) on ShapeWorld clouds")
-    p.add_argument("command", choices=("train", "sample", "complete", "eval"))
+    p.add_argument("command", choices=("train", "sample", "complete", "eval", "export"))
     p.add_argument("--config", help="YAML file with PointsConfig keys (e.g. configs/points_pvd.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=300 model.hidden=32 classes=[cube]")
     args = parser.parse_args(argv)

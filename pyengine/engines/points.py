@@ -94,12 +94,15 @@ class PointsConfig:
     device: str = "cpu"
     resume: bool = True
     out: str = ""  # empty: runs/points/<arch>-<cond|uncond>-<task>-<hash of the defining fields>
+    # sample / complete / eval from a weights file instead of a trained run ("bundled": the prior
+    # shipped in pyengine/assets, with the settings it was trained with); export writes one
+    weights: str = ""
 
 
 #: Fields that do not change the trained model: left out of the run's hash and its resume check.
 RESUME_FREE = frozenset({"steps", "checkpoint_every", "log_every", "heldout_size", "sampler", "sample_steps", "eta",
                          "n_samples", "eval_samples", "emd_points", "turntable_frames", "gif_size", "device",
-                         "resume", "out"})
+                         "resume", "out", "weights"})
 JOB = "points"
 
 
@@ -308,6 +311,75 @@ def load_model(cfg: PointsConfig, run_dir: str | None = None) -> tuple[torch.nn.
     return model.to(cfg.device).eval(), state
 
 
+# -- weights files (the bundled prior) ------------------------------------------------------------
+
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                       "points_pvd_cube.safetensors")
+#: Settings a weights file carries: everything that shapes the network and the data it models.
+_WEIGHTS_KEYS = ("classes", "conditional", "n_points", "task", "n_partial", "schedule", "timesteps", "beta_start",
+                 "beta_end", "model", "size_jitter", "max_tilt_deg")
+
+
+def export_weights(cfg: PointsConfig) -> dict:
+    """Writes the trained run's EMA weights to ``cfg.weights`` (safetensors, float32), with the
+    settings in ``_WEIGHTS_KEYS`` and the step in its metadata."""
+    if not cfg.weights or cfg.weights == "bundled":
+        raise ValueError("points export: give the file to write as weights=PATH")
+    from safetensors.torch import save_file
+
+    model, state = load_model(cfg)
+    settings = {k: v for k, v in asdict(cfg).items() if k in _WEIGHTS_KEYS}
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.weights)), exist_ok=True)
+    save_file(tensors, cfg.weights, metadata={"settings": json.dumps(settings), "step": str(state["step"])})
+    n = sum(t.numel() for t in tensors.values())
+    print(f"points export: {n} parameters from step {state['step']} -> {cfg.weights}")
+    return {"out": cfg.weights, "step": state["step"]}
+
+
+def weights_config(cfg: PointsConfig) -> PointsConfig:
+    """``cfg`` with the settings stored in its weights file (``weights=bundled`` or a path)."""
+    from safetensors import safe_open
+
+    path = BUNDLED if cfg.weights == "bundled" else cfg.weights
+    if not os.path.exists(path):
+        raise ValueError(f"points: weights file {path} does not exist")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    if "settings" not in meta:
+        raise ValueError(f"points: {path} is not a weights file of `pyengine points export` (no settings)")
+    settings = json.loads(meta["settings"])
+    settings["model"] = ModelConfig(**settings["model"])
+    return replace(cfg, **settings)
+
+
+def load_weights_file(cfg: PointsConfig) -> tuple[torch.nn.Module, dict, str]:
+    """``(model with the file's weights, in eval mode, {"step": ...}, output directory)``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = BUNDLED if cfg.weights == "bundled" else cfg.weights
+    _check(cfg)
+    model = build_model(cfg)
+    model.load_state_dict(load_file(path))
+    with safe_open(path, "pt") as f:
+        step = int((f.metadata() or {}).get("step", 0))
+    out = cfg.out or os.path.join("runs", JOB, "weights-" + os.path.splitext(os.path.basename(path))[0])
+    os.makedirs(out, exist_ok=True)
+    return model.to(cfg.device).eval(), {"step": step}, out
+
+
+def _source(cfg: PointsConfig) -> tuple[PointsConfig, torch.nn.Module, dict, str]:
+    """The model to sample from: the weights file when ``cfg.weights`` is set, else the trained run."""
+    if cfg.weights:
+        cfg = weights_config(cfg)
+        model, state, out = load_weights_file(cfg)
+        return cfg, model, state, out
+    run_dir = find_run(cfg)
+    model, state = load_model(cfg, run_dir)
+    return cfg, model, state, run_dir
+
+
 # -- sampling ------------------------------------------------------------------------------------
 
 def _labels(cfg: PointsConfig, per_class: int, device) -> torch.Tensor | None:
@@ -405,8 +477,7 @@ def train(cfg: PointsConfig) -> dict:
 
 
 def sample(cfg: PointsConfig) -> dict:
-    run_dir = find_run(cfg)
-    model, state = load_model(cfg, run_dir)
+    cfg, model, state, run_dir = _source(cfg)
     res = write_samples(model, cfg, run_dir)
     print(f"points: {len(res['ply'])} samples from step {state['step']} ({cfg.sampler}, "
           f"{cfg.sample_steps if cfg.sampler == 'ddim' else cfg.timesteps} steps); wrote {res['dir']}/")
@@ -414,8 +485,7 @@ def sample(cfg: PointsConfig) -> dict:
 
 
 def complete_job(cfg: PointsConfig) -> dict:
-    run_dir = find_run(cfg)
-    model, _ = load_model(cfg, run_dir)
+    cfg, model, _, run_dir = _source(cfg)
     per = max(cfg.n_samples, 1)
     full, labels = _heldout_per_class(cfg, per)
     y = labels.to(cfg.device) if cfg.conditional else None
@@ -448,8 +518,7 @@ def _heldout_per_class(cfg: PointsConfig, per_class: int) -> tuple[torch.Tensor,
 
 def evaluate(cfg: PointsConfig) -> dict:
     """PVD's protocol on held-out clouds; prints and returns a table (also ``eval.json``)."""
-    run_dir = find_run(cfg)
-    model, state = load_model(cfg, run_dir)
+    cfg, model, state, run_dir = _source(cfg)
     groups = [(cfg.classes[c], c) for c in range(len(cfg.classes))] if cfg.conditional else [("all", None)]
     n = cfg.eval_samples
     rows = []
@@ -489,7 +558,7 @@ def evaluate(cfg: PointsConfig) -> dict:
     return {"rows": rows, "table": table, "out": run_dir}
 
 
-COMMANDS = {"train": train, "sample": sample, "complete": complete_job, "eval": evaluate}
+COMMANDS = {"train": train, "sample": sample, "complete": complete_job, "eval": evaluate, "export": export_weights}
 
 
 def run(cfg: PointsConfig, command: str = "train") -> dict:

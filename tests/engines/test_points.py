@@ -134,6 +134,42 @@ def test_sample_and_eval_need_a_trained_run(tmp_path):
         P.run(tiny(tmp_path), "sample")
 
 
+def test_export_then_sample_from_the_weights_file(tmp_path):
+    cfg = tiny(tmp_path, steps=2, classes=["cube", "cone"])
+    P.run(cfg, "train")
+    model, _ = P.load_model(cfg)
+    path = str(tmp_path / "prior.safetensors")
+    assert P.run(P.replace(cfg, weights=path), "export")["step"] == 2
+    # the file carries its settings: a default config with weights= rebuilds the same model
+    other = P.PointsConfig(weights=path, out=str(tmp_path / "from_file"), sample_steps=3, n_samples=1,
+                           turntable_frames=2, gif_size=32)
+    got = P.weights_config(other)
+    assert got.classes == ["cube", "cone"] and got.n_points == 128 and got.model.hidden == 16
+    loaded, state, out = P.load_weights_file(got)
+    assert state["step"] == 2 and out == str(tmp_path / "from_file")
+    for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    res = P.run(other, "sample")
+    assert len(res["ply"]) == 2 and read_ply(res["ply"][0]).shape == (128, 3)
+    with pytest.raises(ValueError, match="does not exist"):
+        P.run(P.replace(other, weights=str(tmp_path / "missing.safetensors")), "sample")
+    with pytest.raises(ValueError, match="weights=PATH"):
+        P.run(cfg, "export")
+
+
+@pytest.mark.skipif(not os.path.exists(P.BUNDLED), reason="the bundled prior is not in this checkout")
+def test_bundled_prior_samples_cubes(tmp_path):
+    """The shipped PVD prior (configs/points_pvd_cpu.yaml) loads with its settings and draws
+    finite clouds of the right size (5 DDIM steps: a smoke test, not a quality check)."""
+    cfg = P.weights_config(P.PointsConfig(weights="bundled", sample_steps=5))
+    assert cfg.model.arch == "pvd" and cfg.classes == ["cube"] and not cfg.conditional
+    model, state, _ = P.load_weights_file(P.replace(cfg, out=str(tmp_path)))
+    assert state["step"] > 0
+    clouds = P.generate(model, cfg, 2, None, seed=0)
+    assert clouds.shape == (2, 3, 2048) and clouds.isfinite().all()
+    assert clouds.abs().max() < 10
+
+
 # -- metrics ----------------------------------------------------------------------------------------
 
 def test_chamfer_and_emd_on_hand_made_clouds():
