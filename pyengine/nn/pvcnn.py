@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyengine.ops.ball_query import ball_query
+from pyengine.ops.furthest_point_sample import furthest_point_sample
+from pyengine.ops.grouping import gather, grouping
+from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate
 from pyengine.ops.voxelize import avg_voxelize, normalize_coords, trilinear_devoxelize
 
 __all__ = [
@@ -85,7 +89,7 @@ class SharedMLP(nn.Module):
 class Voxelization(nn.Module):
     """Average point features into an R^3 grid over each cloud's own normalized box (PVD's).
 
-    ``normalize=True``: ``pyengine.ops.normalize_coords`` (centre, divide by twice the largest
+    ``normalize=True``: ``pyengine.ops.voxelize.normalize_coords`` (centre, divide by twice the largest
     radius plus ``eps``, shift by 0.5, scale by R, clamp to [0, R - 1]); ``False``: centre, map
     [-1, 1] to [0, R] and clamp. The coordinates are detached, as in PVD.
 
@@ -209,8 +213,6 @@ class BallQuery(nn.Module):
         self.radius, self.num_neighbors, self.include_coordinates = radius, num_neighbors, include_coordinates
 
     def forward(self, points_coords, centers_coords, temb=None, points_features=None):
-        from pyengine.ops import ball_query, grouping
-
         indices = ball_query(centers_coords, points_coords, self.radius, self.num_neighbors)
         parts = [grouping(points_coords, indices) - centers_coords.unsqueeze(-1)] if self.include_coordinates else []
         if points_features is not None:
@@ -294,8 +296,6 @@ class PointNetSAModule(nn.Module):
         self.out_channels = sum(w[-1] for w in widths)
 
     def forward(self, inputs):
-        from pyengine.ops import furthest_point_sample, gather
-
         features, coords, *rest = inputs
         temb = rest[0] if rest else None
         centers = gather(coords, furthest_point_sample(coords, self.num_centers))
@@ -326,8 +326,6 @@ class PointNetFPModule(nn.Module):
         self.mlp = SharedMLP(in_channels, out_channels, dim=1)
 
     def forward(self, inputs):
-        from pyengine.ops import nearest_neighbor_interpolate
-
         temb = inputs[4] if len(inputs) == 5 else None
         points_coords, centers_coords, centers_features, *points_features = inputs[:4]
         features = nearest_neighbor_interpolate(points_coords, centers_coords, centers_features)

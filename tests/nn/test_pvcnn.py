@@ -17,13 +17,6 @@ from pyengine.nn.pvcnn import (
     Voxelization,
 )
 from tests.helpers import assert_close
-from tests.nn import _point_ops_standin
-
-
-@pytest.fixture(autouse=True)
-def point_ops(monkeypatch):
-    _point_ops_standin.install(monkeypatch)
-
 
 # PVD's layout, per module, as its modules/*.py define it -----------------------------------------
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyengine
-from pyengine.ops import ball_query
+from pyengine.ops.ball_query import ball_query
 from tests.op_harness import Bad, Case, OpSuite, change
 
 bq_mod = importlib.import_module("pyengine.ops.ball_query")

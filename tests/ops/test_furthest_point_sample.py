@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyengine
-from pyengine.ops import furthest_point_sample
+from pyengine.ops.furthest_point_sample import furthest_point_sample
 from tests.op_harness import Bad, Case, OpSuite, change
 
 fps_mod = importlib.import_module("pyengine.ops.furthest_point_sample")

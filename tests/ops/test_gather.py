@@ -5,7 +5,7 @@ import importlib
 import pytest
 import torch
 
-from pyengine.ops import gather
+from pyengine.ops.grouping import gather
 from tests.ops._grouping_cases import make, suite
 
 grp = importlib.import_module("pyengine.ops.grouping")

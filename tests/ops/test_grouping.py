@@ -5,7 +5,8 @@ import importlib
 import pytest
 import torch
 
-from pyengine.ops import ball_query, gather, grouping
+from pyengine.ops.ball_query import ball_query
+from pyengine.ops.grouping import gather, grouping
 from tests.ops._grouping_cases import make, suite
 
 grp = importlib.import_module("pyengine.ops.grouping")

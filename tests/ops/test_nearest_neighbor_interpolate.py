@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyengine
-from pyengine.ops import nearest_neighbor_interpolate
+from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate
 from tests.op_harness import Bad, Case, OpSuite, change
 
 nni_mod = importlib.import_module("pyengine.ops.nearest_neighbor_interpolate")

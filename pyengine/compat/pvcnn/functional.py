@@ -34,6 +34,11 @@ import torch.nn.functional as nnF
 from torch import Tensor
 
 from pyengine.ops import voxelize as _vox
+from pyengine.ops.ball_query import ball_query as _ball_query
+from pyengine.ops.furthest_point_sample import furthest_point_sample as _fps
+from pyengine.ops.grouping import gather as _gather
+from pyengine.ops.grouping import grouping as _grouping
+from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate as _interpolate
 
 __all__ = [
     "avg_voxelize",
@@ -76,39 +81,29 @@ def trilinear_devoxelize(features: Tensor, coords: Tensor, resolution: int, is_t
 
 def gather(features: Tensor, indices: Tensor) -> Tensor:
     """``features[b, :, indices[b, m]]``: [B, C, N], integer [B, M] -> [B, C, M]."""
-    from pyengine.ops import gather as _gather
-
     return _gather(features, indices)
 
 
 def furthest_point_sample(coords: Tensor, num_samples: int) -> Tensor:
     """Coordinates [B, 3, M] of the ``num_samples`` points that iterative furthest point sampling
     picks from [B, 3, N] (PVCNN returns the centres, not their indices)."""
-    from pyengine.ops import furthest_point_sample as _fps
-
     return gather(coords, _fps(coords, num_samples))
 
 
 def ball_query(centers_coords: Tensor, points_coords: Tensor, radius: float, num_neighbors: int) -> Tensor:
     """int [B, M, K] indices of up to K points within ``radius`` of each [B, 3, M] centre among the
     [B, 3, N] points, in index order, padded with the first one found."""
-    from pyengine.ops import ball_query as _ball_query
-
     return _ball_query(centers_coords, points_coords, radius, num_neighbors)
 
 
 def grouping(features: Tensor, indices: Tensor) -> Tensor:
     """``features[b, :, indices[b, m, k]]``: [B, C, N], integer [B, M, K] -> [B, C, M, K]."""
-    from pyengine.ops import grouping as _grouping
-
     return _grouping(features, indices)
 
 
 def nearest_neighbor_interpolate(points_coords: Tensor, centers_coords: Tensor, centers_features: Tensor) -> Tensor:
     """[B, C, N]: each point's 3 nearest centres' features, weighted by inverse squared distance;
     differentiable w.r.t. centers_features only."""
-    from pyengine.ops import nearest_neighbor_interpolate as _interpolate
-
     return _interpolate(points_coords.detach(), centers_coords.detach(), centers_features)
 
 
