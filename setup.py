@@ -122,7 +122,6 @@ setup(
         "ops", "reference", "nn", "compat", "compat.pvcnn", "engines", "data", "render", "diffusion")]
     + ["pyengine.kernels"],
     package_dir={"pyengine.kernels": "kernels"},
-    package_data={"pyengine": ["assets/*.safetensors"]},
     install_requires=[
         "torch>=2.4",
         "numpy",

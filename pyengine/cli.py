@@ -73,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=("train", "sample", "complete", "eval", "export"))
     p.add_argument("--config", help="YAML file with PointsConfig keys (e.g. configs/points_pvd.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=300 model.hidden=32 classes=[cube]")
-    args = parser.parse_args(argv)
+    # key=value overrides may come before or after --config: argparse hands those after it back
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if args.job == "doctor":
         return doctor()
     jobs = {"fit-image": ("pyengine.engines.image", "FitImageConfig"),

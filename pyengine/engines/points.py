@@ -94,8 +94,8 @@ class PointsConfig:
     device: str = "cpu"
     resume: bool = True
     out: str = ""  # empty: runs/points/<arch>-<cond|uncond>-<task>-<hash of the defining fields>
-    # sample / complete / eval from a weights file instead of a trained run ("bundled": the prior
-    # shipped in pyengine/assets, with the settings it was trained with); export writes one
+    # sample / complete / eval from a weights file (written by export, with the settings it was
+    # trained with) instead of a trained run; export writes one
     weights: str = ""
 
 
@@ -311,25 +311,25 @@ def load_model(cfg: PointsConfig, run_dir: str | None = None) -> tuple[torch.nn.
     return model.to(cfg.device).eval(), state
 
 
-# -- weights files (the bundled prior) ------------------------------------------------------------
+# -- weights files ------------------------------------------------------------------------------
 
-BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
-                       "points_pvd_cube.safetensors")
 #: Settings a weights file carries: everything that shapes the network and the data it models.
 _WEIGHTS_KEYS = ("classes", "conditional", "n_points", "task", "n_partial", "schedule", "timesteps", "beta_start",
                  "beta_end", "model", "size_jitter", "max_tilt_deg")
 
 
 def export_weights(cfg: PointsConfig) -> dict:
-    """Writes the trained run's EMA weights to ``cfg.weights`` (safetensors, float32), with the
-    settings in ``_WEIGHTS_KEYS`` and the step in its metadata."""
-    if not cfg.weights or cfg.weights == "bundled":
+    """Writes the trained run's EMA weights to ``cfg.weights`` (safetensors, floating tensors in
+    float16 to halve the file; loading casts them back), with the settings in ``_WEIGHTS_KEYS``
+    and the step in its metadata."""
+    if not cfg.weights:
         raise ValueError("points export: give the file to write as weights=PATH")
     from safetensors.torch import save_file
 
     model, state = load_model(cfg)
     settings = {k: v for k, v in asdict(cfg).items() if k in _WEIGHTS_KEYS}
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().contiguous()
+               for k, v in model.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(cfg.weights)), exist_ok=True)
     save_file(tensors, cfg.weights, metadata={"settings": json.dumps(settings), "step": str(state["step"])})
     n = sum(t.numel() for t in tensors.values())
@@ -338,10 +338,10 @@ def export_weights(cfg: PointsConfig) -> dict:
 
 
 def weights_config(cfg: PointsConfig) -> PointsConfig:
-    """``cfg`` with the settings stored in its weights file (``weights=bundled`` or a path)."""
+    """``cfg`` with the settings stored in its weights file ``cfg.weights``."""
     from safetensors import safe_open
 
-    path = BUNDLED if cfg.weights == "bundled" else cfg.weights
+    path = cfg.weights
     if not os.path.exists(path):
         raise ValueError(f"points: weights file {path} does not exist")
     with safe_open(path, "pt") as f:
@@ -358,7 +358,7 @@ def load_weights_file(cfg: PointsConfig) -> tuple[torch.nn.Module, dict, str]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = BUNDLED if cfg.weights == "bundled" else cfg.weights
+    path = cfg.weights
     _check(cfg)
     model = build_model(cfg)
     model.load_state_dict(load_file(path))

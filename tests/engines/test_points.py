@@ -148,26 +148,13 @@ def test_export_then_sample_from_the_weights_file(tmp_path):
     loaded, state, out = P.load_weights_file(got)
     assert state["step"] == 2 and out == str(tmp_path / "from_file")
     for a, b in zip(loaded.state_dict().values(), model.state_dict().values()):
-        assert torch.equal(a, b)
+        assert a.dtype == b.dtype and torch.equal(a, b.half().to(b.dtype))  # stored in float16
     res = P.run(other, "sample")
     assert len(res["ply"]) == 2 and read_ply(res["ply"][0]).shape == (128, 3)
     with pytest.raises(ValueError, match="does not exist"):
         P.run(P.replace(other, weights=str(tmp_path / "missing.safetensors")), "sample")
     with pytest.raises(ValueError, match="weights=PATH"):
         P.run(cfg, "export")
-
-
-@pytest.mark.skipif(not os.path.exists(P.BUNDLED), reason="the bundled prior is not in this checkout")
-def test_bundled_prior_samples_cubes(tmp_path):
-    """The shipped PVD prior (configs/points_pvd_cpu.yaml) loads with its settings and draws
-    finite clouds of the right size (5 DDIM steps: a smoke test, not a quality check)."""
-    cfg = P.weights_config(P.PointsConfig(weights="bundled", sample_steps=5))
-    assert cfg.model.arch == "pvd" and cfg.classes == ["cube"] and not cfg.conditional
-    model, state, _ = P.load_weights_file(P.replace(cfg, out=str(tmp_path)))
-    assert state["step"] > 0
-    clouds = P.generate(model, cfg, 2, None, seed=0)
-    assert clouds.shape == (2, 3, 2048) and clouds.isfinite().all()
-    assert clouds.abs().max() < 10
 
 
 # -- metrics ----------------------------------------------------------------------------------------
