@@ -137,7 +137,7 @@ def point_workloads(prov, pvcnn, points, features, centre_features, M, K):
 
 def unet_step(prov, batch, dev, full):
     """One training step of PVD's generation U-Net (forward, backward, Adam) with every op on
-    backend ``prov``: PVD's default configuration on a GPU, the bundled CPU prior's
+    backend ``prov``: PVD's default configuration on a GPU, the quarter-width CPU
     (configs/points_pvd_cpu.yaml) on the CPU."""
     import pyengine
     from pyengine.nn.pvcnn import PVCNN2
@@ -203,7 +203,7 @@ def main(argv=None):
             groups.append((f"B={pB} C={pC} N={pN}", lambda: point_workloads(prov, pvcnn, *point_args, pM, pK)))
         if args.ops in ("all", "step") and prov != "pvcnn":
             sb = args.step_batch or (16 if gpu else 2)
-            groups.append((f"B={sb} N=2048, {'PVD default' if gpu else 'CPU prior'} config",
+            groups.append((f"B={sb} N=2048, {'PVD default' if gpu else 'quarter-width CPU'} config",
                            lambda: unet_step(prov, sb, dev, gpu)))
         for group_size, make in groups:
             try:
