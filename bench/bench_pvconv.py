@@ -137,7 +137,7 @@ def point_workloads(prov, pvcnn, points, features, centre_features, M, K):
 
 def unet_step(prov, batch, dev, full):
     """One training step of PVD's generation U-Net (forward, backward, Adam) with every op on
-    backend ``prov``: PVD's default configuration on a GPU, the quarter-width CPU
+    backend ``prov``: PVD's default configuration on a GPU, the quarter-width one
     (configs/points_pvd_cpu.yaml) on the CPU."""
     import pyengine
     from pyengine.nn.pvcnn import PVCNN2
