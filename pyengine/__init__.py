@@ -13,11 +13,12 @@ from pyengine.ops.hash_encode import HashGridConfig, hash_encode
 from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 from pyengine.ops.ray_march import ray_march
+from pyengine.ops.st_attention import st_attention
 from pyengine.ops.voxelize import avg_voxelize, normalize_coords, trilinear_devoxelize
 
 __version__ = "0.1.0"
 
 __all__ = ["BackendError", "CompositeResult", "HashGridConfig", "avg_voxelize", "ball_query", "composite",
            "furthest_point_sample", "gather", "grouping", "hash_encode", "nearest_neighbor_interpolate",
-           "normalize_coords", "pack_info", "ray_aabb_intersect", "ray_march", "trilinear_devoxelize", "use_backend",
+           "normalize_coords", "pack_info", "ray_aabb_intersect", "ray_march", "st_attention", "trilinear_devoxelize", "use_backend",
            "__version__"]

@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import torch
 
-from pyengine.diffusion.schedule import NoiseSchedule, _gather
+from pyengine.diffusion.schedule import PREDICTIONS, NoiseSchedule, _gather
 
 
-def _eps(model, x, t, y):
+def _eps(model, x, t, y, schedule=None, prediction="eps"):
+    """The model's noise estimate at ``x``, step ``t`` (its output converted from ``prediction``)."""
     tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-    return model(x, tt) if y is None else model(x, tt, y)
+    out = model(x, tt) if y is None else model(x, tt, y)
+    return out if prediction == "eps" else schedule.eps_from(x, tt, out, prediction)
+
+
+def _check_prediction(prediction):
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
 def _replace_known(x, known, known_mask, known_mode, schedule, t, generator):
@@ -57,7 +64,7 @@ def _steps(seq, progress, desc):
 def ddpm_sample(model, schedule: NoiseSchedule, shape, y=None, generator: torch.Generator | None = None,
                 device=None, dtype=torch.float32, known: torch.Tensor | None = None,
                 known_mask: torch.Tensor | None = None, known_mode: str = "clean", x_T: torch.Tensor | None = None,
-                clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
+                clip_x0: float | None = None, prediction: str = "eps", progress: bool = False) -> torch.Tensor:
     """Ancestral sampling over all ``T`` steps with the posterior variance (DDPM's "fixed small",
     PVD's choice): ``x_{t-1} ~ N(mu(x_t, x0_pred), beta~_t)``.
 
@@ -72,6 +79,8 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, y=None, generator: torch.
         known_mode: ``"clean"`` or ``"noised"``.
         x_T: optional starting noise (else drawn).
         clip_x0: clamp the predicted ``x_0`` to ``[-clip_x0, clip_x0]`` (images); None: no clamp.
+        prediction: what the model outputs, ``"eps"``, ``"v"`` or ``"x0"`` (as it was trained by
+            :func:`~pyengine.diffusion.training_loss`).
         progress: show a progress bar.
 
     Returns:
@@ -83,12 +92,13 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, y=None, generator: torch.
         >>> x.shape
         torch.Size([2, 3, 16])
     """
+    _check_prediction(prediction)
     device = device if device is not None else (generator.device if generator is not None else "cpu")
     x = _start(shape, x_T, generator, device, dtype, known, known_mask)
     x = _replace_known(x, known, known_mask, known_mode, schedule, schedule.T - 1, generator)
     for t in _steps(range(schedule.T - 1, -1, -1), progress, "ddpm"):
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        x0 = schedule.predict_x0(x, tt, _eps(model, x, t, y))
+        x0 = schedule.predict_x0(x, tt, _eps(model, x, t, y, schedule, prediction))
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
         mean, var = schedule.posterior(x0, x, tt)
@@ -112,7 +122,8 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = 50, eta: float = 0.0, y=None,
                 generator: torch.Generator | None = None, device=None, dtype=torch.float32,
                 known: torch.Tensor | None = None, known_mask: torch.Tensor | None = None, known_mode: str = "clean",
-                x_T: torch.Tensor | None = None, clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
+                x_T: torch.Tensor | None = None, clip_x0: float | None = None, prediction: str = "eps",
+                progress: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2021) over ``steps`` of the ``T`` steps.
 
     ``x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z`` with
@@ -125,6 +136,7 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = 50, eta: flo
         >>> ddim_sample(lambda x, t: torch.zeros_like(x), s, (1, 3, 8), steps=10).shape
         torch.Size([1, 3, 8])
     """
+    _check_prediction(prediction)
     device = device if device is not None else (generator.device if generator is not None else "cpu")
     ts = ddim_timesteps(schedule.T, steps)
     x = _start(shape, x_T, generator, device, dtype, known, known_mask)
@@ -133,7 +145,7 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = 50, eta: flo
     for i, t in enumerate(_steps(ts, progress, "ddim")):
         prev = ts[i + 1] if i + 1 < len(ts) else -1
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = _eps(model, x, t, y)
+        eps = _eps(model, x, t, y, schedule, prediction)
         x0 = schedule.predict_x0(x, tt, eps)
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
@@ -152,7 +164,7 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = 50, eta: flo
 @torch.no_grad()
 def complete(model, schedule: NoiseSchedule, partial: torch.Tensor, n_total: int, y=None, sampler: str = "ddpm",
              steps: int = 50, eta: float = 0.0, known_mode: str = "clean", generator: torch.Generator | None = None,
-             progress: bool = False) -> torch.Tensor:
+             prediction: str = "eps", clip_x0: float | None = None, progress: bool = False) -> torch.Tensor:
     """Shape completion (PVD): keep the ``M`` observed points and generate ``n_total - M`` more.
 
     Args:
@@ -162,6 +174,7 @@ def complete(model, schedule: NoiseSchedule, partial: torch.Tensor, n_total: int
         sampler: ``"ddpm"`` or ``"ddim"`` (``steps``, ``eta``).
         known_mode: ``"clean"`` for a model trained on clean partial points (PVD), ``"noised"`` for
             a generation model.
+        prediction, clip_x0: as in :func:`ddpm_sample`.
 
     Returns:
         [B, C, n_total]: the first M points are ``partial`` exactly, the rest generated.
@@ -181,7 +194,7 @@ def complete(model, schedule: NoiseSchedule, partial: torch.Tensor, n_total: int
     mask = torch.zeros(1, 1, n_total, dtype=torch.bool, device=partial.device)
     mask[..., :M] = True
     kw = dict(y=y, generator=generator, device=partial.device, dtype=partial.dtype, known=known, known_mask=mask,
-              known_mode=known_mode, progress=progress)
+              known_mode=known_mode, prediction=prediction, clip_x0=clip_x0, progress=progress)
     if sampler == "ddpm":
         return ddpm_sample(model, schedule, known.shape, **kw)
     if sampler == "ddim":

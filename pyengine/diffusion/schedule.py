@@ -40,6 +40,8 @@ class NoiseSchedule:
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
         self.alphas_cumprod_prev = torch.cat([betas.new_ones(1), self.alphas_cumprod[:-1]])
+        self.sqrt_abar = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_abar = (1 - self.alphas_cumprod).sqrt()
         # q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, posterior_variance)
         self.posterior_variance = betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
         self.posterior_coef_x0 = betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
@@ -78,18 +80,46 @@ class NoiseSchedule:
         a = _gather(self.alphas_cumprod, t, xt)
         return (xt - (1 - a).sqrt() * eps) / a.sqrt()
 
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prediction: str = "eps") -> torch.Tensor:
+        """What a model of output type ``prediction`` is trained to give at ``x_t = q_sample(x0, t, noise)``:
+        ``"eps"`` the noise, ``"x0"`` the clean data, ``"v"`` ``sqrt(abar) eps - sqrt(1 - abar) x0``
+        (Salimans and Ho 2022)."""
+        if prediction == "eps":
+            return noise
+        if prediction == "x0":
+            return x0
+        if prediction == "v":
+            return _gather(self.sqrt_abar, t, x0) * noise - _gather(self.sqrt_one_minus_abar, t, x0) * x0
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+
+    def eps_from(self, xt: torch.Tensor, t: torch.Tensor, out: torch.Tensor, prediction: str = "eps") -> torch.Tensor:
+        """The noise estimate implied by a model output ``out`` of type ``prediction`` at ``x_t``."""
+        if prediction == "eps":
+            return out
+        a, s = _gather(self.sqrt_abar, t, xt), _gather(self.sqrt_one_minus_abar, t, xt)
+        if prediction == "v":
+            return s * xt + a * out
+        if prediction == "x0":
+            return (xt - a * out) / s
+        raise ValueError(f"prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
+
     def posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of ``q(x_{t-1} | x_t, x_0)`` (variance ``[B, 1, ...]``; 0 at t = 0)."""
         mean = _gather(self.posterior_coef_x0, t, xt) * x0 + _gather(self.posterior_coef_xt, t, xt) * xt
         return mean, _gather(self.posterior_variance, t, xt)
 
 
+PREDICTIONS = ("eps", "v", "x0")
+
+
 def training_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, y=None, generator: torch.Generator | None = None,
-                  known_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn steps (DDPM's simple loss; PVD's training loss).
+                  known_mask: torch.Tensor | None = None, prediction: str = "eps") -> torch.Tensor:
+    """MSE of the model's output against its target at uniformly drawn steps: with
+    ``prediction="eps"`` DDPM's simple loss (PVD's training loss).
 
     Args:
-        model: ``model(x_t, t, y) -> eps`` (``y`` is passed only when not None).
+        model: ``model(x_t, t, y) -> eps`` (or ``v`` / ``x0``: see ``prediction``; ``y`` is passed only
+            when not None).
         schedule: the noise schedule.
         x0: [B, ...] clean data.
         y: optional labels passed to the model.
@@ -97,18 +127,24 @@ def training_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, y=None, gene
         known_mask: optional bool, broadcastable to ``x0``: entries that stay clean in ``x_t`` and
             are left out of the loss (PVD's completion training: the observed partial points are
             given uncorrupted and only the rest is denoised).
+        prediction: the model's output type, ``"eps"``, ``"v"`` or ``"x0"`` (see
+            :meth:`NoiseSchedule.target`). ``v`` keeps the implied ``x_0`` accurate at the noisiest
+            steps, where an epsilon model's error is multiplied by ``1 / sqrt(abar_t)`` (about 160
+            at ``t = T - 1`` of the linear schedule).
 
     Returns:
-        0-d loss: mean over the (unknown) entries of ``(eps_pred - eps)^2``.
+        0-d loss: mean over the (unknown) entries of ``(output - target)^2``.
     """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"training_loss: prediction must be one of {PREDICTIONS}, got {prediction!r}")
     B = x0.shape[0]
     t = torch.randint(0, schedule.T, (B,), generator=generator, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = schedule.q_sample(x0, t, noise)
     if known_mask is not None:
         xt = torch.where(known_mask, x0, xt)
-    eps = model(xt, t) if y is None else model(xt, t, y)
-    err = (eps - noise) ** 2
+    out = model(xt, t) if y is None else model(xt, t, y)
+    err = (out - schedule.target(x0, t, noise, prediction)) ** 2
     if known_mask is None:
         return err.mean()
     weight = (~known_mask).to(err.dtype).expand_as(err)

@@ -7,7 +7,8 @@ the held-out split from ``data_seed + 1_000_000 + i``, and its class (the shape)
 ``classes[i % len(classes)]``. Training batches are turned by a random yaw, under which the data
 are invariant.
 
-Model: a DDPM (PVD's linear schedule, 1e-4 .. 0.02 over 1000 steps, epsilon-prediction MSE) over
+Model: a DDPM (PVD's linear schedule, 1e-4 .. 0.02 over 1000 steps, epsilon-prediction MSE as PVD,
+or ``prediction=v``, which small models trained briefly need: see ``configs/points_pvd_cpu.yaml``) over
 ``[B, 3, N]`` clouds, optionally class-conditional. ``model.arch`` names the network:
 ``pointnet`` (built in: shared per-point MLP, global max-pool, timestep and class embeddings) or
 ``pvd`` (``pyengine.nn.pvcnn.PVCNN2``, PVD's point-voxel U-Net, built with ``model.kwargs``; see
@@ -37,7 +38,7 @@ import torch
 
 from pyengine.data import shapeworld
 from pyengine.data.ply import write_ply
-from pyengine.diffusion import NoiseSchedule, complete, ddim_sample, ddpm_sample, training_loss
+from pyengine.diffusion import PREDICTIONS, NoiseSchedule, complete, ddim_sample, ddpm_sample, training_loss
 from pyengine.engines import _runs, _trainer
 from pyengine.engines import point_metrics as pm
 
@@ -70,6 +71,7 @@ class PointsConfig:
     timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    prediction: str = "eps"  # the model's output: "eps" (PVD), "v" or "x0" (see diffusion.training_loss)
     model: ModelConfig = field(default_factory=ModelConfig)
     # optimisation
     steps: int = 1000
@@ -85,6 +87,7 @@ class PointsConfig:
     sampler: str = "ddim"  # "ddpm" (all timesteps) or "ddim"
     sample_steps: int = 100
     eta: float = 0.0
+    clip_x0: float = 0.0  # > 0: clamp each step's predicted x0 to [-clip_x0, clip_x0] (clouds fit in radius 1)
     n_samples: int = 4  # per class when conditional
     eval_samples: int = 16  # generated and held-out clouds compared per class (or in all)
     emd_points: int = 256  # points per cloud for the exact EMD (0: skip EMD)
@@ -100,7 +103,7 @@ class PointsConfig:
 
 
 #: Fields that do not change the trained model: left out of the run's hash and its resume check.
-RESUME_FREE = frozenset({"steps", "checkpoint_every", "log_every", "heldout_size", "sampler", "sample_steps", "eta",
+RESUME_FREE = frozenset({"steps", "checkpoint_every", "log_every", "heldout_size", "sampler", "sample_steps", "eta", "clip_x0",
                          "n_samples", "eval_samples", "emd_points", "turntable_frames", "gif_size", "device",
                          "resume", "out", "weights"})
 JOB = "points"
@@ -119,6 +122,10 @@ def _check(cfg: PointsConfig) -> None:
         raise ValueError(f"points: task must be 'generate' or 'complete', got {cfg.task!r}")
     if not 0 < cfg.n_partial < cfg.n_points:
         raise ValueError(f"points: n_partial must be in (0, n_points), got {cfg.n_partial}")
+    if cfg.prediction not in PREDICTIONS:
+        raise ValueError(f"points: prediction must be one of {PREDICTIONS}, got {cfg.prediction!r}")
+    if cfg.clip_x0 < 0:
+        raise ValueError(f"points: clip_x0 must be >= 0 (0: no clamp), got {cfg.clip_x0}")
     if cfg.sampler not in ("ddpm", "ddim"):
         raise ValueError(f"points: sampler must be 'ddpm' or 'ddim', got {cfg.sampler!r}")
 
@@ -283,7 +290,8 @@ def make_trainer(cfg: PointsConfig, run_dir: str, info: _trainer.DistInfo | None
 
     def loss_fn(net, batch, g):
         x, y = batch
-        return training_loss(net, schedule, x, y if cfg.conditional else None, generator=g, known_mask=mask)
+        return training_loss(net, schedule, x, y if cfg.conditional else None, generator=g, known_mask=mask,
+                             prediction=cfg.prediction)
 
     opts = _trainer.TrainOptions(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                                  warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
@@ -315,7 +323,7 @@ def load_model(cfg: PointsConfig, run_dir: str | None = None) -> tuple[torch.nn.
 
 #: Settings a weights file carries: everything that shapes the network and the data it models.
 _WEIGHTS_KEYS = ("classes", "conditional", "n_points", "task", "n_partial", "schedule", "timesteps", "beta_start",
-                 "beta_end", "model", "size_jitter", "max_tilt_deg")
+                 "beta_end", "prediction", "model", "size_jitter", "max_tilt_deg")
 
 
 def export_weights(cfg: PointsConfig) -> dict:
@@ -393,7 +401,8 @@ def generate(model, cfg: PointsConfig, n: int, y=None, seed: int | None = None, 
     schedule = make_schedule(cfg)
     g = torch.Generator(device=cfg.device).manual_seed(cfg.seed if seed is None else seed)
     shape = (n, 3, cfg.n_points)
-    kw = dict(y=y, generator=g, device=cfg.device, progress=progress)
+    kw = dict(y=y, generator=g, device=cfg.device, progress=progress, prediction=cfg.prediction,
+              clip_x0=cfg.clip_x0 or None)
     if cfg.sampler == "ddpm":
         return ddpm_sample(model, schedule, shape, **kw)
     return ddim_sample(model, schedule, shape, steps=min(cfg.sample_steps, cfg.timesteps), eta=cfg.eta, **kw)
@@ -411,7 +420,7 @@ def complete_clouds(model, cfg: PointsConfig, full: torch.Tensor, y=None, seed: 
     mode = "clean" if cfg.task == "complete" else "noised"
     done = complete(model, make_schedule(cfg), partial, cfg.n_points, y=y, sampler=cfg.sampler,
                     steps=min(cfg.sample_steps, cfg.timesteps), eta=cfg.eta, known_mode=mode, generator=g,
-                    progress=progress)
+                    prediction=cfg.prediction, clip_x0=cfg.clip_x0 or None, progress=progress)
     return partial, done
 
 

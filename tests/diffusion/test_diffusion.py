@@ -16,6 +16,16 @@ def gaussian_eps(schedule):
     return model
 
 
+def as_prediction(eps_model, schedule, prediction):
+    """The same optimal model, giving ``v`` or ``x0`` instead of ``eps``."""
+    def model(x, t, y=None):
+        eps = eps_model(x, t)
+        a = schedule.alphas_cumprod[t].to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * x0 if prediction == "v" else x0
+    return model
+
+
 def test_linear_schedule_matches_a_direct_product():
     s = NoiseSchedule.linear(1000)
     betas = [1e-4 + (0.02 - 1e-4) * i / 999 for i in range(1000)]
@@ -124,3 +134,46 @@ def test_training_loss_is_eps_mse_and_masks_known_entries():
         return torch.where(mask, 100.0, 0.0).expand_as(x)  # huge error on known entries only
     loss = training_loss(spy, s, x0, generator=g, known_mask=mask)
     assert torch.equal(seen["x"][..., :16], x0[..., :16]) and loss.item() < 2.0
+
+
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_v_and_x0_models_sample_as_the_eps_model(prediction, sampler):
+    s = NoiseSchedule.linear(100)
+    eps_model = gaussian_eps(s)
+    other = as_prediction(eps_model, s, prediction)
+    run = ddpm_sample if sampler == "ddpm" else (lambda *a, **k: ddim_sample(*a, steps=20, **k))
+    a = run(eps_model, s, (2, 3, 40), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    b = run(other, s, (2, 3, 40), generator=torch.Generator().manual_seed(3), dtype=torch.float64,
+            prediction=prediction)
+    assert (a - b).abs().max() < 1e-8, (a - b).abs().max()
+    c = complete(other, s, torch.rand(2, 3, 5, dtype=torch.float64), 40, sampler=sampler, steps=20,
+                 prediction=prediction, generator=torch.Generator().manual_seed(3))
+    d = complete(eps_model, s, torch.rand(2, 3, 5, dtype=torch.float64), 40, sampler=sampler, steps=20,
+                 generator=torch.Generator().manual_seed(3))
+    assert c.shape == d.shape
+
+
+def test_training_loss_targets_follow_the_prediction():
+    s = NoiseSchedule.linear(100)
+    x0 = torch.randn(4, 3, 32, dtype=torch.float64)
+    eps_model = gaussian_eps(s)
+    for prediction in ("eps", "v", "x0"):
+        seen = {}
+
+        def spy(x, t):
+            seen["x"], seen["t"] = x, t
+            return torch.zeros_like(x)
+        loss = training_loss(spy, s, x0, generator=torch.Generator().manual_seed(5), prediction=prediction)
+        g = torch.Generator().manual_seed(5)
+        t = torch.randint(0, s.T, (4,), generator=g)
+        noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        assert torch.equal(seen["t"], t)
+        target = s.target(x0, t, noise, prediction)
+        assert loss.item() == pytest.approx((target ** 2).mean().item(), rel=1e-12)
+        # the implied noise of the exact target is the noise itself
+        assert torch.allclose(s.eps_from(seen["x"], t, target, prediction), noise, atol=1e-9)
+    with pytest.raises(ValueError, match="prediction"):
+        training_loss(eps_model, s, x0, prediction="score")
+    with pytest.raises(ValueError, match="prediction"):
+        ddim_sample(eps_model, s, (1, 3, 4), steps=2, prediction="score")
