@@ -127,7 +127,8 @@ def st_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str
     f = torch.float64 if q.dtype == torch.float64 else torch.float32
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
-            raise TypeError(f"st_attention: bias must be a floating tensor, got {type(bias).__name__ if not isinstance(bias, torch.Tensor) else bias.dtype}")
+            got = bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise TypeError(f"st_attention: bias must be a floating tensor, got {got}")
         if bias.device != q.device:
             raise ValueError(f"st_attention: bias is on {bias.device} but q is on {q.device}")
         if bias.dim() == 2:
