@@ -20,5 +20,5 @@ __version__ = "0.1.0"
 
 __all__ = ["BackendError", "CompositeResult", "HashGridConfig", "avg_voxelize", "ball_query", "composite",
            "furthest_point_sample", "gather", "grouping", "hash_encode", "nearest_neighbor_interpolate",
-           "normalize_coords", "pack_info", "ray_aabb_intersect", "ray_march", "st_attention", "trilinear_devoxelize", "use_backend",
-           "__version__"]
+           "normalize_coords", "pack_info", "ray_aabb_intersect", "ray_march", "st_attention", "trilinear_devoxelize",
+           "use_backend", "__version__"]

@@ -103,8 +103,8 @@ class PointsConfig:
 
 
 #: Fields that do not change the trained model: left out of the run's hash and its resume check.
-RESUME_FREE = frozenset({"steps", "checkpoint_every", "log_every", "heldout_size", "sampler", "sample_steps", "eta", "clip_x0",
-                         "n_samples", "eval_samples", "emd_points", "turntable_frames", "gif_size", "device",
+RESUME_FREE = frozenset({"steps", "checkpoint_every", "log_every", "heldout_size", "sampler", "sample_steps", "eta",
+                         "clip_x0", "n_samples", "eval_samples", "emd_points", "turntable_frames", "gif_size", "device",
                          "resume", "out", "weights"})
 JOB = "points"
 
