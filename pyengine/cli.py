@@ -7,6 +7,10 @@ Jobs:
   points train|sample|complete|eval|export [k=v ...]
                          point-voxel diffusion on ShapeWorld point clouds (PVD): train a DDPM prior,
                          sample clouds, complete partial clouds, evaluate (1-NNA, Chamfer, EMD)
+  video "PROMPT" | train|sample|eval|export|train-classifier [k=v ...]
+                         text-to-video diffusion on ShapeWorld clips: sample a prompt such as
+                         "a red cube moving left" (GIF/MP4), train the 3D U-Net prior, evaluate it
+                         with a shape/colour/direction classifier, or sample a local diffusers pipeline
 """
 
 from __future__ import annotations
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=("train", "sample", "complete", "eval", "export"))
     p.add_argument("--config", help="YAML file with PointsConfig keys (e.g. configs/points_pvd.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=300 model.hidden=32 classes=[cube]")
+    p = sub.add_parser("video", help="text-to-video diffusion on ShapeWorld clips (3D U-Net, DPM-Solver++, guidance)")
+    p.add_argument("command", help="train, sample, eval, export, train-classifier, or a prompt in quotes to sample")
+    p.add_argument("--config", help="YAML file with VideoConfig keys (e.g. configs/video_shapeworld.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. guidance=5 sampler=ddim n_samples=4")
     # key=value overrides may come before or after --config: argparse hands those after it back
     args, extra = parser.parse_known_args(argv)
     bad = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return doctor()
     jobs = {"fit-image": ("pyengine.engines.image", "FitImageConfig"),
             "fit-nerf": ("pyengine.engines.nerf", "FitNeRFConfig"),
-            "points": ("pyengine.engines.points", "PointsConfig")}
+            "points": ("pyengine.engines.points", "PointsConfig"),
+            "video": ("pyengine.engines.video", "VideoConfig")}
     if args.job in jobs:
         import importlib
 
@@ -95,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(getattr(mod, jobs[args.job][1]), args.config, args.overrides)
         except ValueError as exc:
             parser.error(str(exc))
-        if args.job == "points":
+        if args.job in ("points", "video"):
             try:
                 mod.run(cfg, args.command)
             except ValueError as exc:  # a bad setting or no trained run: say so, without a traceback
-                print(f"pyengine points {args.command}: {exc}", file=sys.stderr)
+                print(f"pyengine {args.job} {args.command}: {exc}", file=sys.stderr)
                 return 1
             return 0
         mod.run(cfg)
