@@ -20,3 +20,13 @@ from pyengine.nn.pvcnn import (
 
 __all__ = ["PVCNN2", "SE3d", "Attention", "BallQuery", "HashGrid", "NeRFField", "OccupancyGrid", "PVCNN2Base",
            "PVConv", "PointNetAModule", "PointNetFPModule", "PointNetSAModule", "SharedMLP", "Swish", "Voxelization"]
+from pyengine.nn.video import (
+    Pseudo3DConv,
+    SpaceConv3d,
+    SpatialAttention,
+    TemporalAttention,
+    TemporalMix,
+    UNet3D,
+)
+
+__all__ += ["Pseudo3DConv", "SpaceConv3d", "SpatialAttention", "TemporalAttention", "TemporalMix", "UNet3D"]
