@@ -208,8 +208,9 @@ def set_pyengine_processors(model, backend: str | None = None) -> int:
 
     Example:
         >>> unet = UNetMotionModel.from_unet2d(unet2d, motion_adapter)
-        >>> set_pyengine_processors(unet)
-        32
+        >>> n = set_pyengine_processors(unet)  # every attention layer of an AnimateDiff U-Net
+        >>> n == len(unet.attn_processors)
+        True
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"set_pyengine_processors: model must be a torch.nn.Module, got {type(model).__name__}")

@@ -37,8 +37,8 @@ def _unet_motion():
 
 
 def _randomize_(model, std=0.1):
-    """Random weights everywhere (diffusers zero-initialises no layers here, but make sure every
-    attention output matters)."""
+    """Random weights everywhere (diffusers zero-initialises some layers, e.g. the temporal convs'
+    last one), so that every attention output reaches the model output."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -131,6 +131,22 @@ def test_motion_adapter_and_temporal_transformer():
         if isinstance(m, Attention):
             m.set_processor(AttnProcessor2_0())
     assert_close(out, mm(x, num_frames=5), ATOL, RTOL, what="motion module")
+
+
+def test_svd_spatio_temporal_transformer():
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    torch.manual_seed(5)
+    model = _randomize_(TransformerSpatioTemporalModel(num_attention_heads=2, attention_head_dim=16, in_channels=32,
+                                                       cross_attention_dim=12))
+    B, T = 2, 3
+    args = (torch.randn(B * T, 32, 3, 4), torch.randn(B * T, 5, 12), torch.zeros(B, T))
+    ref = model(*args).sample
+    assert set_pyengine_processors(model) == 4
+    blk = model.temporal_transformer_blocks[0]
+    assert isinstance(blk.attn1.processor, PyengineTemporalAttnProcessor)
+    assert type(model.transformer_blocks[0].attn1.processor) is PyengineAttnProcessor
+    assert_close(model(*args).sample, ref, ATOL, RTOL, what="TransformerSpatioTemporalModel")
 
 
 def _layer(**kw):
