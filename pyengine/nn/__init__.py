@@ -17,6 +17,15 @@ from pyengine.nn.pvcnn import (
     Swish,
     Voxelization,
 )
+from pyengine.nn.video import (
+    Pseudo3DConv,
+    SpaceConv3d,
+    SpatialAttention,
+    TemporalAttention,
+    TemporalMix,
+    UNet3D,
+)
 
 __all__ = ["PVCNN2", "SE3d", "Attention", "BallQuery", "HashGrid", "NeRFField", "OccupancyGrid", "PVCNN2Base",
            "PVConv", "PointNetAModule", "PointNetFPModule", "PointNetSAModule", "SharedMLP", "Swish", "Voxelization"]
+__all__ += ["Pseudo3DConv", "SpaceConv3d", "SpatialAttention", "TemporalAttention", "TemporalMix", "UNet3D"]

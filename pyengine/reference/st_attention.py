@@ -65,12 +65,14 @@ def st_attention_fwd(q, k, v, kv_frames, bias, pos, heads: int, temporal: bool, 
     s = torch.matmul(qs, ks.transpose(-1, -2)) * scale  # [..., heads, Lq, Lk]
     if bias.numel():
         s = s + bias.to(f)
-    m = s.amax(-1, keepdim=True)
+    m = s.detach().amax(-1, keepdim=True)  # the result does not depend on m: no gradient through it
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # fully masked rows: exp(-inf) = 0
     e = torch.exp(s - m)
     denom = e.sum(-1, keepdim=True)
-    o = torch.matmul(e, vs) / torch.where(denom > 0, denom, torch.ones_like(denom))
-    lse = (m + torch.log(denom)).squeeze(-1)  # [..., heads, Lq]
+    live = denom > 0
+    safe = torch.where(live, denom, torch.ones_like(denom))  # fully masked rows: out 0, lse -inf, no NaN
+    o = torch.matmul(e, vs) / safe
+    lse = torch.where(live, m + torch.log(safe), torch.full_like(m, float("-inf"))).squeeze(-1)  # [..., heads, Lq]
     if temporal:
         out = o.permute(0, 4, 1, 2, 3, 5).reshape(B, T, H, W, C)
         lse = lse.permute(0, 4, 1, 2, 3)  # [B, T, H, W, heads]
