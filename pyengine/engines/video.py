@@ -61,7 +61,7 @@ FORMATS = ("gif", "mp4")
 
 
 def _unet_defaults() -> dict:
-    return {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_levels": [1], "heads": 4}
+    return {"model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [2], "heads": 4}
 
 
 @dataclass
@@ -93,7 +93,7 @@ class VideoConfig:
     # optimisation
     steps: int = 4000
     batch: int = 8  # clips per step (per process under torchrun)
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_steps: int = 100
@@ -118,7 +118,7 @@ class VideoConfig:
     eval_prompts: int = 28  # prompt k: shapes[k % 5], colors[k % 7], directions[k % 4] (all distinct up to 140)
     eval_per_prompt: int = 4
     classifier: str = ""  # classifier weights; "": runs/video/classifier-<hash>/classifier.safetensors
-    classifier_steps: int = 600
+    classifier_steps: int = 1500
     classifier_batch: int = 32
     classifier_lr: float = 2e-3
     classifier_width: int = 16
@@ -317,10 +317,11 @@ def train(cfg: VideoConfig) -> dict:
         if info.is_main:
             run_dir, ckpt = _runs.choose_run_dir(JOB, cfg.out or default_out(cfg), cfg, cfg.resume, RESUME_FREE)
         run_dir, ckpt = _trainer.broadcast_object((run_dir, ckpt) if info.is_main else None, info)
-        if info.is_main:
-            print(f"video: {cfg.train_size} training clips of {cfg.frames} x {cfg.size} x {cfg.size} "
-                  f"(made once from seeds; cached for the run)")
+        t0 = time.perf_counter()
         trainer = make_trainer(cfg, run_dir, info)
+        if info.is_main:
+            print(f"video: {cfg.train_size} training clips of {cfg.frames} x {cfg.size} x {cfg.size} made in "
+                  f"{time.perf_counter() - t0:.0f} s; {sum(p.numel() for p in trainer.model.parameters())} parameters")
         if ckpt is not None and trainer.load() and info.is_main:
             print(f"video: resumed from {trainer.ckpt_path} at step {trainer.step}")
         res = trainer.fit(desc=f"video {cfg.model.arch}")
@@ -416,7 +417,7 @@ def _source(cfg: VideoConfig) -> tuple[VideoConfig, TextToVideo, dict, str]:
                              "then sample from it with the same --config, or export it with\n"
                              "  pyengine video export --config configs/video_shapeworld.yaml weights=PATH\n"
                              "and sample with weights=PATH")
-        print(f"video: {why}; using the bundled prior {BUNDLED}")
+        print(f"video: sampling the bundled prior {BUNDLED} ({why})")
         cfg = replace(cfg, weights="bundled")
     cfg = weights_config(cfg)
     model, state, out = load_weights_file(cfg)
@@ -613,6 +614,21 @@ def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> dict:
             "direction": float(hit[:, 2].float().mean()), "joint": float(hit.all(1).float().mean()), "n": len(labels)}
 
 
+def augment(x: torch.Tensor, labels: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips [B, T, H, W, 3] each mirrored left-right and/or played backwards (each with
+    probability 1/2), with their [B, 3] labels mapped: shape and colour stay, a mirror swaps left
+    and right, playing backwards swaps left and right, and up and down."""
+    mirror = torch.tensor([swv.DIRECTIONS.index(d) for d in ("right", "left", "up", "down")], device=x.device)
+    backwards = torch.tensor([swv.DIRECTIONS.index(d) for d in ("right", "left", "down", "up")], device=x.device)
+    flip, rev = (torch.rand(2, len(x), generator=g, device=g.device) < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None, None, None], x.flip(3), x)
+    x = torch.where(rev[:, None, None, None, None], x.flip(1), x)
+    y = labels.clone()
+    y[:, 2] = torch.where(flip, mirror[y[:, 2]], y[:, 2])
+    y[:, 2] = torch.where(rev, backwards[y[:, 2]], y[:, 2])
+    return x, y
+
+
 def train_classifier(cfg: VideoConfig) -> dict:
     """Train the evaluation classifier on real training clips (resumes), write its weights to
     :func:`classifier_path` with its settings and held-out accuracy; returns them."""
@@ -629,9 +645,9 @@ def train_classifier(cfg: VideoConfig) -> dict:
 
     def batch_fn(step, g):
         idx = torch.randint(0, len(clips), (cfg.classifier_batch,), generator=g, device=g.device).to(dev)
-        x = swv.from_uint8(clips[idx])
+        x, y = augment(swv.from_uint8(clips[idx]), labels[idx], g)
         std = cfg.classifier_noise * torch.rand(len(idx), 1, 1, 1, 1, generator=g, device=g.device).to(dev)
-        return x + std * torch.randn(x.shape, generator=g, device=g.device).to(dev), labels[idx]
+        return x + std * torch.randn(x.shape, generator=g, device=g.device).to(dev), y
 
     def loss_fn(net, batch, g):
         x, y = batch

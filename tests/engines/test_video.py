@@ -121,7 +121,7 @@ def test_config_file_loads():
 
     path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "video_shapeworld.yaml")
     cfg = load_config(V.VideoConfig, path, ["steps=10"])
-    assert cfg.model.arch == "unet3d" and cfg.model.kwargs["channel_mult"] == [1, 2] and cfg.steps == 10
+    assert cfg.model.arch == "unet3d" and cfg.model.kwargs["channel_mult"] == [1, 2, 2] and cfg.steps == 10
     assert (cfg.size, cfg.frames, cfg.prediction, cfg.sampler) == (32, 16, "v", "dpm")
     V._check(cfg)
 
@@ -182,6 +182,20 @@ def test_classifier_learns_real_clips(tmp_path):
         V.load_classifier(V.VideoConfig(size=32, classifier=cfg.classifier))
     with pytest.raises(ValueError, match="does not exist"):
         V.load_classifier(V.VideoConfig(classifier=str(tmp_path / "none.safetensors")))
+
+
+def test_augmentation_maps_the_direction_as_the_pixels_move():
+    clips, labels = swv.dataset("heldout", 16, size=16, frames=4)
+    x, y = V.augment(swv.from_uint8(clips), labels, torch.Generator().manual_seed(0))
+    assert torch.equal(y[:, :2], labels[:, :2])
+    assert not torch.equal(y[:, 2], labels[:, 2])  # some were mirrored or reversed
+    for clip, d in zip(x, y[:, 2].tolist()):
+        m = ((1 - (clip + 1) / 2).amax(-1) > 0.3).float()  # the object's pixels, frame by frame
+        cols = torch.arange(16.0)
+        cx = (m * cols[None, None, :]).sum((1, 2)) / m.sum((1, 2))
+        cy = -(m * cols[None, :, None]).sum((1, 2)) / m.sum((1, 2))  # image y points up
+        moved = torch.stack([cx[-1] - cx[0], cy[-1] - cy[0]])
+        assert moved @ torch.tensor(swv.DIRECTION_VECTORS[swv.DIRECTIONS[d]]) > 2, (swv.DIRECTIONS[d], moved)
 
 
 def test_accuracy_counts_joint_hits():
