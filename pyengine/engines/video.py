@@ -91,7 +91,7 @@ class VideoConfig:
     prediction: str = "v"  # "eps", "v" or "x0" (see pyengine.diffusion.training_loss)
     model: ModelConfig = field(default_factory=ModelConfig)
     # optimisation
-    steps: int = 4000
+    steps: int = 2400
     batch: int = 8  # clips per step (per process under torchrun)
     lr: float = 1e-3
     weight_decay: float = 0.0

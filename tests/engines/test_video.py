@@ -122,7 +122,7 @@ def test_config_file_loads():
     path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "video_shapeworld.yaml")
     cfg = load_config(V.VideoConfig, path, ["steps=10"])
     assert cfg.model.arch == "unet3d" and cfg.model.kwargs["channel_mult"] == [1, 2, 2] and cfg.steps == 10
-    assert (cfg.size, cfg.frames, cfg.prediction, cfg.sampler) == (32, 16, "v", "dpm")
+    assert (cfg.size, cfg.frames, cfg.prediction, cfg.sampler) == (24, 16, "v", "dpm")
     V._check(cfg)
 
 
@@ -263,7 +263,7 @@ def test_generation_is_seeded_per_clip_and_guided(tmp_path, sampler):
 
 
 @needs_unet
-def test_train_sample_export_and_eval_jobs(tmp_path, capsys):
+def test_train_sample_export_and_eval_jobs(tmp_path, capsys, monkeypatch):
     cfg = tiny(tmp_path, steps=2)
     res = V.run(cfg, "train")
     assert res["steps"] == 2 and os.path.exists(os.path.join(res["out"], _runs.CHECKPOINT))
@@ -300,6 +300,11 @@ def test_train_sample_export_and_eval_jobs(tmp_path, capsys):
     assert saved["generated"] == ev["generated"] and len(saved["per_prompt"]) == 2
     with pytest.raises(ValueError, match="weights=PATH"):
         V.run(cfg, "export")
+    # a prompt with no trained run for the config samples the bundled prior
+    monkeypatch.setattr(V, "BUNDLED", path)
+    res = V.run(V.VideoConfig(out=str(tmp_path / "bundled"), sample_steps=2, formats=["gif"]), "a red cube moving up")
+    assert "sampling the bundled prior" in capsys.readouterr().out
+    assert res["files"] == [str(tmp_path / "bundled" / "samples" / "a_red_cube_moving_up_0.gif")]
 
 
 @needs_unet
