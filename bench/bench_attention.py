@@ -9,10 +9,17 @@ activations, forward and forward + backward, against SDPA with the rearranges di
 Sizes (8 heads, head dim D = 40 and 64, C = 320 / 512; channels-last [B, T, H, W, C] inputs, q, k, v
 three separate tensors):
 
-* temporal (one sequence per pixel, length T): B = 2, T = 16 and 24, 64x64 latent on a GPU, 32x32 on
-  the CPU (``--frames``, ``--latent``);
+* temporal (one sequence per pixel, length T): B = 2, 64x64 latent, T = 16 and 24 on a GPU; 32x32
+  latent, T = 16 on the CPU (``--latent``, ``--frames``);
 * spatial (one sequence per frame, length H W): B = 2 x T = 16 frames, 32x32 and 64x64 latent on a
-  GPU, 16x16 on the CPU (``--spatial-frames``, ``--spatial-latent``).
+  GPU, 16x16 on the CPU (``--spatial-latent``, ``--spatial-frames``).
+
+The CPU defaults take about 5 minutes on 2 cores shared with other jobs, most of it in the
+reference's forward + backward and the diffusers rows; a CPU times each group of providers in
+turn within every repeat (``bench_side_by_side``, 3 repeats). Model rows: pyengine's UNet3D
+(model_channels 320, 8 heads, B = 2, 16 frames, 32x32 latent on a GPU; 32 channels, 4 heads,
+B = 1, 8 frames, 16x16 on the CPU; ``--unet-*``) and diffusers' (B = 2 on a GPU, 1 on the CPU;
+``--diffusers-size``).
 
 Providers (``--providers``): ``reference``, ``cpu``, ``triton``, ``cuda`` (``pyengine.st_attention``
 with ``backend=``; one that pyengine does not have, or that cannot run here, is listed as skipped
@@ -51,6 +58,7 @@ import copy
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +78,7 @@ MODES = ("fwd", "fwd+bwd")
 DEFAULTS = {
     "batch": (1, 2, 2),
     "head_dims": ([40], [40, 64], [40, 64]),
-    "frames": ([8], [16, 24], [16, 24]),
+    "frames": ([8], [16], [16, 24]),
     "latent": ([8], [32], [64]),
     "spatial_frames": (4, 16, 16),
     "spatial_latent": ([8], [16], [32, 64]),
@@ -84,6 +92,7 @@ DEFAULTS = {
 TOL = {torch.float32: 5e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 #: the same for whole networks (pyengine attention against SDPA inside one model)
 MODEL_TOL = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 1e-1}
+T0 = time.perf_counter()
 COLUMNS = ["benchmark", "size", "provider", "ms", "speed-up", "x sdpa-rearrange", "GB/s", "% copy", "max err"]
 
 
@@ -138,6 +147,12 @@ def oracle(q, k, v, g, temporal: bool, heads: int, f: torch.dtype, budget: float
                     acc.append(d)
         outs.append(out.detach())
     return torch.cat(outs, dim), (tuple(torch.cat(d, dim) for d in grads) if g is not None else None)
+
+
+def progress(what: str, size: str, ms: dict) -> None:
+    """One line per timed group on stderr, so that a run cut short by a time limit leaves its figures."""
+    times = ", ".join(f"{k} {t:.3f}" for k, t in ms.items())
+    print(f"[{time.perf_counter() - T0:.0f} s] {what} {size}: {times} ms", file=sys.stderr, flush=True)
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -246,7 +261,7 @@ def reference_too_big(shape, heads: int, temporal: bool, mode: str, dev: torch.d
 
 def attention_rows(args, dev, dtype, provs, reasons, rows, skipped, mismatches, copy_gbs):
     gpu = dev.type == "cuda"
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(dev).manual_seed(0)  # on the device: the GPU inputs are 10^8 values each
     oracle_dtype = torch.float32 if gpu else torch.float64
     groups = []  # (temporal, shape)
     if "temporal" in args.ops:
@@ -262,7 +277,7 @@ def attention_rows(args, dev, dtype, provs, reasons, rows, skipped, mismatches, 
         B, T, H, W, C = shape
         kind = "temporal" if temporal else "spatial"
         size = f"B={B} T={T} {H}x{W} heads={args.heads} D={C // args.heads} (C={C})"
-        q, k, v, g = (torch.randn(shape, generator=gen).to(dev, dtype) for _ in range(4))
+        q, k, v, g = (torch.randn(shape, generator=gen, device=dev, dtype=dtype) for _ in range(4))
         want_out, want_grads = oracle(q, k, v, g if "fwd+bwd" in args.modes else None, temporal, args.heads,
                                       oracle_dtype)
         for mode in args.modes:
@@ -299,7 +314,8 @@ def attention_rows(args, dev, dtype, provs, reasons, rows, skipped, mismatches, 
             if gpu:
                 ms = {p: bench(fn, str(dev), reps=args.reps) for p, fn in fns.items()}
             else:
-                ms = bench_side_by_side(fns, warmup=1, reps=args.reps, budget_s=args.budget)
+                ms = bench_side_by_side(fns, warmup=0, reps=args.reps, budget_s=args.budget)  # the check warmed up
+            progress(what, size, ms)
             base, peer = ms.get("reference"), ms.get("sdpa-rearrange")
             nbytes = attention_bytes(shape, dtype, mode)
             for p, t in ms.items():
@@ -332,11 +348,12 @@ def copy_row(args, dev, rows) -> float:
 def time_pair(fns: dict, dev, args) -> dict:
     if dev.type == "cuda":
         return {k: bench(fn, str(dev), reps=args.reps) for k, fn in fns.items()}
-    return bench_side_by_side(fns, warmup=1, reps=args.reps, budget_s=args.budget)
+    return bench_side_by_side(fns, warmup=0, reps=args.reps, budget_s=args.budget)  # the check warmed up
 
 
-def model_rows(what, size, fns, dev, dtype, args, rows, mismatches):
-    """Checks that the variants of one model agree (against the first), then times them side by side."""
+def model_rows(what, size, fns, dev, dtype, args, rows, mismatches, peer=None):
+    """Checks that the variants of one model agree (max err: against the first), then times them side
+    by side; "x sdpa-rearrange" is the time of variant ``peer`` over each one's."""
     outs = {k: fn() for k, fn in fns.items()}
     first = next(iter(outs.values()))
     errs = {k: rel_err(o.float(), first.float()) for k, o in outs.items()}
@@ -345,10 +362,24 @@ def model_rows(what, size, fns, dev, dtype, args, rows, mismatches):
         mismatches.append(f"{what} {size} {k}: max err {e:.2e} against {next(iter(fns))} > {MODEL_TOL[dtype]:.0e}")
     fns = {k: fn for k, fn in fns.items() if k not in bad}
     ms = time_pair(fns, dev, args)
-    base = ms.get(next(iter(ms))) if ms else None
+    progress(what, size, ms)
+    base = ms.get(peer)
     for k, t in ms.items():
         rows.append({"benchmark": what, "size": size, "provider": k, "ms": f"{t:.3f}",
-                     "x sdpa-rearrange": f"{base / t:.2f}" if base else "", "max err": f"{errs[k]:.1e}"})
+                     "x sdpa-rearrange": f"{base / t:.2f}" if base else "",
+                     "max err": f"{errs[k]:.1e}" if k != next(iter(outs)) else ""})
+
+
+def wake(model: torch.nn.Module) -> torch.nn.Module:
+    """Gives zero-initialised parameters (identity-at-init layers, zero output convolutions) small
+    random values, so that the check of two variants of a model compares a non-zero output that
+    depends on every attention layer."""
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
 
 
 def auto_backend(dev, dtype) -> str:
@@ -370,8 +401,8 @@ def unet_rows(args, dev, dtype, rows, skipped, mismatches):
     size = f"B={B} T={T} {S}x{S} latent, model_channels={args.unet_channels} heads={args.unet_heads}"
     try:
         torch.manual_seed(0)
-        model = UNet3D(in_channels=4, out_channels=4, model_channels=args.unet_channels,
-                       heads=args.unet_heads).to(dev, dtype).eval()
+        model = wake(UNet3D(in_channels=4, out_channels=4, model_channels=args.unet_channels,
+                            heads=args.unet_heads)).to(dev, dtype).eval()
         gen = torch.Generator().manual_seed(2)
         x = torch.randn(B, T, S, S, 4, generator=gen).to(dev, dtype)
         t = torch.randint(0, 1000, (B,), generator=gen).to(dev)
@@ -391,12 +422,13 @@ def unet_rows(args, dev, dtype, rows, skipped, mismatches):
                 for m, b in zip(switches, before):
                     m.impl = b
 
-        fns = {"sdpa + rearranges (impl='sdpa')": sdpa_step} if switches else {}
+        peer = "sdpa + rearranges (impl='sdpa')"
+        fns = {peer: sdpa_step} if switches else {}
         fns[f"pyengine attention (auto: {auto_backend(dev, dtype)})"] = step
         if not switches:
             skipped.append(f"{what}: no sdpa switch in UNet3D (no module has an `impl` attribute); "
                            "only pyengine's attention is timed")
-        model_rows(what, size, fns, dev, dtype, args, rows, mismatches)
+        model_rows(what, size, fns, dev, dtype, args, rows, mismatches, peer)
     except Exception as exc:
         skipped.append(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
@@ -416,13 +448,16 @@ def diffusers_rows(args, dev, dtype, rows, skipped, mismatches):
                        f"({type(exc).__name__}: {exc})")
         return
     B, Fr, S = args.diffusers_size
-    size = f"B={B} {Fr} frames {S}x{S} latent, blocks (32, 64), head_dim arg 8, cross-attn 32"
+    size = f"B={B} {Fr} frames {S}x{S} latent, blocks (32, 64), attention_head_dim=8 (8 heads), cross-attn 32"
     try:
         torch.manual_seed(0)
         model = UNet3DConditionModel(
             sample_size=S, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
             up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), block_out_channels=(32, 64), layers_per_block=1,
-            norm_num_groups=32, cross_attention_dim=32, attention_head_dim=8).to(dev, dtype).eval()
+            norm_num_groups=32, cross_attention_dim=32, attention_head_dim=8)
+        model = wake(model).to(dev).eval()
+        if dtype != torch.float32:
+            model = model.to(dtype)
         ours = copy.deepcopy(model)
         set_pyengine_processors(ours)
         gen = torch.Generator().manual_seed(3)
@@ -434,9 +469,10 @@ def diffusers_rows(args, dev, dtype, rows, skipped, mismatches):
             with torch.no_grad():
                 return m(sample, timestep, encoder_hidden_states=context).sample
 
-        fns = {"diffusers default processors": lambda: run(model),
+        peer = "diffusers default processors"
+        fns = {peer: lambda: run(model),
                f"set_pyengine_processors (auto: {auto_backend(dev, dtype)})": lambda: run(ours)}
-        model_rows(what, size, fns, dev, dtype, args, rows, mismatches)
+        model_rows(what, size, fns, dev, dtype, args, rows, mismatches, peer)
     except Exception as exc:
         skipped.append(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
@@ -464,7 +500,7 @@ def main(argv=None):
     ap.add_argument("--unet-heads", type=int, default=None)
     ap.add_argument("--diffusers-size", nargs=3, type=int, default=None, metavar=("B", "F", "S"))
     ap.add_argument("--copy-mib", type=int, default=None, help="size of the copy that measures the bandwidth")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3, help="CPU: repeats (a GPU uses do_bench's)")
     ap.add_argument("--budget", type=float, default=30.0, help="CPU: seconds per group of interleaved repeats")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
