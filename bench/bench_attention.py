@@ -511,7 +511,7 @@ def main(argv=None):
     for name, (quick, cpu, cuda) in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else cuda if gpu else cpu)
-    provs = args.providers or (["reference", "cuda", "triton"] if gpu else ["reference", "cpu", "triton"]) + list(PEERS)
+    provs = args.providers or list(PYENGINE + PEERS)
     reasons = {p: unavailable(p, dev, dtype) for p in provs}
     skipped = [f"{p}: {why}" for p, why in reasons.items() if why is not None]
     rows, mismatches = [], []
