@@ -16,10 +16,10 @@ three separate tensors):
 
 The CPU defaults took 6 minutes (2.5 CPU-minutes) on 2 cores with a load average of 6, a third of
 it in the diffusers rows and most of the rest in the reference's forward + backward. A CPU times
-each group of providers in turn within every repeat (``bench_side_by_side``, 3 repeats). Model rows: pyengine's UNet3D
-(model_channels 320, 8 heads, B = 2, 16 frames, 32x32 latent on a GPU; 32 channels, 4 heads,
-B = 1, 8 frames, 16x16 on the CPU; ``--unet-*``) and diffusers' (B = 2 on a GPU, 1 on the CPU;
-``--diffusers-size``).
+each group of providers in turn within every repeat (``bench_side_by_side``, 3 repeats).
+Model rows: pyengine's UNet3D (model_channels 320, 8 heads, B = 2, 16 frames, 32x32 latent on a
+GPU; 32 channels, 4 heads, B = 1, 8 frames, 16x16 on the CPU; ``--unet-*``) and diffusers' (B = 2
+on a GPU, 1 on the CPU; ``--diffusers-size``).
 
 Providers (``--providers``): ``reference``, ``cpu``, ``triton``, ``cuda`` (``pyengine.st_attention``
 with ``backend=``; one that pyengine does not have, or that cannot run here, is listed as skipped
