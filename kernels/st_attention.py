@@ -113,9 +113,8 @@ def _block_rows(seq0, start, n_seq, L, SEQ: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _coords(seq, i, T, H, W, TEMPORAL: tl.constexpr):
-    """(b, t, y, x), int64, of position i of sequence seq."""
-    seq = seq.to(tl.int64)
-    i = i.to(tl.int64)
+    """(b, t, y, x) of position i of sequence seq: divided in int32 (both are below 2^31),
+    returned as int64 for the offsets."""
     if TEMPORAL:
         b = seq // (H * W)
         y = (seq // W) % H
@@ -126,7 +125,7 @@ def _coords(seq, i, T, H, W, TEMPORAL: tl.constexpr):
         t = seq % T
         y = i // W
         x = i % W
-    return b, t, y, x
+    return b.to(tl.int64), t.to(tl.int64), y.to(tl.int64), x.to(tl.int64)
 
 
 @triton.jit
