@@ -9,7 +9,7 @@
 #   bash bench/gpu_check.sh --dry-run   # on a CPU machine: every step with CPU stand-ins (tests
 #                                       # collected, not run; benchmarks tiny), to prove the script
 #   STEPS=gpu_tests,bench_render bash bench/gpu_check.sh   # some steps only (a short rerun); the
-#       steps: gpu_tests bench_hash bench_render bench_pvconv tests sanitizer (default: all)
+#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_attention tests sanitizer (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -22,7 +22,7 @@ PY=${PYTHON:-python3}
 NCPU=$(nproc)
 export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 [ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
-STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,tests,sanitizer},"
+STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_attention,tests,sanitizer},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 status=0
 failed=()
@@ -101,6 +101,8 @@ if [ $DRY = 0 ]; then
     --providers cuda triton tcnn --json "$L/bench_hash_encode_fp16.json"
   want bench_render && run bench_render 150 $PY bench/bench_render.py --device cuda --json "$L/bench_render.json"
   want bench_pvconv && run bench_pvconv 120 $PY bench/bench_pvconv.py --device cuda --json "$L/bench_pvconv.json"
+  want bench_attention && run bench_attention 180 $PY bench/bench_attention.py --device cuda \
+    --json "$L/bench_attention.json"
 else
   want bench_hash && run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
     --providers reference cpu tcnn --json "$L/bench_hash_encode_fp32.json"
@@ -110,6 +112,8 @@ else
     --size 2 8 256 8 --points-size 2 8 256 64 8 --step-batch 1 --json "$L/bench_pvconv.json"
   want bench_render && run bench_render 300 $PY bench/bench_render.py --device cpu --sizes 12 --reps 1 --skip step \
     --json "$L/bench_render.json"
+  want bench_attention && run bench_attention 300 $PY bench/bench_attention.py --device cpu --quick --reps 1 \
+    --json "$L/bench_attention.json"
 fi
 
 step "the rest of the suite, beside compute-sanitizer and the Triton smoke run"
@@ -163,9 +167,9 @@ tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 
 step "summary (status $status)"
 for f in gpu_tests tests; do [ -f "$L/$f.log" ] && echo "$f: $(tail -1 "$L/$f.log")"; done
-for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv; do
+for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_attention; do
   [ -f "$L/$f.log" ] || continue
-  grep -E '^\||^skipped|^composite fwd takes' "$L/$f.log" || tail -5 "$L/$f.log"
+  grep -E '^\||^skipped|^composite fwd takes|^copy bandwidth|^MISMATCH' "$L/$f.log" || tail -5 "$L/$f.log"
 done
 echo "failed steps: ${failed[*]:-none}"
 exit $status

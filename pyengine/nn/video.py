@@ -30,7 +30,7 @@ from torch import nn
 from pyengine.ops.st_attention import relative_position_bias, st_attention
 
 __all__ = ["Pseudo3DConv", "SpaceConv3d", "SpatialAttention", "TemporalAttention", "TemporalMix", "UNet3D",
-           "timestep_embedding"]
+           "sdpa_rearranged", "timestep_embedding"]
 
 
 def _check_video(x, name: str, channels: int | None, where: str) -> None:
@@ -52,6 +52,46 @@ def _num_groups(channels: int, max_groups: int = 32, min_per_group: int = 4) -> 
     while g > 1 and (channels % g or channels // g < min_per_group):
         g //= 2
     return g
+
+
+def sdpa_rearranged(q, k, v, *, mode: str, heads: int, bias=None, mask=None, pos_encoding: bool = False,
+                    cross_frame: Sequence[str] = ("self",)) -> torch.Tensor:
+    """``st_attention``'s maths done the usual way, as a baseline: permute ``[B, T, H, W, C]``
+    into ``(b h w) t c`` (temporal) or ``(b t) (h w) c`` (spatial) copies, split the heads,
+    ``torch.nn.functional.scaled_dot_product_attention``, and permute back (a copy). The modules'
+    ``impl="sdpa"`` switch runs this, so benchmarks can time one model both ways."""
+    B, T, H, W, C = q.shape
+    D = C // heads
+    temporal = mode == "temporal"
+    L = T if temporal else H * W
+    if temporal:
+        seqs = lambda x: x.permute(0, 2, 3, 1, 4).reshape(B * H * W, T, heads, D).transpose(1, 2)  # noqa: E731
+        qs, ks, vs = seqs(q), seqs(k), seqs(v)
+    else:
+        frames = lambda x: x.reshape(B, T, H * W, heads, D)  # noqa: E731
+        qs, ks, vs = frames(q), frames(k), frames(v)
+        t = torch.arange(T, device=q.device)
+        src = {"self": t, "first": torch.zeros_like(t), "previous": (t - 1).clamp_min(0)}
+        idx = torch.stack([src[c] for c in cross_frame], 1)  # [T, n_src]
+        ks, vs = (x[:, idx].reshape(B * T, len(cross_frame) * H * W, heads, D).transpose(1, 2) for x in (ks, vs))
+        qs = qs.reshape(B * T, H * W, heads, D).transpose(1, 2)
+    if pos_encoding:
+        from pyengine.ops.st_attention import sinusoidal_table
+
+        pe = sinusoidal_table(L, D, q.dtype, q.device)
+        qs = qs + pe
+        ks = ks + pe.repeat(ks.shape[2] // L, 1)
+    attn = bias.to(q.dtype) if bias is not None else None
+    if mask is not None:
+        neg = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        attn = neg if attn is None else attn + neg
+    o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=attn)
+    if temporal:
+        return o.transpose(1, 2).reshape(B, H, W, T, C).permute(0, 3, 1, 2, 4).contiguous()
+    return o.transpose(1, 2).reshape(B, T, H, W, C)
+
+
+IMPLS = ("op", "sdpa")
 
 
 def _to_cthw(x: torch.Tensor) -> torch.Tensor:
@@ -98,6 +138,14 @@ def _check_heads(where: str, dim, heads) -> None:
         raise ValueError(f"{where}: head dim dim / heads must be at most 256, got {dim // heads}")
 
 
+def _attention(impl: str, where: str):
+    if impl == "op":
+        return st_attention
+    if impl == "sdpa":
+        return sdpa_rearranged
+    raise ValueError(f"{where}: impl must be one of {IMPLS}, got {impl!r}")
+
+
 class SpatialAttention(nn.Module):
     """Pre-norm multi-head self-attention inside each frame, with a residual connection.
 
@@ -140,6 +188,8 @@ class SpatialAttention(nn.Module):
         if context_dim is not None and (not isinstance(context_dim, int) or context_dim < 1):
             raise ValueError(f"SpatialAttention: context_dim must be None or a positive int, got {context_dim!r}")
         self.dim, self.heads, self.cross_frame, self.context_dim = dim, heads, cf, context_dim
+        #: "op": ``st_attention`` (default); "sdpa": permute copies + SDPA (:func:`sdpa_rearranged`)
+        self.impl = "op"
         self.norm = _make_norm(norm, dim, groups)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -152,7 +202,8 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         _check_video(x, "x", self.dim, "SpatialAttention")
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
-        x = x + self.proj(st_attention(q, k, v, mode="spatial", heads=self.heads, cross_frame=self.cross_frame))
+        attend = _attention(self.impl, "SpatialAttention")
+        x = x + self.proj(attend(q, k, v, mode="spatial", heads=self.heads, cross_frame=self.cross_frame))
         if context is None:
             return x
         if self.context_dim is None:
@@ -225,6 +276,8 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         self.rel_table = nn.Parameter(torch.zeros(heads, num_buckets)) if rel_pos_bias else None
+        #: "op": ``st_attention`` (default); "sdpa": permute copies + SDPA (:func:`sdpa_rearranged`)
+        self.impl = "op"
 
     def bias(self, frames: int) -> torch.Tensor | None:
         """The ``[heads, frames, frames]`` relative position bias (None without ``rel_pos_bias``)."""
@@ -237,8 +290,8 @@ class TemporalAttention(nn.Module):
         T = x.shape[1]
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if self.causal else None
-        o = st_attention(q, k, v, mode="temporal", heads=self.heads, bias=self.bias(T), mask=mask,
-                         pos_encoding=self.pos_encoding)
+        o = _attention(self.impl, "TemporalAttention")(q, k, v, mode="temporal", heads=self.heads, bias=self.bias(T),
+                                                         mask=mask, pos_encoding=self.pos_encoding)
         return x + self.proj(o)
 
 

@@ -367,3 +367,24 @@ def test_bad_inputs():
         net(x, "1")
     with pytest.raises(ValueError, match="context must be"):
         _tiny_unet(context_dim=4)(x, 1, torch.randn(1, 5))
+
+
+@pytest.mark.parametrize("layer", ["spatial", "spatial-cross", "temporal", "temporal-causal-pos"])
+def test_sdpa_switch_gives_the_same_layer(layer):
+    """impl="sdpa" (permute copies + SDPA, the benchmarks' baseline) computes what the op does."""
+    torch.manual_seed(0)
+    if layer.startswith("spatial"):
+        m = SpatialAttention(16, 2, cross_frame=("first", "previous") if layer == "spatial-cross" else ("self",))
+    else:
+        m = TemporalAttention(16, 2, causal=layer.endswith("pos"), pos_encoding=layer.endswith("pos"))
+        with torch.no_grad():
+            m.rel_table.normal_()
+            m.proj.weight.normal_()
+    x = torch.randn(2, 5, 3, 4, 16, dtype=torch.float64)
+    m = m.double()
+    want = m(x)
+    m.impl = "sdpa"
+    assert torch.allclose(m(x), want, atol=1e-10)
+    m.impl = "flash"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        m(x)
