@@ -51,8 +51,11 @@ def predict_x0(schedule: NoiseSchedule, x: torch.Tensor, t: int, out: torch.Tens
 def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "logsnr") -> list[int]:
     """``steps`` descending step indices from ``T - 1`` to 0.
 
-    ``"uniform"``: evenly spaced in ``t`` (DDIM's grid, ``ddim_timesteps``); ``"logsnr"``: evenly
-    spaced in ``lambda`` and rounded to the nearest step (duplicates dropped, so there may be fewer).
+    ``"uniform"``: evenly spaced in ``t`` (DDIM's grid, ``ddim_timesteps``). ``"logsnr"``: evenly
+    spaced in ``lambda`` and rounded to the nearest step. Where the schedule's ``lambda`` jumps
+    between neighbouring steps (the cosine schedule's last, clipped beta: about 3.4 of its 15),
+    several grid points round to one step; the grid is then made finer until it holds ``steps``
+    distinct steps, so ``steps`` is always the number of model evaluations.
     """
     if spacing == "uniform":
         return ddim_timesteps(schedule.T, steps)
@@ -60,14 +63,20 @@ def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "logsnr
         raise ValueError(f"spacing must be 'uniform' or 'logsnr', got {spacing!r}")
     if not 1 <= steps <= schedule.T:
         raise ValueError(f"solver steps must be in [1, {schedule.T}], got {steps}")
+    if steps == 1:
+        return [schedule.T - 1]
     lam = 0.5 * (schedule.alphas_cumprod.log() - (1 - schedule.alphas_cumprod).log())  # decreasing in t
-    grid = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
-    ts = (lam[None, :] - grid[:, None]).abs().argmin(1)
-    out = []
-    for t in ts.tolist():
-        if t not in out:
-            out.append(t)
-    return out
+    n = steps
+    while True:
+        grid = torch.linspace(float(lam[-1]), float(lam[0]), n, dtype=torch.float64)
+        ts = sorted(set((lam[None, :] - grid[:, None]).abs().argmin(1).tolist()), reverse=True)
+        if len(ts) >= steps:
+            break
+        n += 1
+    while len(ts) > steps:  # one rounding too many: drop the interior step closest (in lambda) to its successor
+        gaps = [float(lam[ts[i + 1]] - lam[ts[i]]) for i in range(1, len(ts) - 1)]
+        del ts[1 + min(range(len(gaps)), key=gaps.__getitem__)]
+    return ts
 
 
 @torch.no_grad()

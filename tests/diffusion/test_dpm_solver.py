@@ -136,3 +136,21 @@ def test_guided_sampling_with_both_samplers():
     # guidance 2 extrapolates the mean away from the unconditional one: MU + (MU - (MU - 1))
     x = dpm_solver_sample(ClassifierFreeGuidance(model, cond, uncond, 2.0), s, x_T.shape, steps=20, x_T=x_T)
     assert x.mean().item() > MU + 0.5
+
+
+def test_log_snr_steps_are_evenly_spaced_in_lambda():
+    from pyengine.diffusion.dpm_solver import solver_timesteps
+
+    for s in (NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000)):
+        for steps in (2, 20, 25, 50):
+            ts = solver_timesteps(s, steps)
+            assert len(ts) == steps and ts[0] == 999 and ts[-1] == 0 and all(a > b for a, b in zip(ts, ts[1:]))
+        abar = s.alphas_cumprod[solver_timesteps(s, 20)]
+        gaps = (0.5 * (abar.log() - (1 - abar).log())).diff()
+        # evenly spaced up to rounding t to integers, which shows at the ends, where lambda changes
+        # fastest per step (and the cosine schedule's clipped last beta jumps by 3.4)
+        mid = gaps[4:-6]
+        assert (mid - mid.mean()).abs().max() < 0.15 * mid.mean(), gaps
+    assert solver_timesteps(NoiseSchedule.linear(100), 5, "uniform") == [99, 74, 50, 25, 0]
+    with pytest.raises(ValueError, match="spacing"):
+        solver_timesteps(NoiseSchedule.linear(100), 5, "karras")
