@@ -497,9 +497,8 @@ def write_video(path_stem: str, frames: np.ndarray, fps: int = 8, formats=FORMAT
         iio.imwrite(path_stem + ".gif", frames, duration=1000.0 / fps, loop=0)
         written.append(path_stem + ".gif")
     if "mp4" in formats and mp4_available():
-        # libx264 wants sizes divisible by 2 (imageio pads to its macro block of 16 unless told 1)
-        iio.imwrite(path_stem + ".mp4", frames, fps=fps, codec="libx264", macro_block_size=1,
-                    output_params=["-pix_fmt", "yuv420p"])
+        # imageio's ffmpeg writer: libx264, yuv420p; macro_block_size=1 keeps the size (it would pad to 16)
+        iio.imwrite(path_stem + ".mp4", frames, fps=fps, codec="libx264", macro_block_size=1)
         written.append(path_stem + ".mp4")
     return written
 
