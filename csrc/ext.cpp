@@ -10,6 +10,7 @@
 #include "host/nearest_neighbor_interpolate.h"
 #include "host/ray_march.h"
 #include "host/segment_scan.h"
+#include "host/st_attention.h"
 #include "host/voxelize.h"
 #include "pyengine/ray_march.h"
 
@@ -68,6 +69,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "opacity [R], depth [R])");
   m.def("composite_bwd", &pe::host::composite_bwd,
         "composite backward -> (grad_densities_or_alphas | None, grad_values | None)");
+
+  // st_attention
+  m.def("st_attention_fwd", &pe::host::st_attention_fwd,
+        "spatial / temporal attention on [B, T, H, W, C] -> (out [B, T, H, W, C], lse [B, T, H, W, heads])");
+  m.def("st_attention_bwd", &pe::host::st_attention_bwd,
+        "st_attention backward -> (dq | None, dk | None, dv | None, dbias | None)");
 
   // ray_aabb_intersect, ray_march
   m.def("ray_aabb_intersect", &pe::host::ray_aabb_intersect,

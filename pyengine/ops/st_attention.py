@@ -37,8 +37,9 @@ def _fake(q, k, v, kv_frames, bias, pos, heads, temporal, scale):
 OP = define("st_attention",
             "(Tensor q, Tensor k, Tensor v, Tensor kv_frames, Tensor bias, Tensor pos, int heads, bool temporal, "
             "float scale) -> (Tensor, Tensor)",
-            grads=("q", "k", "v", "bias"), save=(0, 1), fake=_fake, reference=_ref,
+            grads=("q", "k", "v", "bias"), save=(0, 1), fake=_fake, reference=_ref, cpu=True,
             triton="pyengine.kernels.st_attention", triton_dtypes=(torch.float16, torch.bfloat16, torch.float32))
+# CPU tensors: the C++ kernel; CUDA tensors: Triton (the only GPU kernel; it has not yet run on a GPU).
 
 _SPEC = {"q": T(FLOAT, "B T H W C"), "k": T(FLOAT, "B T H W C"), "v": T(FLOAT, "B T H W C")}
 
