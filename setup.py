@@ -133,7 +133,7 @@ setup(
         "imageio-ffmpeg",
         "triton; platform_system=='Linux'",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff", "diffusers"], "video": ["diffusers"],
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "diffusers"], "video": ["diffusers"],
                     "bench": ["nerfacc==0.5.3", "rich"]},
     entry_points={"console_scripts": ["pyengine=pyengine.cli:main"]},
     ext_modules=ext_modules,
