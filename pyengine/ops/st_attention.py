@@ -146,7 +146,7 @@ def st_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str
             raise ValueError(f"st_attention: mask must be [Lq, Lk] = [{L}, {Lk}], got shape {tuple(mask.shape)}")
         if mask.device != q.device:
             raise ValueError(f"st_attention: mask is on {mask.device} but q is on {q.device}")
-        neg = torch.zeros((), dtype=f, device=q.device).masked_fill(torch.tensor(True), float("-inf"))
+        neg = torch.full((), float("-inf"), dtype=f, device=q.device)
         bias = (bias if bias is not None else torch.zeros(1, L, Lk, dtype=f, device=q.device)).masked_fill(~mask, neg)
     if isinstance(pos_encoding, torch.Tensor):
         pos = pos_encoding
