@@ -7,6 +7,9 @@ Jobs:
   points train|sample|complete|eval|export [k=v ...]
                          point-voxel diffusion on ShapeWorld point clouds (PVD): train a DDPM prior,
                          sample clouds, complete partial clouds, evaluate (1-NNA, Chamfer, EMD)
+  train-prior images [train|sample|eval|export|train-classifier] [k=v ...]
+                         the ShapeWorld text-to-image prior of the SDS engine ("a red cube, side view")
+                         and the shape/colour classifier that judges SDS renders
   video "PROMPT" | train|sample|eval|export|train-classifier [k=v ...]
                          text-to-video diffusion on ShapeWorld clips: sample a prompt such as
                          "a red cube moving left" (GIF/MP4), train the 3D U-Net prior, evaluate it
@@ -81,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", help="train, sample, eval, export, train-classifier, or a prompt in quotes to sample")
     p.add_argument("--config", help="YAML file with VideoConfig keys (e.g. configs/video_shapeworld.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. guidance=5 sampler=ddim n_samples=4")
+    p = sub.add_parser("train-prior", help="train the bundled ShapeWorld priors (images: the SDS engine's prior)")
+    p.add_argument("kind", choices=("images",))
+    p.add_argument("command", nargs="?", default="train",
+                   help="train (default), sample, eval, export, train-classifier")
+    p.add_argument("--config", help="YAML file with ImagePriorConfig keys (e.g. configs/prior_images.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=2000 guidance=5")
     # key=value overrides may come before or after --config: argparse hands those after it back
     args, extra = parser.parse_known_args(argv)
     bad = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
@@ -88,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    if args.job == "train-prior" and "=" in args.command:  # `train-prior images steps=10`: the default command
+        args.overrides = [args.command, *args.overrides]
+        args.command = "train"
     if args.job == "doctor":
         return doctor()
     jobs = {"fit-image": ("pyengine.engines.image", "FitImageConfig"),
             "fit-nerf": ("pyengine.engines.nerf", "FitNeRFConfig"),
             "points": ("pyengine.engines.points", "PointsConfig"),
-            "video": ("pyengine.engines.video", "VideoConfig")}
+            "video": ("pyengine.engines.video", "VideoConfig"),
+            "train-prior": ("pyengine.engines.image_prior", "ImagePriorConfig")}
     if args.job in jobs:
         import importlib
 
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(getattr(mod, jobs[args.job][1]), args.config, args.overrides)
         except ValueError as exc:
             parser.error(str(exc))
-        if args.job in ("points", "video"):
+        if args.job in ("points", "video", "train-prior"):
             try:
                 mod.run(cfg, args.command)
             except ValueError as exc:  # a bad setting or no trained run: say so, without a traceback

@@ -455,16 +455,18 @@ class _Block(nn.Module):
     """A residual block, then (optionally) spatial and temporal attention."""
 
     def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, attention: bool, heads: int,
-                 rel_bias: bool):
+                 rel_bias: bool, temporal: bool = True):
         super().__init__()
         self.res = _ResBlock(cin, cout, temb_dim, dropout)
         self.spatial = SpatialAttention(cout, heads) if attention else None
-        self.temporal = TemporalAttention(cout, heads, rel_pos_bias=rel_bias) if attention else None
+        self.temporal = TemporalAttention(cout, heads, rel_pos_bias=rel_bias) if attention and temporal else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         x = self.res(x, temb)
         if self.spatial is not None:
-            x = self.temporal(self.spatial(x))
+            x = self.spatial(x)
+        if self.temporal is not None:
+            x = self.temporal(x)
         return x
 
 
@@ -506,6 +508,8 @@ class UNet3D(nn.Module):
         context_dim: width of the pooled context; 0: unconditional (passing a context raises).
         temporal_rel_bias: learn T5 relative position biases in the temporal attention layers.
         dropout: dropout rate inside the residual blocks.
+        temporal: False leaves out every temporal attention layer: frames are then denoised
+            independently, and with ``T = 1`` this is an image U-Net (the ShapeWorld image prior).
 
     Shapes:
         x: ``[B, T, H, W, in_channels]`` (H and W divisible by ``2 ** (len(channel_mult) - 1)``);
@@ -521,7 +525,8 @@ class UNet3D(nn.Module):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 3, model_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, attention_levels: Sequence[int] = (1,),
-                 heads: int = 4, context_dim: int = 0, temporal_rel_bias: bool = True, dropout: float = 0.0):
+                 heads: int = 4, context_dim: int = 0, temporal_rel_bias: bool = True, dropout: float = 0.0,
+                 temporal: bool = True):
         super().__init__()
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
                           ("model_channels", model_channels), ("num_res_blocks", num_res_blocks)):
@@ -550,7 +555,7 @@ class UNet3D(nn.Module):
         self.conv_in = SpaceConv3d(in_channels, model_channels)
 
         def block(cin, cout, attn):
-            return _Block(cin, cout, temb_dim, dropout, attn, heads, temporal_rel_bias)
+            return _Block(cin, cout, temb_dim, dropout, attn, heads, temporal_rel_bias, temporal)
 
         self.down_blocks, self.downsamplers = nn.ModuleList(), nn.ModuleList()
         skips, ch = [model_channels], model_channels
