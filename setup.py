@@ -132,8 +132,11 @@ setup(
         "imageio",
         "imageio-ffmpeg",
         "triton; platform_system=='Linux'",
+        "trimesh",  # mesh export (OBJ, GLB) of the SDS / Magic3D engines
+        "scikit-image",  # marching cubes on a NeRF's density
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "diffusers"], "video": ["diffusers"],
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "diffusers", "transformers"],
+                    "video": ["diffusers"], "priors": ["diffusers", "transformers"],
                     "bench": ["nerfacc==0.5.3", "rich"]},
     entry_points={"console_scripts": ["pyengine=pyengine.cli:main"]},
     ext_modules=ext_modules,

@@ -376,7 +376,8 @@ class ImageClassifier(torch.nn.Module):
                        torch.nn.SiLU()]
             c_in = c_out
         self.features = torch.nn.Sequential(*layers)
-        self.heads = torch.nn.ModuleList([torch.nn.Linear(c_in, len(swi.SHAPES)), torch.nn.Linear(c_in, len(swi.COLORS))])
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(c_in, len(swi.SHAPES)),
+                                          torch.nn.Linear(c_in, len(swi.COLORS))])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 4 or x.shape[-1] != 3:
