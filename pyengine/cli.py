@@ -7,6 +7,10 @@ Jobs:
   points train|sample|complete|eval|export [k=v ...]
                          point-voxel diffusion on ShapeWorld point clouds (PVD): train a DDPM prior,
                          sample clouds, complete partial clouds, evaluate (1-NNA, Chamfer, EMD)
+  sds "PROMPT" | eval [--prompts FILE] [k=v ...]
+                         text-to-3D: optimise a hash-grid NeRF with score distillation (method=sds, sjc or
+                         vsd) from the bundled ShapeWorld prior or a local diffusers one; writes a turntable,
+                         views and a mesh; `eval` reports R-precision and silhouette IoU per prompt
   train-prior images [train|sample|eval|export|train-classifier] [k=v ...]
                          the ShapeWorld text-to-image prior of the SDS engine ("a red cube, side view")
                          and the shape/colour classifier that judges SDS renders
@@ -84,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", help="train, sample, eval, export, train-classifier, or a prompt in quotes to sample")
     p.add_argument("--config", help="YAML file with VideoConfig keys (e.g. configs/video_shapeworld.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. guidance=5 sampler=ddim n_samples=4")
+    p = sub.add_parser("sds", help="text-to-3D by score distillation (DreamFusion, SJC, VSD)")
+    p.add_argument("command", nargs="?", default="",
+                   help="a prompt in quotes (default: the config's), or eval (R-precision and IoU per prompt)")
+    p.add_argument("--prompts", default="", help="a text file with one prompt per line: one run each, and a summary")
+    p.add_argument("--config", help="YAML file with SDSConfig keys")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=vsd iterations=1000 guidance=7.5")
     p = sub.add_parser("train-prior", help="train the bundled ShapeWorld priors (images: the SDS engine's prior)")
     p.add_argument("kind", choices=("images",))
     p.add_argument("command", nargs="?", default="train",
@@ -97,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    if args.job == "sds" and "=" in args.command and args.command.split("=", 1)[0].replace(".", "_").isidentifier():
+        args.overrides = [args.command, *args.overrides]  # `pyengine sds iterations=10`: the config's prompt
+        args.command = ""
     if args.job == "train-prior" and "=" in args.command:  # `train-prior images steps=10`: the default command
         args.overrides = [args.command, *args.overrides]
         args.command = "train"
@@ -106,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             "fit-nerf": ("pyengine.engines.nerf", "FitNeRFConfig"),
             "points": ("pyengine.engines.points", "PointsConfig"),
             "video": ("pyengine.engines.video", "VideoConfig"),
-            "train-prior": ("pyengine.engines.image_prior", "ImagePriorConfig")}
+            "train-prior": ("pyengine.engines.image_prior", "ImagePriorConfig"),
+            "sds": ("pyengine.engines.sds", "SDSConfig")}
     if args.job in jobs:
         import importlib
 
@@ -117,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(getattr(mod, jobs[args.job][1]), args.config, args.overrides)
         except ValueError as exc:
             parser.error(str(exc))
+        if args.job == "sds":
+            try:
+                mod.run(cfg, args.command, args.prompts)
+            except ValueError as exc:
+                print(f"pyengine sds: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                return 130
+            return 0
         if args.job in ("points", "video", "train-prior"):
             try:
                 mod.run(cfg, args.command)

@@ -264,20 +264,26 @@ def export_weights(cfg: ImagePriorConfig) -> dict:
     if not cfg.weights or cfg.weights == "bundled":
         raise ValueError(f"train-prior images export: give the file to write as weights=PATH (the bundled prior "
                          f"lives at {BUNDLED})")
-    from safetensors.torch import save_file
-
     run_dir, why = find_run(cfg)
     if run_dir is None:
         raise ValueError(f"train-prior images export: {why}; train it first with the same settings")
     prior = load_run_prior(cfg, run_dir)
-    tensors = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().contiguous()
-               for k, v in prior.net.state_dict().items()}
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.weights)), exist_ok=True)
-    save_file(tensors, cfg.weights, metadata={"settings": json.dumps(settings_of(cfg)),
-                                              "vocab": json.dumps(tokenizer().vocab), "step": str(prior.step)})
-    n = sum(t.numel() for t in tensors.values())
+    n = save_prior_file(prior, cfg.weights)
     print(f"train-prior images export: {n} parameters from step {prior.step} -> {cfg.weights}")
     return {"out": cfg.weights, "step": prior.step}
+
+
+def save_prior_file(prior: ShapeWorldPrior, path: str) -> int:
+    """Write ``prior``'s network (floats as float16), settings, vocabulary and step to ``path``
+    (what :meth:`ShapeWorldPrior.from_file` reads); returns the parameter count."""
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().contiguous()
+               for k, v in prior.net.state_dict().items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tensors, path, metadata={"settings": json.dumps(prior.settings), "vocab": json.dumps(tokenizer().vocab),
+                                       "step": str(getattr(prior, "step", 0))})
+    return sum(t.numel() for t in tensors.values())
 
 
 def _source(cfg: ImagePriorConfig) -> tuple[ShapeWorldPrior, str]:

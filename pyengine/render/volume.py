@@ -21,7 +21,7 @@ def _background(background, n, device, dtype, rays_d=None):
 def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *, render_step_size: float,
                 near_plane: float = 0.0, far_plane: float = 1e10, background=(1.0, 1.0, 1.0),
                 cone_angle: float = 0.0, alpha_thre: float = 0.0, early_stop_eps: float = 1e-4,
-                stratified: bool = False, with_normals: bool = False) -> dict:
+                stratified: bool = False, with_normals: bool = False, orientation: bool = False) -> dict:
     """Render rays through ``field`` with samples from ``estimator`` (an ``OccupancyGrid``).
 
     Args:
@@ -31,10 +31,15 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
         rays_o, rays_d: [R, 3] origins and unit directions.
         background: [3] colour, [R, 3] colours, or a callable ``rays_d -> [R, 3]``.
 
+        orientation: also composite Ref-NeRF's orientation penalty ``max(0, n . d)^2`` (normals
+            facing away from the camera), exact per sample; implies normals.
+
     Returns:
         dict(rgb [R, 3], opacity [R], depth [R] (expected distance, divided by opacity where
-        non-zero), normal [R, 3] if asked (opacity-weighted, not renormalised), n_samples int).
+        non-zero), normal [R, 3] if asked (opacity-weighted, not renormalised), orientation [R] if
+        asked (the weighted sum of the penalty along the ray), n_samples int).
     """
+    with_normals = with_normals or orientation
     R = rays_o.shape[0]
 
     def sigma_fn(t_starts, t_ends, ray_indices):
@@ -49,6 +54,9 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
     x = rays_o[ray_indices] + rays_d[ray_indices] * mid
     out = field(x, with_normals=with_normals)
     values = out["albedo"] if not with_normals else torch.cat([out["albedo"], out["normal"]], -1)
+    if orientation:
+        facing = (out["normal"] * rays_d[ray_indices]).sum(-1, keepdim=True)
+        values = torch.cat([values, torch.relu(facing) ** 2], -1)
     # the marcher's indices are sorted and in range: skip both checks (each costs a device sync)
     res = composite(pack_info(ray_indices, R, validate=False), t_starts, t_ends, densities=out["density"],
                     values=values, validate=False)
@@ -59,6 +67,8 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
     result = {"rgb": rgb, "opacity": opacity, "depth": depth, "n_samples": int(t_starts.shape[0])}
     if with_normals:
         result["normal"] = res.accumulated[:, 3:6]
+    if orientation:
+        result["orientation"] = res.accumulated[:, 6]
     return result
 
 
