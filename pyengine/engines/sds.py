@@ -107,6 +107,7 @@ class SDSConfig:
     base_resolution: float = 16.0
     finest_resolution: float = 256.0
     hidden: int = 32
+    density_activation: str = "softplus"  # threestudio's; "trunc_exp" (Instant-NGP) makes the blob far denser
     blob_density: float = 10.0  # raw-density bias blob_density * (1 - |x| / blob_radius) (threestudio)
     blob_radius: float = 0.5
     grid_resolution: int = 32  # occupancy grid
@@ -203,6 +204,8 @@ def check_config(cfg: SDSConfig) -> None:
         bad("radius_range", "positive distances")
     if len(cfg.background) != 3 or not all(0.0 <= float(c) <= 1.0 for c in cfg.background):
         bad("background", "an RGB colour [r, g, b] in [0, 1]")
+    if cfg.density_activation not in ("softplus", "trunc_exp", "relu"):
+        bad("density_activation", "'softplus', 'trunc_exp' or 'relu'")
     if cfg.lr_decay not in ("none", "cosine"):
         bad("lr_decay", "'none' or 'cosine'")
     for f in cfg.mesh_formats:
@@ -258,7 +261,8 @@ class SDSRun:
         aabb = [-h, -h, -h, h, h, h]
         self.field = NeRFField(aabb, n_levels=cfg.n_levels, log2_hashmap_size=cfg.log2_hashmap_size,
                                base_resolution=cfg.base_resolution, finest_resolution=cfg.finest_resolution,
-                               hidden=cfg.hidden, density_bias="blob", blob_density=cfg.blob_density,
+                               hidden=cfg.hidden, density_activation=cfg.density_activation,
+                               density_bias="blob", blob_density=cfg.blob_density,
                                blob_radius=cfg.blob_radius).to(dev)
         self.estimator = OccupancyGrid(torch.tensor(aabb), resolution=cfg.grid_resolution).to(dev)
         self.step_size = 2 * h * math.sqrt(3) / cfg.samples_per_ray
