@@ -111,9 +111,11 @@ class Prior(torch.nn.Module):
         """Epsilon estimate ``[B, C, h, w]`` at ``x_t`` and integer steps ``t`` (``[B]`` or a scalar)
         for text embeddings ``text`` (``[B, ...]``, or ``[1, ...]`` broadcast)."""
         B = x_t.shape[0]
-        t = torch.as_tensor(t, device=x_t.device)
-        if t.dim() == 0:
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
+        if t.numel() == 1:
             t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"{self.name}: t must be a scalar or [B] = [{B}] steps, got {tuple(t.shape)}")
         t = t.long()
         if text.shape[0] == 1 and B > 1:
             text = text.expand(B, *text.shape[1:])
@@ -125,8 +127,8 @@ class Prior(torch.nn.Module):
         """Classifier-free guidance in one batched call: ``(guided, conditional, unconditional)`` epsilons,
         ``guided = uncond + scale * (cond - uncond)``."""
         B = x_t.shape[0]
-        t = torch.as_tensor(t, device=x_t.device)
-        t = t.expand(B) if t.dim() == 0 else t
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
+        t = t.expand(B) if t.numel() == 1 else t
         if cond.shape[0] == 1 and B > 1:
             cond = cond.expand(B, *cond.shape[1:])
         if uncond.shape[0] == 1 and B > 1:
