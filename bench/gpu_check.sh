@@ -9,7 +9,8 @@
 #   bash bench/gpu_check.sh --dry-run   # on a CPU machine: every step with CPU stand-ins (tests
 #                                       # collected, not run; benchmarks tiny), to prove the script
 #   STEPS=gpu_tests,bench_render bash bench/gpu_check.sh   # some steps only (a short rerun); the
-#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_attention tests sanitizer (default: all)
+#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_attention bench_sds tests sanitizer
+#       (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -22,7 +23,7 @@ PY=${PYTHON:-python3}
 NCPU=$(nproc)
 export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 [ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
-STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_attention,tests,sanitizer},"
+STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_attention,bench_sds,tests,sanitizer},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 status=0
 failed=()
@@ -103,6 +104,8 @@ if [ $DRY = 0 ]; then
   want bench_pvconv && run bench_pvconv 120 $PY bench/bench_pvconv.py --device cuda --json "$L/bench_pvconv.json"
   want bench_attention && run bench_attention 180 $PY bench/bench_attention.py --device cuda \
     --json "$L/bench_attention.json"
+  want bench_sds && run bench_sds 150 $PY bench/bench_sds.py --device cuda --render-size 0 128 --iters 30 \
+    --json "$L/bench_sds.json"
 else
   want bench_hash && run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
     --providers reference cpu tcnn --json "$L/bench_hash_encode_fp32.json"
@@ -114,6 +117,7 @@ else
     --json "$L/bench_render.json"
   want bench_attention && run bench_attention 300 $PY bench/bench_attention.py --device cpu --quick --reps 1 \
     --json "$L/bench_attention.json"
+  want bench_sds && run bench_sds 120 $PY bench/bench_sds.py --device cpu --quick --json "$L/bench_sds.json"
 fi
 
 step "the rest of the suite, beside compute-sanitizer and the Triton smoke run"
@@ -167,9 +171,9 @@ tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 
 step "summary (status $status)"
 for f in gpu_tests tests; do [ -f "$L/$f.log" ] && echo "$f: $(tail -1 "$L/$f.log")"; done
-for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_attention; do
+for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_attention bench_sds; do
   [ -f "$L/$f.log" ] || continue
-  grep -E '^\||^skipped|^composite fwd takes|^copy bandwidth|^MISMATCH' "$L/$f.log" || tail -5 "$L/$f.log"
+  grep -E '^\||^skipped|^composite fwd takes|^copy bandwidth|^MISMATCH|^render\+backward' "$L/$f.log" || tail -5 "$L/$f.log"
 done
 echo "failed steps: ${failed[*]:-none}"
 exit $status
