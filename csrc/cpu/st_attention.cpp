@@ -17,11 +17,13 @@
 //          so memory stays bounded for any length (a 64 x 64 latent is L = 4096).
 //
 // Backward (FlashAttention-2: P recomputed from lse). The short path does a pixel's dq, dk, dv at
-// once, with Delta_i = sum_j P_ij dP_ij from its whole rows (out is not read). The tiled path runs two passes, each item owning what it writes, so that nothing is
-// accumulated across threads: pass K, items (key sequence, head, key tile), loops over every
-// query (frame) that attends to those keys in a fixed order and accumulates dk, dv (in spatial
-// mode with cross-frame sources a key frame serves several query frames); pass Q, items
-// (sequence, head, query block), accumulates dq over all keys. dbias sums over sequences:
+// once, with Delta_i = sum_j P_ij dP_ij from its whole rows (out is not read). The tiled path
+// computes Delta_i = <g_out_i, out_i> once, then runs two passes, each item owning what it
+// writes, so that nothing is accumulated across threads: pass K, items (key sequence, head,
+// block of kKeyBlock keys), loops over every query (frame) that attends to those keys in a fixed
+// order and accumulates dk, dv (in spatial mode with cross-frame sources a key frame serves
+// several query frames); pass Q, items (sequence, head, block of kBQ queries), accumulates dq
+// over all keys. dbias sums over sequences:
 //   short path: per-chunk partial sums over a partition into kBiasChunks fixed pixel ranges,
 //               reduced in chunk order;
 //   tiled path: items (bias head, query block) own their dbias rows and loop over the
@@ -55,8 +57,13 @@ namespace {
 
 constexpr int kPad = 8;              // buffer rows: multiples of 8 values (every vector width)
 constexpr int kShortL = 64;          // temporal with T <= kShortL takes the short path
-constexpr int kBQ = 64, kBK = 64;    // tiled path: queries per item, keys per tile
-static_assert(kBQ == kBK, "pass K counts key tiles with the query blocks' count");
+// Tiled path: the forward and the backward's pass Q take items of kBQ queries and key tiles of
+// kBK; pass K items of kKeyBlock keys and query tiles of kKeyQ. Larger items load each tile of
+// the other side for more rows (tiles are read through strides, from L2 / L3).
+constexpr int kBQ = 128, kBK = 64, kKeyBlock = 128, kKeyQ = 64;
+constexpr int kMaxRows = 128;  // the largest of the four
+constexpr int kMaxTile = kBQ * kBK > kKeyQ * kKeyBlock ? kBQ * kBK : kKeyQ * kKeyBlock;
+static_assert(kBQ <= kMaxRows && kBK <= kMaxRows && kKeyBlock <= kMaxRows && kKeyQ <= kMaxRows, "row buffers");
 constexpr int64_t kBiasChunks = 64;  // short path with dbias: fixed pixel ranges
 constexpr int64_t kPixelsPerGrab = 8;
 
@@ -350,7 +357,8 @@ struct Ctx {
   const StBwdArgs<S, A>* g = nullptr;  // backward
   int64_t L, Lk, nseq;                 // Lq, keys per sequence, sequences
   int D, Dp, C;
-  StStrides so, sl;  // contiguous [B, T, H, W, C] and [B, T, H, W, heads]
+  StStrides so, sl;         // contiguous [B, T, H, W, C] and [B, T, H, W, heads]
+  const A* delta = nullptr;  // tiled backward: Delta per row and head, indexed like lse
   Ctx(const StDims& d_) : d(d_) {
     L = st_len(d);
     Lk = st_key_len(d);
@@ -415,20 +423,6 @@ struct Kern {
         }
       }
     }
-  }
-
-  // delta[h dhs + i] = <g_i, out_i> of head h, rows i < n: g already in a buffer (row-major, ld),
-  // out read through its strides.
-  static PE_VEC void deltas(const S* out, const int64_t* off, int64_t sc, int n, int nh, int D, const A* g,
-                            int64_t ghs, int64_t ld, A* delta, int64_t dhs) {
-    for (int h = 0; h < nh; ++h)
-      for (int i = 0; i < n; ++i) {
-        const S* r = out + off[i] + static_cast<int64_t>(h) * D * sc;
-        const A* gr = g + h * ghs + i * ld;
-        A s = A(0);
-        for (int c = 0; c < D; ++c) s += gr[c] * load_as_acc<A>(r[c * sc]);
-        delta[h * dhs + i] = s;
-      }
   }
 
   // dst[off[i] + c sc] = src[i ld + c] * (row_scale ? row_scale[i] : scale), rows i < n, c < D.
@@ -744,8 +738,40 @@ struct Kern {
     TiledFwd(const Ctx<S, A>& x)
         : q(static_cast<size_t>(kBQ) * x.Dp), kr(static_cast<size_t>(kBK) * x.Dp), kt(static_cast<size_t>(x.Dp) * kBK),
           v(static_cast<size_t>(kBK) * x.Dp),
-          s(static_cast<size_t>(kBQ) * kBK), o(static_cast<size_t>(kBQ) * x.Dp), row(4 * kBQ), off(5 * kBQ) {}
+          s(static_cast<size_t>(kBQ) * kBK), o(static_cast<size_t>(kBQ) * x.Dp), row(4 * kBQ),
+          off(3 * kBQ + 4 * kBK) {}
   };
+
+  // Key tile `tile` of sequence seq (tiles of kBK keys within each source frame, sources in
+  // order): sets src, j0 and nk, and the row offsets in k and v; with `prefetch`, also asks for
+  // the rows' head-h channels (channels-last tensors only), a tile ahead of their use.
+  static PE_VEC void key_tile(const Ctx<S, A>& x, const StStrides& sk, const StStrides& sv, const S* k, const S* v,
+                              int64_t seq, int64_t tile, bool prefetch, int& src, int64_t& j0, int& nk, int64_t* ok,
+                              int64_t* ov) {
+    const int64_t per = (x.L + kBK - 1) / kBK;
+    src = static_cast<int>(tile / per);
+    j0 = (tile % per) * kBK;
+    nk = static_cast<int>(std::min<int64_t>(kBK, x.L - j0));
+    const int32_t* kv = x.f ? x.f->kv_frames : x.g->kv_frames;
+    key_offsets(x, sk, kv, seq, src, j0, nk, ok);
+    key_offsets(x, sv, kv, seq, src, j0, nk, ov);
+    if (prefetch) {
+      prefetch_tile(k, ok, sk.c, nk, x.D);
+      prefetch_tile(v, ov, sv.c, nk, x.D);
+    }
+  }
+
+  // Prefetch of D values at src + off[i], i < n, when they are contiguous (sc = 1).
+  template <class P>
+  static PE_VEC void prefetch_tile(const P* src, const int64_t* off, int64_t sc, int n, int D) {
+    if (sc != 1) return;
+    for (int i = 0; i < n; ++i) {
+      const uintptr_t lo = reinterpret_cast<uintptr_t>(src + off[i]);
+      const uintptr_t hi = lo + static_cast<uintptr_t>(D) * sizeof(P);
+      for (uintptr_t p = lo & ~static_cast<uintptr_t>(63); p < hi; p += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 1);
+    }
+  }
 
   static PE_VEC void tiled_fwd(const Ctx<S, A>& x, TiledFwd& w, int64_t seq, int h, int64_t qb) {
     const StDims& d = x.d;
@@ -753,7 +779,8 @@ struct Kern {
     const int D = x.D, Dp = x.Dp;
     const int64_t L = x.L, i0 = qb * kBQ;
     const int nq = static_cast<int>(std::min<int64_t>(kBQ, L - i0));
-    int64_t *oq = w.off(), *ok = oq + kBQ, *ov = ok + kBQ, *oo = ov + kBQ, *ol = oo + kBQ;
+    // key / value row offsets of two tiles: the one in use and the next (prefetched)
+    int64_t *oq = w.off(), *oo = oq + kBQ, *ol = oo + kBQ, *okv = ol + kBQ;
     for (int i = 0; i < nq; ++i) {
       oq[i] = st_row_offset(d, a.sq, seq, i0 + i);
       oo[i] = st_row_offset(d, x.so, seq, i0 + i);
@@ -768,21 +795,31 @@ struct Kern {
     }
     const A* bias = a.bias ? a.bias + (static_cast<int64_t>(st_bias_head(d, h)) * L + i0) * x.Lk : nullptr;
     bool first = true;
-    for (int src = 0; src < d.n_src; ++src)
-      for (int64_t j0 = 0; j0 < L; j0 += kBK) {
-        const int nk = static_cast<int>(std::min<int64_t>(kBK, L - j0)), nkp = round_up(nk);
-        key_offsets(x, a.sk, a.kv_frames, seq, src, j0, nk, ok);
-        key_offsets(x, a.sv, a.kv_frames, seq, src, j0, nk, ov);
-        load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, a.pos ? a.pos + j0 * D : nullptr, w.kr(), w.kt(),
-                  kBK);
-        load_rows(a.v + ch * a.sv.c, ov, a.sv.c, nk, 1, D, nullptr, A(1), w.v(), 0, Dp);
-        mm(nq, nkp / N, D, w.q(), Dp, 1, w.kt(), kBK, w.s(), kBK, false);
-        finish_scores(w.s(), kBK, nq, nk, nkp, bias ? bias + src * L + j0 : nullptr, x.Lk);
-        softmax_tile(w.s(), kBK, nq, nkp / N, m, l, alpha);
-        if (!first) scale_rows(w.o(), Dp, nq, Dp / N, alpha);
-        mm(nq, Dp / N, nk, w.s(), kBK, 1, w.v(), Dp, w.o(), Dp, !first);
-        first = false;
+    const int64_t ntiles = d.n_src * ((L + kBK - 1) / kBK);
+    int src = 0, nk = 0, src_next = 0, nk_next = 0;
+    int64_t j0 = 0, j0_next = 0;
+    if (ntiles > 0) key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, 0, false, src, j0, nk, okv, okv + kBK);
+    for (int64_t tile = 0; tile < ntiles; ++tile) {
+      int64_t *ok = okv + (tile & 1) * 2 * kBK, *ov = ok + kBK;
+      if (tile + 1 < ntiles) {
+        int64_t* next = okv + ((tile + 1) & 1) * 2 * kBK;
+        key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, tile + 1, true, src_next, j0_next, nk_next, next,
+                 next + kBK);
       }
+      const int nkp = round_up(nk);
+      const A* kpos = a.pos ? a.pos + j0 * D : nullptr;
+      load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, kpos, w.kr(), w.kt(), kBK);
+      load_rows(a.v + ch * a.sv.c, ov, a.sv.c, nk, 1, D, nullptr, A(1), w.v(), 0, Dp);
+      mm(nq, nkp / N, D, w.q(), Dp, 1, w.kt(), kBK, w.s(), kBK, false);
+      finish_scores(w.s(), kBK, nq, nk, nkp, bias ? bias + src * L + j0 : nullptr, x.Lk);
+      softmax_tile(w.s(), kBK, nq, nkp / N, m, l, alpha);
+      if (!first) scale_rows(w.o(), Dp, nq, Dp / N, alpha);
+      mm(nq, Dp / N, nk, w.s(), kBK, 1, w.v(), Dp, w.o(), Dp, !first);
+      first = false;
+      src = src_next;
+      j0 = j0_next;
+      nk = nk_next;
+    }
     if (first) std::fill(w.o(), w.o() + static_cast<int64_t>(nq) * Dp, A(0));  // no keys at all
     for (int i = 0; i < nq; ++i) {
       inv[i] = st_inv_sum(l[i]);
@@ -795,62 +832,60 @@ struct Kern {
     Buf<A> qs, go, kt, vt, kr, vr, s, dp, acc, acc2, rows;
     Buf<int64_t> off;
     TiledBwd(const Ctx<S, A>& x)
-        : qs(static_cast<size_t>(kBQ) * x.Dp), go(static_cast<size_t>(kBQ) * x.Dp),
-          kt(static_cast<size_t>(x.Dp) * kBK), vt(static_cast<size_t>(x.Dp) * kBK), kr(static_cast<size_t>(kBK) * x.Dp),
-          vr(static_cast<size_t>(kBK) * x.Dp),
-          s(static_cast<size_t>(kBQ) * kBK), dp(static_cast<size_t>(kBQ) * kBK), acc(static_cast<size_t>(kBK) * x.Dp),
-          acc2(static_cast<size_t>(kBK) * x.Dp), rows(3 * kBQ), off(8 * kBK) {}
+        : qs(static_cast<size_t>(kMaxRows) * x.Dp), go(static_cast<size_t>(kMaxRows) * x.Dp),
+          kt(static_cast<size_t>(x.Dp) * kMaxRows), vt(static_cast<size_t>(x.Dp) * kMaxRows),
+          kr(static_cast<size_t>(kMaxRows) * x.Dp), vr(static_cast<size_t>(kMaxRows) * x.Dp),
+          s(static_cast<size_t>(kMaxTile)), dp(static_cast<size_t>(kMaxTile)),
+          acc(static_cast<size_t>(kMaxRows) * x.Dp), acc2(static_cast<size_t>(kMaxRows) * x.Dp), rows(3 * kMaxRows),
+          off(8 * kMaxRows) {}
   };
 
-  // The query block's rows [i0, i0 + nq) of sequence seq, head h: qs (scaled, with pos), g_out,
-  // and per row delta, lse, g_lse.
-  static PE_VEC void tiled_queries(const Ctx<S, A>& x, TiledBwd& w, int64_t seq, int h, int64_t i0, int nq,
-                                   bool need_delta) {
+  // The query rows [i0, i0 + nq) of sequence seq, head h: qs (scaled, with pos), g_out, and per row
+  // delta (precomputed, x.delta), lse, g_lse.
+  static PE_VEC void tiled_queries(const Ctx<S, A>& x, TiledBwd& w, int64_t seq, int h, int64_t i0, int nq) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
     const int D = x.D, Dp = x.Dp;
-    int64_t *oq = w.off() + 5 * kBK, *og = oq + kBK, *oout = og + kBK;
+    int64_t *oq = w.off() + 6 * kMaxRows, *og = oq + kMaxRows;
     for (int i = 0; i < nq; ++i) {
       oq[i] = st_row_offset(d, a.sq, seq, i0 + i);
       og[i] = st_row_offset(d, a.sg, seq, i0 + i);
-      oout[i] = st_row_offset(d, a.so, seq, i0 + i);
     }
     const int64_t ch = static_cast<int64_t>(h) * D;
-    load_rows(a.q + ch * a.sq.c, oq, a.sq.c, nq, 1, D, a.pos ? a.pos + i0 * D : nullptr, a.scale, w.qs(), 0,
-                     Dp);
+    load_rows(a.q + ch * a.sq.c, oq, a.sq.c, nq, 1, D, a.pos ? a.pos + i0 * D : nullptr, a.scale, w.qs(), 0, Dp);
     load_rows(a.g_out + ch * a.sg.c, og, a.sg.c, nq, 1, D, nullptr, A(1), w.go(), 0, Dp);
-    A *delta = w.rows(), *lse = delta + kBQ, *glse = lse + kBQ;
-    if (need_delta) deltas(a.out + ch * a.so.c, oout, a.so.c, nq, 1, D, w.go(), 0, Dp, delta, 0);
+    A *delta = w.rows(), *lse = delta + kMaxRows, *glse = lse + kMaxRows;
     for (int i = 0; i < nq; ++i) {
       const int64_t r = st_row_offset(d, x.sl, seq, i0 + i) + h;
+      delta[i] = x.delta ? x.delta[r] : A(0);
       lse[i] = a.lse[r];
       glse[i] = a.g_lse[r];
     }
   }
 
-  // Scores and probabilities of the loaded query block against the loaded key tile (w.kt), and,
-  // with need_ds, dS in w.dp (needs w.vt).
-  static PE_VEC void tiled_probs(const Ctx<S, A>& x, TiledBwd& w, int nq, int nk, int nkp, const A* bias,
+  // Scores and probabilities of the loaded queries against the loaded key tile (w.kt, row stride
+  // ldk, also that of w.s and w.dp), and, with need_ds, dS in w.dp (needs w.vt).
+  static PE_VEC void tiled_probs(const Ctx<S, A>& x, TiledBwd& w, int nq, int nk, int nkp, int ldk, const A* bias,
                                  bool need_ds) {
-    const A *delta = w.rows(), *lse = delta + kBQ, *glse = lse + kBQ;
-    mm(nq, nkp / N, x.D, w.qs(), x.Dp, 1, w.kt(), kBK, w.s(), kBK, false);
-    finish_scores(w.s(), kBK, nq, nk, nkp, bias, x.Lk);
-    probs(w.s(), kBK, nq, nkp / N, lse);
+    const A *delta = w.rows(), *lse = delta + kMaxRows, *glse = lse + kMaxRows;
+    mm(nq, nkp / N, x.D, w.qs(), x.Dp, 1, w.kt(), ldk, w.s(), ldk, false);
+    finish_scores(w.s(), ldk, nq, nk, nkp, bias, x.Lk);
+    probs(w.s(), ldk, nq, nkp / N, lse);
     if (!need_ds) return;
-    mm(nq, nkp / N, x.D, w.go(), x.Dp, 1, w.vt(), kBK, w.dp(), kBK, false);
-    dscores(w.s(), w.dp(), kBK, nq, nkp / N, delta, glse);
+    mm(nq, nkp / N, x.D, w.go(), x.Dp, 1, w.vt(), ldk, w.dp(), ldk, false);
+    dscores(w.s(), w.dp(), ldk, nq, nkp / N, delta, glse);
   }
 
-  // Pass K: dk, dv of keys [j0, j0 + nk) of key sequence ks (temporal: a pixel; spatial: frame
-  // f = ks mod T of batch ks / T), head h, from every (query sequence, source) that reads them,
-  // in order of query frame, then source.
+  // Pass K: dk, dv of keys [j0, j0 + nk), j0 = kb kKeyBlock, of key sequence ks (temporal: a pixel;
+  // spatial: frame f = ks mod T of batch ks / T), head h, from every (query sequence, source) that
+  // reads them, in order of query frame, then source, then query block (of kKeyQ rows).
   static PE_VEC void tiled_bwd_keys(const Ctx<S, A>& x, TiledBwd& w, int64_t ks, int h, int64_t kb) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
     const int D = x.D, Dp = x.Dp;
-    const int64_t L = x.L, j0 = kb * kBK;
-    const int nk = static_cast<int>(std::min<int64_t>(kBK, L - j0)), nkp = round_up(nk);
-    int64_t *ok = w.off(), *ov = ok + kBK, *odk = ov + kBK, *odv = odk + kBK;
+    const int64_t L = x.L, j0 = kb * kKeyBlock;
+    const int nk = static_cast<int>(std::min<int64_t>(kKeyBlock, L - j0)), nkp = round_up(nk);
+    int64_t *ok = w.off(), *ov = ok + kMaxRows, *odk = ov + kMaxRows, *odv = odk + kMaxRows;
     // the key rows in k, v, dk, dv: pixel ks's frames, or frame ks mod T's pixels
     const auto key_row = [&](const StStrides& s, int64_t j) {
       const int64_t b = ks / d.T, f = ks - b * d.T;
@@ -864,8 +899,9 @@ struct Kern {
     }
     const int64_t ch = static_cast<int64_t>(h) * D;
     const bool need_ds = a.dk != nullptr;
-    load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, a.pos ? a.pos + j0 * D : nullptr, w.kr(), w.kt(), kBK);
-    if (need_ds) load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kBK);
+    load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, a.pos ? a.pos + j0 * D : nullptr, w.kr(), w.kt(),
+              kKeyBlock);
+    if (need_ds) load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kKeyBlock);
     A *dk = w.acc(), *dv = w.acc2();
     std::fill(dk, dk + static_cast<int64_t>(nk) * Dp, A(0));
     std::fill(dv, dv + static_cast<int64_t>(nk) * Dp, A(0));
@@ -880,51 +916,86 @@ struct Kern {
           qseq = b * d.T + t;
         }
         const A* bias = a.bias ? a.bias + static_cast<int64_t>(st_bias_head(d, h)) * L * x.Lk + src * L + j0 : nullptr;
-        for (int64_t i0 = 0; i0 < L; i0 += kBQ) {
-          const int nq = static_cast<int>(std::min<int64_t>(kBQ, L - i0));
-          tiled_queries(x, w, qseq, h, i0, nq, need_ds);
-          tiled_probs(x, w, nq, nk, nkp, bias ? bias + i0 * x.Lk : nullptr, need_ds);
-          if (a.dv) mm(nk, Dp / N, nq, w.s(), 1, kBK, w.go(), Dp, dv, Dp, true);
-          if (a.dk) mm(nk, Dp / N, nq, w.dp(), 1, kBK, w.qs(), Dp, dk, Dp, true);
+        for (int64_t i0 = 0; i0 < L; i0 += kKeyQ) {
+          const int nq = static_cast<int>(std::min<int64_t>(kKeyQ, L - i0));
+          tiled_queries(x, w, qseq, h, i0, nq);
+          if (i0 + kKeyQ < L) {  // the next query block's rows, while this one computes
+            int64_t* o = w.off() + 4 * kMaxRows;
+            const int n = static_cast<int>(std::min<int64_t>(kKeyQ, L - i0 - kKeyQ));
+            for (int i = 0; i < n; ++i) o[i] = st_row_offset(d, a.sq, qseq, i0 + kKeyQ + i);
+            prefetch_tile(a.q + ch, o, a.sq.c, n, D);
+            for (int i = 0; i < n; ++i) o[i] = st_row_offset(d, a.sg, qseq, i0 + kKeyQ + i);
+            prefetch_tile(a.g_out + ch, o, a.sg.c, n, D);
+          }
+          tiled_probs(x, w, nq, nk, nkp, kKeyBlock, bias ? bias + i0 * x.Lk : nullptr, need_ds);
+          if (a.dv) mm(nk, Dp / N, nq, w.s(), 1, kKeyBlock, w.go(), Dp, dv, Dp, true);
+          if (a.dk) mm(nk, Dp / N, nq, w.dp(), 1, kKeyBlock, w.qs(), Dp, dk, Dp, true);
         }
       }
     if (a.dk) store_rows(a.dk + ch * a.sdk.c, odk, a.sdk.c, nk, D, dk, Dp, nullptr, A(1));
     if (a.dv) store_rows(a.dv + ch * a.sdv.c, odv, a.sdv.c, nk, D, dv, Dp, nullptr, A(1));
   }
 
-  // Pass Q: dq of query block qb of sequence seq, head h, over every key; dbias (or null): add
-  // dS into its rows (the caller owns them for the whole pass).
+  // Pass Q: dq of query block qb (kBQ rows) of sequence seq, head h, over every key tile (kBK);
+  // dbias (or null): add dS into its rows (the caller owns them for the whole pass).
   static PE_VEC void tiled_bwd_queries(const Ctx<S, A>& x, TiledBwd& w, int64_t seq, int h, int64_t qb, A* dbias) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
     const int D = x.D, Dp = x.Dp;
     const int64_t L = x.L, i0 = qb * kBQ;
     const int nq = static_cast<int>(std::min<int64_t>(kBQ, L - i0));
-    tiled_queries(x, w, seq, h, i0, nq, true);
-    int64_t *ok = w.off(), *ov = ok + kBK, *odq = ov + kBK;
+    tiled_queries(x, w, seq, h, i0, nq);
+    // key / value row offsets of two tiles: the one in use and the next (prefetched)
+    int64_t *okv = w.off(), *odq = okv + 4 * kMaxRows;
     const int64_t ch = static_cast<int64_t>(h) * D;
     A* dq = w.acc();
     std::fill(dq, dq + static_cast<int64_t>(nq) * Dp, A(0));
     const int64_t brow = (static_cast<int64_t>(st_bias_head(d, h)) * L + i0) * x.Lk;
-    for (int src = 0; src < d.n_src; ++src)
-      for (int64_t j0 = 0; j0 < L; j0 += kBK) {
-        const int nk = static_cast<int>(std::min<int64_t>(kBK, L - j0)), nkp = round_up(nk);
-        key_offsets(x, a.sk, a.kv_frames, seq, src, j0, nk, ok);
-        key_offsets(x, a.sv, a.kv_frames, seq, src, j0, nk, ov);
-        const A* kpos = a.pos ? a.pos + j0 * D : nullptr;
-        load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, kpos, w.kr(), w.kt(), kBK);
-        load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kBK);
-        tiled_probs(x, w, nq, nk, nkp, a.bias ? a.bias + brow + src * L + j0 : nullptr, true);
-        if (a.dq) mm(nq, Dp / N, nk, w.dp(), kBK, 1, w.kr(), Dp, dq, Dp, true);
-        if (dbias) {
-          A* db = dbias + brow + src * L + j0;
-          for (int i = 0; i < nq; ++i)
-            for (int j = 0; j < nk; ++j) db[i * x.Lk + j] += w.dp()[i * kBK + j];
-        }
+    const int64_t ntiles = d.n_src * ((L + kBK - 1) / kBK);
+    int src = 0, nk = 0, src_next = 0, nk_next = 0;
+    int64_t j0 = 0, j0_next = 0;
+    if (ntiles > 0) key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, 0, false, src, j0, nk, okv, okv + kBK);
+    for (int64_t tile = 0; tile < ntiles; ++tile) {
+      int64_t *ok = okv + (tile & 1) * 2 * kBK, *ov = ok + kBK;
+      if (tile + 1 < ntiles) {
+        int64_t* next = okv + ((tile + 1) & 1) * 2 * kBK;
+        key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, tile + 1, true, src_next, j0_next, nk_next, next,
+                 next + kBK);
       }
+      const int nkp = round_up(nk);
+      const A* kpos = a.pos ? a.pos + j0 * D : nullptr;
+      load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, kpos, w.kr(), w.kt(), kBK);
+      load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kBK);
+      tiled_probs(x, w, nq, nk, nkp, kBK, a.bias ? a.bias + brow + src * L + j0 : nullptr, true);
+      if (a.dq) mm(nq, Dp / N, nk, w.dp(), kBK, 1, w.kr(), Dp, dq, Dp, true);
+      if (dbias) {
+        A* db = dbias + brow + src * L + j0;
+        for (int i = 0; i < nq; ++i)
+          for (int j = 0; j < nk; ++j) db[i * x.Lk + j] += w.dp()[i * kBK + j];
+      }
+      src = src_next;
+      j0 = j0_next;
+      nk = nk_next;
+    }
     if (a.dq) {
       for (int i = 0; i < nq; ++i) odq[i] = st_row_offset(d, a.sdq, seq, i0 + i);
       store_rows(a.dq + ch * a.sdq.c, odq, a.sdq.c, nq, D, dq, Dp, nullptr, a.scale);
+    }
+  }
+
+  // Delta of every row and head of sequence seq, rows [i0, i1): delta[lse index] = <g_out, out>.
+  static PE_VEC void tiled_deltas(const Ctx<S, A>& x, int64_t seq, int64_t i0, int64_t i1, A* delta) {
+    const StDims& d = x.d;
+    const StBwdArgs<S, A>& a = *x.g;
+    for (int64_t i = i0; i < i1; ++i) {
+      const S *g = a.g_out + st_row_offset(d, a.sg, seq, i), *o = a.out + st_row_offset(d, a.so, seq, i);
+      A* dl = delta + st_row_offset(d, x.sl, seq, i);
+      for (int h = 0; h < d.heads; ++h) {
+        A sum = A(0);
+        for (int c = h * x.D; c < (h + 1) * x.D; ++c)
+          sum += load_as_acc<A>(g[c * a.sg.c]) * load_as_acc<A>(o[c * a.so.c]);
+        dl[h] = sum;
+      }
     }
   }
 };
@@ -1040,30 +1111,43 @@ void run_bwd(const Ctx<S, A>& x) {
     }
     return;
   }
-  const int64_t nqb = (x.L + kBQ - 1) / kBQ;
+  // Delta_i = <g_out_i, out_i> of every row and head, once (both passes read it many times)
+  std::vector<A> delta;
+  if (a.dq || a.dk || need_bias) {
+    delta.resize(static_cast<size_t>(x.nseq * x.L * heads));
+    const int64_t rows = 64, nb = (x.L + rows - 1) / rows, n = x.nseq * nb;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t it = 0; it < n; ++it) {
+      const int64_t seq = it / nb, i0 = (it % nb) * rows;
+      Kn::tiled_deltas(x, seq, i0, std::min(x.L, i0 + rows), delta.data());
+    }
+  }
+  Ctx<S, A> xd = x;
+  xd.delta = delta.empty() ? nullptr : delta.data();
   if (a.dk || a.dv) {
     // pass K: key sequences are pixels (temporal) or frames (spatial), as many as the sequences
-    const int64_t n = x.nseq * heads * nqb;
+    const int64_t nkb = (x.L + kKeyBlock - 1) / kKeyBlock, n = x.nseq * heads * nkb;
 #pragma omp parallel
     {
-      typename Kn::TiledBwd w(x);
+      typename Kn::TiledBwd w(xd);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < n; ++it) {
-        const int64_t kb = it % nqb, sh = it / nqb;
-        E::tiled_bwd_keys(x, w, sh / heads, static_cast<int>(sh % heads), kb);
+        const int64_t kb = it % nkb, sh = it / nkb;
+        E::tiled_bwd_keys(xd, w, sh / heads, static_cast<int>(sh % heads), kb);
       }
     }
   }
+  const int64_t nqb = (x.L + kBQ - 1) / kBQ;
   if (!a.dq && !need_bias) return;
   if (!need_bias) {
     const int64_t n = x.nseq * heads * nqb;
 #pragma omp parallel
     {
-      typename Kn::TiledBwd w(x);
+      typename Kn::TiledBwd w(xd);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < n; ++it) {
         const int64_t qb = it % nqb, sh = it / nqb;
-        E::tiled_bwd_queries(x, w, sh / heads, static_cast<int>(sh % heads), qb, nullptr);
+        E::tiled_bwd_queries(xd, w, sh / heads, static_cast<int>(sh % heads), qb, nullptr);
       }
     }
     return;
@@ -1072,13 +1156,13 @@ void run_bwd(const Ctx<S, A>& x) {
   const int64_t nb = x.d.bias_heads, n = nb * nqb;
 #pragma omp parallel
   {
-    typename Kn::TiledBwd w(x);
+    typename Kn::TiledBwd w(xd);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < n; ++it) {
       const int64_t qb = it % nqb, hb = it / nqb;
       for (int64_t seq = 0; seq < x.nseq; ++seq)
         for (int h = 0; h < heads; ++h)
-          if (st_bias_head(x.d, h) == hb) E::tiled_bwd_queries(x, w, seq, h, qb, a.dbias);
+          if (st_bias_head(x.d, h) == hb) E::tiled_bwd_queries(xd, w, seq, h, qb, a.dbias);
     }
   }
 }
