@@ -65,7 +65,7 @@ constexpr int kMaxRows = 128;  // the largest of the four
 constexpr int kMaxTile = kBQ * kBK > kKeyQ * kKeyBlock ? kBQ * kBK : kKeyQ * kKeyBlock;
 static_assert(kBQ <= kMaxRows && kBK <= kMaxRows && kKeyBlock <= kMaxRows && kKeyQ <= kMaxRows, "row buffers");
 constexpr int64_t kBiasChunks = 64;  // short path with dbias: fixed pixel ranges
-constexpr int64_t kPixelsPerGrab = 8;
+constexpr int kPixelBlock = 32;         // short path: pixels (of one image row) per item
 
 PE_VEC int round_up(int n) { return (n + kPad - 1) / kPad * kPad; }
 
@@ -501,30 +501,37 @@ struct Kern {
     }
   }
 
-  // dst[c ldd + i] = src[i lds + c] for rows i < n and columns c < m, both multiples of kPad. float
-  // with 8-float vectors: 8 x 8 blocks transposed in registers (8 loads, 24 shuffles, 8 stores);
-  // else one value at a time.
+  // r[i][l] <-> r[l][i]: an 8 x 8 block of floats transposed in registers (24 shuffles).
+  static PE_VEC void transpose8(V* r) {
+    V t[8], u[8];
+    for (int i = 0; i < 4; ++i) {  // pairs of rows interleaved
+      t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+      t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 2; ++i)  // quads of rows
+      for (int j = 0; j < 2; ++j) {
+        u[4 * i + 2 * j] = __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[4 * i + 2 * j + 1] = __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+      }
+    for (int i = 0; i < 4; ++i) {  // the two 4-row halves
+      r[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+      r[i + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+  }
+
+  // Whether 8 x 8 blocks of A can be transposed in registers: float with 8-float vectors.
+  static constexpr bool kTranspose8 = std::is_same_v<A, float> && N == 8;
+
+  // dst[c ldd + i] = src[i lds + c] for rows i < n and columns c < m, both multiples of kPad:
+  // 8 x 8 blocks in registers (transpose8) where possible, else one value at a time.
   static PE_VEC void transpose(const A* src, int64_t lds, int n, int m, A* dst, int64_t ldd) {
-    if constexpr (std::is_same_v<A, float> && N == 8) {
+    if constexpr (kTranspose8) {
       for (int i0 = 0; i0 < n; i0 += 8)
         for (int c0 = 0; c0 < m; c0 += 8) {
-          V r[8], t[8], u[8];
+          V r[8];
           for (int i = 0; i < 8; ++i) r[i] = X::load(src + (i0 + i) * lds + c0);
-          for (int i = 0; i < 4; ++i) {  // pairs of rows interleaved
-            t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-            t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-          }
-          for (int i = 0; i < 2; ++i)  // quads of rows
-            for (int j = 0; j < 2; ++j) {
-              u[4 * i + 2 * j] = __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-              u[4 * i + 2 * j + 1] =
-                  __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-            }
-          for (int i = 0; i < 4; ++i) {  // the two 4-row halves
-            X::store(dst + (c0 + i) * ldd + i0, __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11));
-            X::store(dst + (c0 + i + 4) * ldd + i0,
-                     __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15));
-          }
+          transpose8(r);
+          for (int i = 0; i < 8; ++i) X::store(dst + (c0 + i) * ldd + i0, r[i]);
         }
     } else {
       for (int i0 = 0; i0 < n; i0 += kPad)
@@ -542,7 +549,11 @@ struct Kern {
   }
 
   // ===========================================================================================
-  // Short path: temporal attention with T <= kShortL, one pixel (all heads) per item.
+  // Short path: temporal attention with T <= kShortL. An item is a block of up to kPixelBlock
+  // pixels of one image row (consecutive w). Channels-last q: pixel by pixel, all heads at once
+  // (each row of q, k, v one run of C values). Otherwise (e.g. [B, C, T, H, W] views, whose
+  // pixels are contiguous per channel): head by head, the block's pixels at once, so that each
+  // (channel, frame) run of the block's pixels is read (and, for gradients, written) once.
 
   // Offsets of frames 0 .. T - 1 of pixel seq (temporal): one offset, then steps of the frame stride.
   static PE_VEC void rows_of(const StDims& d, const StStrides& s, int64_t seq, int T, int64_t* off) {
@@ -565,23 +576,146 @@ struct Kern {
     }
   }
 
-  struct ShortFwd {
+  // Head h of np pixels of a block: element (pixel j, frame t, channel c) at src[base + j sw + t st
+  // + (h D + c) sc], plus pos[t D + c], times scale, into dst[j bs + t Dp + c]. Read along the
+  // pixels (contiguous in [B, C, T, H, W] views): float blocks of 8 pixels x 8 channels are
+  // transposed in registers, anything else goes one value at a time.
+  template <class Src>
+  static PE_VEC void load_block(const Src* src, int64_t base, const StStrides& s, int np, int T, int h, int D,
+                                const A* pos, A scale, A* dst, int64_t bs, int Dp) {
+    if constexpr (kTranspose8 && std::is_same_v<Src, float>) {
+      if (np % 8 == 0 && s.w == 1 && D % 8 == 0) {
+        for (int t = 0; t < T; ++t)
+          for (int c0 = 0; c0 < D; c0 += 8) {
+            const Src* r0 = src + base + t * s.t + (static_cast<int64_t>(h) * D + c0) * s.c;
+            const V p = pos ? X::load(pos + static_cast<int64_t>(t) * D + c0) : X::splat(A(0));
+            for (int j0 = 0; j0 < np; j0 += 8) {
+              V r[8];
+              for (int i = 0; i < 8; ++i) r[i] = X::load(r0 + i * s.c + j0);
+              transpose8(r);
+              A* o = dst + j0 * bs + static_cast<int64_t>(t) * Dp + c0;
+              for (int j = 0; j < 8; ++j) X::store(o + j * bs, (r[j] + p) * scale);
+            }
+          }
+        return;
+      }
+    }
+    for (int c = 0; c < D; ++c)
+      for (int t = 0; t < T; ++t) {
+        const Src* r = src + base + t * s.t + (static_cast<int64_t>(h) * D + c) * s.c;
+        const A p = pos ? pos[static_cast<int64_t>(t) * D + c] : A(0);
+        A* o = dst + static_cast<int64_t>(t) * Dp + c;
+        for (int j = 0; j < np; ++j) o[j * bs] = (load_as_acc<A>(r[j * s.w]) + p) * scale;
+      }
+  }
+
+  // The reverse: dst[base + j sw + t st + (h D + c) sc] = src[j bs + t Dp + c] * scale.
+  static PE_VEC void store_block(S* dst, int64_t base, const StStrides& s, int np, int T, int h, int D, const A* src,
+                                 int64_t bs, int Dp, A scale) {
+    if constexpr (kTranspose8 && std::is_same_v<S, float>) {
+      if (np % 8 == 0 && s.w == 1 && D % 8 == 0) {
+        for (int t = 0; t < T; ++t)
+          for (int c0 = 0; c0 < D; c0 += 8) {
+            S* r0 = dst + base + t * s.t + (static_cast<int64_t>(h) * D + c0) * s.c;
+            for (int j0 = 0; j0 < np; j0 += 8) {
+              V r[8];
+              const A* o = src + j0 * bs + static_cast<int64_t>(t) * Dp + c0;
+              for (int j = 0; j < 8; ++j) r[j] = X::load(o + j * bs);
+              transpose8(r);
+              for (int i = 0; i < 8; ++i) X::store(r0 + i * s.c + j0, r[i] * scale);
+            }
+          }
+        return;
+      }
+    }
+    for (int c = 0; c < D; ++c)
+      for (int t = 0; t < T; ++t) {
+        S* r = dst + base + t * s.t + (static_cast<int64_t>(h) * D + c) * s.c;
+        const A* o = src + static_cast<int64_t>(t) * Dp + c;
+        for (int j = 0; j < np; ++j) store_from(r + j * s.w, o[j * bs] * scale);
+      }
+  }
+
+  // Scratch of one head of one pixel (forward and backward): keys / values transposed [Dp, Tp],
+  // scores / probabilities and dP / dS [T, Tp], and rows.
+  struct ShortScratch {
     int T, Tp;
-    Buf<A> q, kr, kt, v, s, o, row;  // q, kr, v: [heads, Tp, Dp] rows; kt: one head's [Dp, Tp]
-    Buf<int64_t> off;
-    ShortFwd(const Ctx<S, A>& x)
-        : T(static_cast<int>(x.d.T)), Tp(round_up(T)),
-          q(static_cast<size_t>(x.d.heads) * Tp * x.Dp), kr(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          kt(static_cast<size_t>(x.Dp) * Tp), v(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          s(static_cast<size_t>(T) * Tp),
-          o(static_cast<size_t>(T) * x.Dp), row(4 * static_cast<size_t>(T)), off(5 * static_cast<size_t>(T)) {}
+    Buf<A> kt, vt, s, dp, row;
+    ShortScratch(const Ctx<S, A>& x)
+        : T(static_cast<int>(x.d.T)), Tp(round_up(T)), kt(static_cast<size_t>(x.Dp) * Tp),
+          vt(static_cast<size_t>(x.Dp) * Tp), s(static_cast<size_t>(T) * Tp), dp(static_cast<size_t>(T) * Tp),
+          row(4 * static_cast<size_t>(T)) {}
   };
 
-  // Pixel seq; next: the pixel to prefetch (or -1).
-  static PE_VEC void short_fwd(const Ctx<S, A>& x, ShortFwd& w, int64_t seq, int64_t next) {
+  // Forward of one head of one pixel: q (scaled, with pos), k (with pos), v rows [Tp, Dp] (rows
+  // T .. Tp - 1 zero), bias [T, T] or null -> o [T, Dp] unnormalised, inv[t] = 1 / l_t, lse[t].
+  static PE_VEC void head_fwd(const Ctx<S, A>& x, ShortScratch& w, const A* q, const A* k, const A* v,
+                              const A* bias, A* o, A* inv, A* lse) {
+    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp;
+    A *m = w.row(), *l = m + T, *alpha = l + T;
+    transpose(k, Dp, Tp, Dp, w.kt(), Tp);
+    mm(T, Tp / N, D, q, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
+    finish_scores(w.s(), Tp, T, T, Tp, bias, T);
+    for (int t = 0; t < T; ++t) {
+      m[t] = st_neg_inf<A>();
+      l[t] = A(0);
+    }
+    softmax_tile(w.s(), Tp, T, Tp / N, m, l, alpha);
+    mm(T, Dp / N, T, w.s(), Tp, 1, v, Dp, o, Dp, false);
+    for (int t = 0; t < T; ++t) {
+      inv[t] = st_inv_sum(l[t]);
+      lse[t] = st_lse(m[t], l[t]);
+    }
+  }
+
+  // Backward of one head of one pixel: q (scaled), k, v, g_out rows [Tp, Dp], lse / g_lse [T],
+  // bias [T, T] or null; writes dv, dk and dq / scale [T, Dp] (each where not null) and adds dS to
+  // dbias [T, T] (where not null). Delta_i = sum_j P_ij dP_ij: out is not needed.
+  static PE_VEC void head_bwd(const Ctx<S, A>& x, ShortScratch& w, const A* q, const A* k, const A* v, const A* go,
+                              const A* lse, const A* glse, const A* bias, A* dq, A* dk, A* dv, A* dbias) {
+    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp;
+    transpose(k, Dp, Tp, Dp, w.kt(), Tp);
+    mm(T, Tp / N, D, q, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
+    finish_scores(w.s(), Tp, T, T, Tp, bias, T);
+    probs(w.s(), Tp, T, Tp / N, lse);
+    if (dv) mm(T, Dp / N, T, w.s(), 1, Tp, go, Dp, dv, Dp, false);  // dv_j = sum_i P_ij g_i: A = P^T
+    if (!dq && !dk && !dbias) return;
+    transpose(v, Dp, Tp, Dp, w.vt(), Tp);
+    mm(T, Tp / N, D, go, Dp, 1, w.vt(), Tp, w.dp(), Tp, false);
+    A* delta = w.row();
+    row_dots(w.s(), w.dp(), Tp, T, Tp / N, delta);
+    dscores(w.s(), w.dp(), Tp, T, Tp / N, delta, glse);
+    if (dk) mm(T, Dp / N, T, w.dp(), 1, Tp, q, Dp, dk, Dp, false);  // dk_j = sum_i dS_ij q_i (q scaled)
+    if (dq) mm(T, Dp / N, T, w.dp(), Tp, 1, k, Dp, dq, Dp, false);  // dq_i / scale = sum_j dS_ij k_j
+    if (dbias)
+      for (int i = 0; i < T; ++i)
+        for (int j = 0; j < T; ++j) dbias[i * T + j] += w.dp()[i * Tp + j];
+  }
+
+  // Values per pixel of a block buffer: one more cache line than [Tp, Dp], so that the pixels'
+  // slots do not all map to the same L1 set.
+  static PE_VEC int64_t block_stride(int Tp, int Dp) { return static_cast<int64_t>(Tp) * Dp + 64 / sizeof(A); }
+
+  // Workspace of the short path: rows of q, k, v (and g_out, dq, dk, dv in the backward) for all
+  // heads of one pixel ([heads, Tp, Dp]) or for one head of a block's pixels ([kPixelBlock, Tp, Dp]).
+  struct ShortWork {
+    ShortScratch sc;
+    int64_t per;  // values per buffer
+    Buf<A> q, k, v, go, dq, dk, dv, o, rows;
+    Buf<int64_t> off;
+    ShortWork(const Ctx<S, A>& x, bool backward)
+        : sc(x), per(std::max(static_cast<int64_t>(x.d.heads) * sc.Tp * x.Dp, kPixelBlock * block_stride(sc.Tp, x.Dp))),
+          q(per), k(per), v(per),
+          go(backward ? per : 0), dq(backward ? per : 0), dk(backward ? per : 0), dv(backward ? per : 0),
+          o(backward ? 0 : static_cast<size_t>(sc.T) * x.Dp),
+          rows(4 * static_cast<size_t>(std::max(x.d.heads, kPixelBlock)) * sc.T), off(10 * static_cast<size_t>(sc.T)) {}
+  };
+
+  // Forward of pixel seq, all heads (channels-last); next: the pixel to prefetch (or -1).
+  static PE_VEC void pixel_fwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq, int64_t next) {
     const StDims& d = x.d;
     const StFwdArgs<S, A>& a = *x.f;
-    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
     const auto row0 = [&](const StStrides& s) { return next < 0 ? 0 : st_row_offset(d, s, next, 0); };
     const int64_t nq0 = row0(a.sq), nk0 = row0(a.sk), nv0 = row0(a.sv), no0 = row0(x.so);
     int64_t *oq = w.off(), *ok = oq + T, *ov = ok + T, *oo = ov + T, *ol = oo + T;
@@ -590,12 +724,11 @@ struct Kern {
     rows_of(d, a.sv, seq, T, ov);
     rows_of(d, x.so, seq, T, oo);
     rows_of(d, x.sl, seq, T, ol);
-    // rows of every head, then per head the keys transposed (rows T .. Tp - 1 stay zero)
     const int64_t hq = static_cast<int64_t>(Tp) * Dp;
     load_rows(a.q, oq, a.sq.c, T, nh, D, a.pos, a.scale, w.q(), hq, Dp);
-    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.kr(), hq, Dp);
+    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.k(), hq, Dp);
     load_rows(a.v, ov, a.sv.c, T, nh, D, nullptr, A(1), w.v(), hq, Dp);
-    A *m = w.row(), *l = m + T, *alpha = l + T, *inv = alpha + T;
+    A *inv = w.rows(), *lse = inv + T;
     for (int h = 0; h < nh; ++h) {
       if (next >= 0) {
         const int64_t c0 = static_cast<int64_t>(h) * D;
@@ -604,43 +737,52 @@ struct Kern {
         prefetch_rows<0>(a.v, nv0, a.sv.c, a.sv.t, T, c0, D);
         prefetch_rows<1>(a.out, no0, 1, x.so.t, T, c0, D);
       }
-      transpose(w.kr() + h * hq, Dp, Tp, Dp, w.kt(), Tp);
-      mm(T, Tp / N, D, w.q() + h * hq, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
       const A* bias = a.bias ? a.bias + static_cast<int64_t>(st_bias_head(d, h)) * T * T : nullptr;
-      finish_scores(w.s(), Tp, T, T, Tp, bias, T);
-      for (int t = 0; t < T; ++t) {
-        m[t] = st_neg_inf<A>();
-        l[t] = A(0);
-      }
-      softmax_tile(w.s(), Tp, T, Tp / N, m, l, alpha);
-      mm(T, Dp / N, T, w.s(), Tp, 1, w.v() + h * hq, Dp, w.o(), Dp, false);
-      for (int t = 0; t < T; ++t) {
-        inv[t] = st_inv_sum(l[t]);
-        a.lse[ol[t] + h] = st_lse(m[t], l[t]);
-      }
+      head_fwd(x, w.sc, w.q() + h * hq, w.k() + h * hq, w.v() + h * hq, bias, w.o(), inv, lse);
+      for (int t = 0; t < T; ++t) a.lse[ol[t] + h] = lse[t];
       store_rows(a.out + static_cast<int64_t>(h) * D, oo, 1, T, D, w.o(), Dp, inv, A(1));
     }
   }
 
-  struct ShortBwd {
-    int T, Tp;
-    Buf<A> qs, kr, vr, kt, vt, go, rows, s, dp, acc;  // [heads, Tp, Dp] rows; kt, vt: one head's [Dp, Tp]
-    Buf<int64_t> off;
-    ShortBwd(const Ctx<S, A>& x)
-        : T(static_cast<int>(x.d.T)), Tp(round_up(T)),
-          qs(static_cast<size_t>(x.d.heads) * Tp * x.Dp), kr(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          vr(static_cast<size_t>(x.d.heads) * Tp * x.Dp), kt(static_cast<size_t>(x.Dp) * Tp),
-          vt(static_cast<size_t>(x.Dp) * Tp), go(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          rows(3 * static_cast<size_t>(x.d.heads) * T),
-          s(static_cast<size_t>(T) * Tp), dp(static_cast<size_t>(T) * Tp), acc(static_cast<size_t>(T) * x.Dp),
-          off(8 * static_cast<size_t>(T)) {}
-  };
+  // Forward of the np pixels from seq0 (one image row), head by head.
+  static PE_VEC void block_fwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq0, int np) {
+    const StDims& d = x.d;
+    const StFwdArgs<S, A>& a = *x.f;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp;
+    const int64_t bs = block_stride(Tp, Dp);
+    const int64_t bq = st_row_offset(d, a.sq, seq0, 0), bk = st_row_offset(d, a.sk, seq0, 0),
+                  bv = st_row_offset(d, a.sv, seq0, 0);
+    int64_t *oo = w.off(), *ol = oo + T;
+    A *inv = w.rows(), *lse = inv + T;
+    for (int h = 0; h < d.heads; ++h) {
+      load_block(a.q, bq, a.sq, np, T, h, D, a.pos, a.scale, w.q(), bs, Dp);
+      load_block(a.k, bk, a.sk, np, T, h, D, a.pos, A(1), w.k(), bs, Dp);
+      load_block(a.v, bv, a.sv, np, T, h, D, nullptr, A(1), w.v(), bs, Dp);
+      const A* bias = a.bias ? a.bias + static_cast<int64_t>(st_bias_head(d, h)) * T * T : nullptr;
+      for (int j = 0; j < np; ++j) {
+        head_fwd(x, w.sc, w.q() + j * bs, w.k() + j * bs, w.v() + j * bs, bias, w.o(), inv, lse);
+        rows_of(d, x.so, seq0 + j, T, oo);
+        rows_of(d, x.sl, seq0 + j, T, ol);
+        for (int t = 0; t < T; ++t) a.lse[ol[t] + h] = lse[t];
+        store_rows(a.out + static_cast<int64_t>(h) * D, oo, 1, T, D, w.o(), Dp, inv, A(1));
+      }
+    }
+  }
 
-  // One pixel's gradients; dbias_acc: this chunk's partial [Hb, T, T] (or null).
-  static PE_VEC void short_bwd(const Ctx<S, A>& x, ShortBwd& w, int64_t seq, int64_t next, A* dbias_acc) {
+  // lse and g_lse of head h of pixel seq's T rows.
+  static PE_VEC void pixel_lse(const Ctx<S, A>& x, int64_t seq, int h, int T, int64_t* ol, A* lse, A* glse) {
+    rows_of(x.d, x.sl, seq, T, ol);
+    for (int t = 0; t < T; ++t) {
+      lse[t] = x.g->lse[ol[t] + h];
+      glse[t] = x.g->g_lse[ol[t] + h];
+    }
+  }
+
+  // Backward of pixel seq, all heads (channels-last); dbias_acc: this chunk's partial [Hb, T, T].
+  static PE_VEC void pixel_bwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq, int64_t next, A* dbias_acc) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
-    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
     // the next pixel's rows: q, k, v, g_out read, dq, dk, dv written
     const StStrides* nstr[7] = {&a.sq, &a.sk, &a.sv, &a.sg, &a.sdq, &a.sdk, &a.sdv};
     int64_t n0[7] = {};
@@ -656,19 +798,12 @@ struct Kern {
     if (a.dq) rows_of(d, a.sdq, seq, T, odq);
     if (a.dk) rows_of(d, a.sdk, seq, T, odk);
     if (a.dv) rows_of(d, a.sdv, seq, T, odv);
-    rows_of(d, x.sl, seq, T, ol);
     const int64_t hq = static_cast<int64_t>(Tp) * Dp;
-    load_rows(a.q, oq, a.sq.c, T, nh, D, a.pos, a.scale, w.qs(), hq, Dp);
-    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.kr(), hq, Dp);
-    if (need_ds) load_rows(a.v, ov, a.sv.c, T, nh, D, nullptr, A(1), w.vr(), hq, Dp);
+    load_rows(a.q, oq, a.sq.c, T, nh, D, a.pos, a.scale, w.q(), hq, Dp);
+    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.k(), hq, Dp);
+    if (need_ds) load_rows(a.v, ov, a.sv.c, T, nh, D, nullptr, A(1), w.v(), hq, Dp);
     load_rows(a.g_out, og, a.sg.c, T, nh, D, nullptr, A(1), w.go(), hq, Dp);
-    // per head h: lse, g_lse of the T rows (and a head's Delta, below)
-    A *delta = w.rows(), *lse = delta + static_cast<int64_t>(nh) * T, *glse = lse + static_cast<int64_t>(nh) * T;
-    for (int h = 0; h < nh; ++h)
-      for (int t = 0; t < T; ++t) {
-        lse[h * T + t] = a.lse[ol[t] + h];
-        glse[h * T + t] = a.g_lse[ol[t] + h];
-      }
+    A *lse = w.rows(), *glse = lse + T;
     for (int h = 0; h < nh; ++h) {
       if (next >= 0) {
         const int64_t c0 = static_cast<int64_t>(h) * D;
@@ -680,36 +815,44 @@ struct Kern {
         prefetch_rows<1>(a.dk, n0[5], a.sdk.c, a.sdk.t, T, c0, D);
         prefetch_rows<1>(a.dv, n0[6], a.sdv.c, a.sdv.t, T, c0, D);
       }
-      const A *qs = w.qs() + h * hq, *go = w.go() + h * hq;
-      transpose(w.kr() + h * hq, Dp, Tp, Dp, w.kt(), Tp);
-      mm(T, Tp / N, D, qs, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
+      pixel_lse(x, seq, h, T, ol, lse, glse);
       const int hb = st_bias_head(d, h);
-      finish_scores(w.s(), Tp, T, T, Tp, a.bias ? a.bias + static_cast<int64_t>(hb) * T * T : nullptr, T);
-      probs(w.s(), Tp, T, Tp / N, lse + h * T);
-      if (a.dv) {  // dv_j = sum_i P_ij g_i: A = P^T
-        mm(T, Dp / N, T, w.s(), 1, Tp, go, Dp, w.acc(), Dp, false);
-        store_rows(a.dv + h * D * a.sdv.c, odv, a.sdv.c, T, D, w.acc(), Dp, nullptr, A(1));
+      const A* bias = a.bias ? a.bias + static_cast<int64_t>(hb) * T * T : nullptr;
+      head_bwd(x, w.sc, w.q() + h * hq, w.k() + h * hq, w.v() + h * hq, w.go() + h * hq, lse, glse, bias,
+               a.dq ? w.dq() : nullptr, a.dk ? w.dk() : nullptr, a.dv ? w.dv() : nullptr,
+               dbias_acc ? dbias_acc + static_cast<int64_t>(hb) * T * T : nullptr);
+      if (a.dv) store_rows(a.dv + h * D * a.sdv.c, odv, a.sdv.c, T, D, w.dv(), Dp, nullptr, A(1));
+      if (a.dk) store_rows(a.dk + h * D * a.sdk.c, odk, a.sdk.c, T, D, w.dk(), Dp, nullptr, A(1));
+      if (a.dq) store_rows(a.dq + h * D * a.sdq.c, odq, a.sdq.c, T, D, w.dq(), Dp, nullptr, a.scale);
+    }
+  }
+
+  // Backward of the np pixels from seq0 (one image row), head by head.
+  static PE_VEC void block_bwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq0, int np, A* dbias_acc) {
+    const StDims& d = x.d;
+    const StBwdArgs<S, A>& a = *x.g;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp;
+    const int64_t bs = block_stride(Tp, Dp);
+    const bool need_ds = a.dq || a.dk || dbias_acc;
+    const auto base = [&](const StStrides& s) { return st_row_offset(d, s, seq0, 0); };
+    int64_t* ol = w.off();
+    A *lse = w.rows(), *glse = lse + T;
+    for (int h = 0; h < d.heads; ++h) {
+      load_block(a.q, base(a.sq), a.sq, np, T, h, D, a.pos, a.scale, w.q(), bs, Dp);
+      load_block(a.k, base(a.sk), a.sk, np, T, h, D, a.pos, A(1), w.k(), bs, Dp);
+      if (need_ds) load_block(a.v, base(a.sv), a.sv, np, T, h, D, nullptr, A(1), w.v(), bs, Dp);
+      load_block(a.g_out, base(a.sg), a.sg, np, T, h, D, nullptr, A(1), w.go(), bs, Dp);
+      const int hb = st_bias_head(d, h);
+      const A* bias = a.bias ? a.bias + static_cast<int64_t>(hb) * T * T : nullptr;
+      for (int j = 0; j < np; ++j) {
+        pixel_lse(x, seq0 + j, h, T, ol, lse, glse);
+        head_bwd(x, w.sc, w.q() + j * bs, w.k() + j * bs, w.v() + j * bs, w.go() + j * bs, lse, glse, bias,
+                 a.dq ? w.dq() + j * bs : nullptr, a.dk ? w.dk() + j * bs : nullptr,
+                 a.dv ? w.dv() + j * bs : nullptr, dbias_acc ? dbias_acc + static_cast<int64_t>(hb) * T * T : nullptr);
       }
-      if (!need_ds) continue;
-      transpose(w.vr() + h * hq, Dp, Tp, Dp, w.vt(), Tp);
-      mm(T, Tp / N, D, go, Dp, 1, w.vt(), Tp, w.dp(), Tp, false);
-      // Delta_i = <g_out_i, out_i> = sum_j P_ij dP_ij (out_i = sum_j P_ij v_j): the whole row is
-      // here, so out is not read at all
-      row_dots(w.s(), w.dp(), Tp, T, Tp / N, delta + h * T);
-      dscores(w.s(), w.dp(), Tp, T, Tp / N, delta + h * T, glse + h * T);
-      if (a.dk) {  // dk_j = sum_i dS_ij q_i (q scaled)
-        mm(T, Dp / N, T, w.dp(), 1, Tp, qs, Dp, w.acc(), Dp, false);
-        store_rows(a.dk + h * D * a.sdk.c, odk, a.sdk.c, T, D, w.acc(), Dp, nullptr, A(1));
-      }
-      if (a.dq) {  // dq_i = scale sum_j dS_ij k_j
-        mm(T, Dp / N, T, w.dp(), Tp, 1, w.kr() + h * hq, Dp, w.acc(), Dp, false);
-        store_rows(a.dq + h * D * a.sdq.c, odq, a.sdq.c, T, D, w.acc(), Dp, nullptr, a.scale);
-      }
-      if (dbias_acc) {
-        A* db = dbias_acc + static_cast<int64_t>(hb) * T * T;
-        for (int i = 0; i < T; ++i)
-          for (int j = 0; j < T; ++j) db[i * T + j] += w.dp()[i * Tp + j];
-      }
+      if (a.dv) store_block(a.dv, base(a.sdv), a.sdv, np, T, h, D, w.dv(), bs, Dp, A(1));
+      if (a.dk) store_block(a.dk, base(a.sdk), a.sdk, np, T, h, D, w.dk(), bs, Dp, A(1));
+      if (a.dq) store_block(a.dq, base(a.sdq), a.sdq, np, T, h, D, w.dq(), bs, Dp, a.scale);
     }
   }
 
@@ -1000,18 +1143,46 @@ struct Kern {
   }
 };
 
+// Pixel block b of the short path: blocks of kPixelBlock pixels along each image row (the last
+// one of a row shorter). Sets the first pixel (sequence) and returns the block's pixel count.
+inline int pixel_block(const StDims& d, int64_t b, int64_t& seq0) {
+  const int64_t per_row = (d.W + kPixelBlock - 1) / kPixelBlock, row = b / per_row,
+                w0 = (b - row * per_row) * kPixelBlock;
+  seq0 = row * d.W + w0;
+  return static_cast<int>(std::min<int64_t>(kPixelBlock, d.W - w0));
+}
+
+inline int64_t pixel_blocks(const StDims& d) { return d.B * d.H * ((d.W + kPixelBlock - 1) / kPixelBlock); }
+
 // ---------------------------------------------------------------------------------------------
 // Entry points over ranges of work items, one set per vector width; the 32-byte set carries the
 // AVX2 target attribute.
 
 #define PE_ST_ENTRIES(ATTR)                                                                              \
   using Kn = Kern<S, A, VB>;                                                                             \
-  ATTR static void short_fwd(const Ctx<S, A>& x, typename Kn::ShortFwd& w, int64_t p0, int64_t p1) {    \
-    for (int64_t p = p0; p < p1; ++p) Kn::short_fwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1);              \
+  ATTR static void short_fwd(const Ctx<S, A>& x, typename Kn::ShortWork& w, int64_t b0, int64_t b1, bool blocked) { \
+    for (int64_t b = b0; b < b1; ++b) {                                                                  \
+      int64_t seq0;                                                                                      \
+      const int np = pixel_block(x.d, b, seq0);                                                          \
+      if (blocked) {                                                                                     \
+        Kn::block_fwd(x, w, seq0, np);                                                                   \
+        continue;                                                                                        \
+      }                                                                                                  \
+      for (int64_t p = seq0; p < seq0 + np; ++p) Kn::pixel_fwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1);    \
+    }                                                                                                    \
   }                                                                                                      \
-  ATTR static void short_bwd(const Ctx<S, A>& x, typename Kn::ShortBwd& w, int64_t p0, int64_t p1,       \
+  ATTR static void short_bwd(const Ctx<S, A>& x, typename Kn::ShortWork& w, int64_t b0, int64_t b1, bool blocked, \
                              A* dbias_acc) {                                                             \
-    for (int64_t p = p0; p < p1; ++p) Kn::short_bwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1, dbias_acc);         \
+    for (int64_t b = b0; b < b1; ++b) {                                                                  \
+      int64_t seq0;                                                                                      \
+      const int np = pixel_block(x.d, b, seq0);                                                          \
+      if (blocked) {                                                                                     \
+        Kn::block_bwd(x, w, seq0, np, dbias_acc);                                                        \
+        continue;                                                                                        \
+      }                                                                                                  \
+      for (int64_t p = seq0; p < seq0 + np; ++p)                                                         \
+        Kn::pixel_bwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1, dbias_acc);                                  \
+    }                                                                                                    \
   }                                                                                                      \
   ATTR static void tiled_fwd(const Ctx<S, A>& x, typename Kn::TiledFwd& w, int64_t seq, int h,           \
                              int64_t qb) {                                                               \
@@ -1052,12 +1223,13 @@ void run_fwd(const Ctx<S, A>& x) {
   using E = Entry<S, A, VB>;
   using Kn = Kern<S, A, VB>;
   if (short_path(x)) {
-    const int64_t n = x.nseq;
+    const int64_t n = pixel_blocks(x.d);
+    const bool blocked = x.f->sq.c != 1;  // q not channels-last: the block's pixels head by head
 #pragma omp parallel
     {
-      typename Kn::ShortFwd w(x);
+      typename Kn::ShortWork w(x, false);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t p0 = 0; p0 < n; p0 += kPixelsPerGrab) E::short_fwd(x, w, p0, std::min(n, p0 + kPixelsPerGrab));
+      for (int64_t b = 0; b < n; ++b) E::short_fwd(x, w, b, b + 1, blocked);
     }
     return;
   }
@@ -1081,32 +1253,32 @@ void run_bwd(const Ctx<S, A>& x) {
   const int64_t heads = x.d.heads;
   const bool need_bias = a.dbias != nullptr;
   if (short_path(x)) {
-    const int64_t n = x.nseq;
+    const int64_t n = pixel_blocks(x.d);
+    const bool blocked = a.sq.c != 1;
     if (!need_bias) {
 #pragma omp parallel
       {
-        typename Kn::ShortBwd w(x);
+        typename Kn::ShortWork w(x, true);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t p0 = 0; p0 < n; p0 += kPixelsPerGrab)
-          E::short_bwd(x, w, p0, std::min(n, p0 + kPixelsPerGrab), nullptr);
+        for (int64_t b = 0; b < n; ++b) E::short_bwd(x, w, b, b + 1, blocked, nullptr);
       }
       return;
     }
-    // dbias: chunk c of a fixed partition of the pixels sums into partial c; then the partials
-    // are added in chunk order
+    // dbias: chunk c of a fixed partition of the pixel blocks sums into partial c; then the
+    // partials are added in chunk order
     const int64_t nchunk = std::min(n, kBiasChunks), per = static_cast<int64_t>(x.d.bias_heads) * x.L * x.L;
     std::vector<A> partial(static_cast<size_t>(nchunk * per), A(0));
 #pragma omp parallel
     {
-      typename Kn::ShortBwd w(x);
+      typename Kn::ShortWork w(x, true);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t c = 0; c < nchunk; ++c)
-        E::short_bwd(x, w, n * c / nchunk, n * (c + 1) / nchunk, partial.data() + c * per);
+        E::short_bwd(x, w, n * c / nchunk, n * (c + 1) / nchunk, blocked, partial.data() + c * per);
 #pragma omp for schedule(static)
       for (int64_t e = 0; e < per; ++e) {
-        A s = A(0);
-        for (int64_t c = 0; c < nchunk; ++c) s += partial[c * per + e];
-        a.dbias[e] = s;
+        A sum = A(0);
+        for (int64_t c = 0; c < nchunk; ++c) sum += partial[c * per + e];
+        a.dbias[e] = sum;
       }
     }
     return;
