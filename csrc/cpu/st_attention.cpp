@@ -1,20 +1,25 @@
 // CPU kernels of st_attention: OpenMP loops over the maths of pyengine/st_attention.h.
 //
-// Every work item copies the rows it needs from q, k, v (and g_out, out) through their strides
-// into small contiguous buffers in the compute type A (float for float16 / bfloat16 / float32,
-// double for float64), with the position encoding added and the query scaled; every product is
-// then a small dense matrix product over those buffers, vectorised over its output columns
-// (GCC / Clang vector extensions; `mm` below). Buffer rows are padded to multiples of kPad, so
-// that whole vectors fit; padded key columns are masked to -inf before the softmax.
+// Every work item copies the rows it needs from q, k, v (and g_out) through their strides into
+// small contiguous buffers in the compute type A (float for float16 / bfloat16 / float32, double
+// for float64), with the position encoding added and the query scaled; every product is then a
+// small dense matrix product over those buffers, vectorised over its output columns (`mm` below;
+// keys and values are transposed in the buffers where they are the columns). Buffer rows are
+// padded to multiples of kPad, so that whole vectors fit; padded key columns are masked to -inf
+// before the softmax.
 //
 // Two paths:
-//   short: temporal attention with T <= kShortL (the common case: a few dozen frames). One work
-//          item is one pixel with all its heads: each row of q, k, v is read once as one run of
-//          C channels (contiguous in channels-last tensors), and each head's whole T x T score
-//          block stays in a small buffer (a plain softmax, no online rescaling).
+//   short: temporal attention with T <= kShortL (the common case: a few dozen frames). An item is
+//          a block of kPixelBlock pixels of one image row. Channels-last q: pixel by pixel, all
+//          heads together, each row of q, k, v read as one run of C channels. Other layouts
+//          ([B, C, T, H, W] views, whose pixels are contiguous per channel): head by head, the
+//          block's pixels together, each (channel, frame) run of pixels read once (float: 8 x 8
+//          blocks transposed in registers). Each head's whole T x T score block stays in a small
+//          buffer: a plain softmax, no online rescaling.
 //   tiled: spatial attention and longer temporal sequences. One work item is (sequence, head,
 //          block of kBQ queries); keys and values come in tiles of kBK with an online softmax,
-//          so memory stays bounded for any length (a 64 x 64 latent is L = 4096).
+//          so memory stays bounded for any length (a 64 x 64 latent is L = 4096). The next
+//          tile's rows are prefetched while one computes.
 //
 // Backward (FlashAttention-2: P recomputed from lse). The short path does a pixel's dq, dk, dv at
 // once, with Delta_i = sum_j P_ij dP_ij from its whole rows (out is not read). The tiled path
@@ -24,15 +29,16 @@
 // order and accumulates dk, dv (in spatial mode with cross-frame sources a key frame serves
 // several query frames); pass Q, items (sequence, head, block of kBQ queries), accumulates dq
 // over all keys. dbias sums over sequences:
-//   short path: per-chunk partial sums over a partition into kBiasChunks fixed pixel ranges,
-//               reduced in chunk order;
+//   short path: per-chunk partial sums over a partition of the pixel blocks into kBiasChunks
+//               fixed ranges, reduced in chunk order;
 //   tiled path: items (bias head, query block) own their dbias rows and loop over the
 //               sequences (and heads) in order.
 // Neither depends on the number of threads or on the schedule, so reruns are bit-identical.
 //
 // Vectors: 32 bytes (AVX2 + FMA, through a target attribute on the per-range entry points with
-// everything below them inlined, as in composite.cpp) when the CPU has them, else 16 bytes.
-// PYENGINE_NO_AVX2=1 forces the 16-byte path. float exp is a polynomial (below); double uses libm.
+// everything below them inlined, as in composite.cpp; the float product with intrinsics) when the
+// CPU has them, else 16 bytes (GCC / Clang vector extensions). PYENGINE_NO_AVX2=1 forces the
+// 16-byte path. float exp is a polynomial (Vm::exp); double uses libm.
 #include "pyengine/st_attention.h"
 
 #include <algorithm>
@@ -65,7 +71,7 @@ constexpr int kMaxRows = 128;  // the largest of the four
 constexpr int kMaxTile = kBQ * kBK > kKeyQ * kKeyBlock ? kBQ * kBK : kKeyQ * kKeyBlock;
 static_assert(kBQ <= kMaxRows && kBK <= kMaxRows && kKeyBlock <= kMaxRows && kKeyQ <= kMaxRows, "row buffers");
 constexpr int64_t kBiasChunks = 64;  // short path with dbias: fixed pixel ranges
-constexpr int kPixelBlock = 32;         // short path: pixels (of one image row) per item
+constexpr int kPixelBlock = 32;      // short path: pixels (of one image row) per item
 
 PE_VEC int round_up(int n) { return (n + kPad - 1) / kPad * kPad; }
 
