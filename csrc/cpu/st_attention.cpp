@@ -1,36 +1,44 @@
 // CPU kernels of st_attention: OpenMP loops over the maths of pyengine/st_attention.h.
 //
-// Every work item copies the rows it needs from q, k, v (and g_out, out) through their strides
-// into small contiguous buffers in the compute type A (float for float16 / bfloat16 / float32,
-// double for float64), with the position encoding added and the query scaled; every product is
-// then a small dense matrix product over those buffers, vectorised over its output columns
-// (GCC / Clang vector extensions; `mm` below). Buffer rows are padded to multiples of kPad, so
-// that whole vectors fit; padded key columns are masked to -inf before the softmax.
+// Every work item copies the rows it needs from q, k, v (and g_out) through their strides into
+// small contiguous buffers in the compute type A (float for float16 / bfloat16 / float32, double
+// for float64), with the position encoding added and the query scaled; every product is then a
+// small dense matrix product over those buffers, vectorised over its output columns (`mm` below;
+// keys and values are transposed in the buffers where they are the columns). Buffer rows are
+// padded to multiples of kPad, so that whole vectors fit; padded key columns are masked to -inf
+// before the softmax.
 //
 // Two paths:
-//   short: temporal attention with T <= kShortL (the common case: a few dozen frames). One work
-//          item is one pixel with all its heads: each row of q, k, v is read once as one run of
-//          C channels (contiguous in channels-last tensors), and each head's whole T x T score
-//          block stays in a small buffer (a plain softmax, no online rescaling).
+//   short: temporal attention with T <= kShortL (the common case: a few dozen frames). An item is
+//          a block of kPixelBlock pixels of one image row. Channels-last q: pixel by pixel, all
+//          heads together, each row of q, k, v read as one run of C channels. Other layouts
+//          ([B, C, T, H, W] views, whose pixels are contiguous per channel): head by head, the
+//          block's pixels together, each (channel, frame) run of pixels read once (float: 8 x 8
+//          blocks transposed in registers). Each head's whole T x T score block stays in a small
+//          buffer: a plain softmax, no online rescaling.
 //   tiled: spatial attention and longer temporal sequences. One work item is (sequence, head,
 //          block of kBQ queries); keys and values come in tiles of kBK with an online softmax,
-//          so memory stays bounded for any length (a 64 x 64 latent is L = 4096).
+//          so memory stays bounded for any length (a 64 x 64 latent is L = 4096). The next
+//          tile's rows are prefetched while one computes.
 //
 // Backward (FlashAttention-2: P recomputed from lse). The short path does a pixel's dq, dk, dv at
-// once, with Delta_i = sum_j P_ij dP_ij from its whole rows (out is not read). The tiled path runs two passes, each item owning what it writes, so that nothing is
-// accumulated across threads: pass K, items (key sequence, head, key tile), loops over every
-// query (frame) that attends to those keys in a fixed order and accumulates dk, dv (in spatial
-// mode with cross-frame sources a key frame serves several query frames); pass Q, items
-// (sequence, head, query block), accumulates dq over all keys. dbias sums over sequences:
-//   short path: per-chunk partial sums over a partition into kBiasChunks fixed pixel ranges,
-//               reduced in chunk order;
+// once, with Delta_i = sum_j P_ij dP_ij from its whole rows (out is not read). The tiled path
+// computes Delta_i = <g_out_i, out_i> once, then runs two passes, each item owning what it
+// writes, so that nothing is accumulated across threads: pass K, items (key sequence, head,
+// block of kKeyBlock keys), loops over every query (frame) that attends to those keys in a fixed
+// order and accumulates dk, dv (in spatial mode with cross-frame sources a key frame serves
+// several query frames); pass Q, items (sequence, head, block of kBQ queries), accumulates dq
+// over all keys. dbias sums over sequences:
+//   short path: per-chunk partial sums over a partition of the pixel blocks into kBiasChunks
+//               fixed ranges, reduced in chunk order;
 //   tiled path: items (bias head, query block) own their dbias rows and loop over the
 //               sequences (and heads) in order.
 // Neither depends on the number of threads or on the schedule, so reruns are bit-identical.
 //
 // Vectors: 32 bytes (AVX2 + FMA, through a target attribute on the per-range entry points with
-// everything below them inlined, as in composite.cpp) when the CPU has them, else 16 bytes.
-// PYENGINE_NO_AVX2=1 forces the 16-byte path. float exp is a polynomial (below); double uses libm.
+// everything below them inlined, as in composite.cpp; the float product with intrinsics) when the
+// CPU has them, else 16 bytes (GCC / Clang vector extensions). PYENGINE_NO_AVX2=1 forces the
+// 16-byte path. float exp is a polynomial (Vm::exp); double uses libm.
 #include "pyengine/st_attention.h"
 
 #include <algorithm>
@@ -55,10 +63,15 @@ namespace {
 
 constexpr int kPad = 8;              // buffer rows: multiples of 8 values (every vector width)
 constexpr int kShortL = 64;          // temporal with T <= kShortL takes the short path
-constexpr int kBQ = 64, kBK = 64;    // tiled path: queries per item, keys per tile
-static_assert(kBQ == kBK, "pass K counts key tiles with the query blocks' count");
+// Tiled path: the forward and the backward's pass Q take items of kBQ queries and key tiles of
+// kBK; pass K items of kKeyBlock keys and query tiles of kKeyQ. Larger items load each tile of
+// the other side for more rows (tiles are read through strides, from L2 / L3).
+constexpr int kBQ = 128, kBK = 64, kKeyBlock = 128, kKeyQ = 64;
+constexpr int kMaxRows = 128;  // the largest of the four
+constexpr int kMaxTile = kBQ * kBK > kKeyQ * kKeyBlock ? kBQ * kBK : kKeyQ * kKeyBlock;
+static_assert(kBQ <= kMaxRows && kBK <= kMaxRows && kKeyBlock <= kMaxRows && kKeyQ <= kMaxRows, "row buffers");
 constexpr int64_t kBiasChunks = 64;  // short path with dbias: fixed pixel ranges
-constexpr int64_t kPixelsPerGrab = 8;
+constexpr int kPixelBlock = 32;      // short path: pixels (of one image row) per item
 
 PE_VEC int round_up(int n) { return (n + kPad - 1) / kPad * kPad; }
 
@@ -350,7 +363,8 @@ struct Ctx {
   const StBwdArgs<S, A>* g = nullptr;  // backward
   int64_t L, Lk, nseq;                 // Lq, keys per sequence, sequences
   int D, Dp, C;
-  StStrides so, sl;  // contiguous [B, T, H, W, C] and [B, T, H, W, heads]
+  StStrides so, sl;         // contiguous [B, T, H, W, C] and [B, T, H, W, heads]
+  const A* delta = nullptr;  // tiled backward: Delta per row and head, indexed like lse
   Ctx(const StDims& d_) : d(d_) {
     L = st_len(d);
     Lk = st_key_len(d);
@@ -415,20 +429,6 @@ struct Kern {
         }
       }
     }
-  }
-
-  // delta[h dhs + i] = <g_i, out_i> of head h, rows i < n: g already in a buffer (row-major, ld),
-  // out read through its strides.
-  static PE_VEC void deltas(const S* out, const int64_t* off, int64_t sc, int n, int nh, int D, const A* g,
-                            int64_t ghs, int64_t ld, A* delta, int64_t dhs) {
-    for (int h = 0; h < nh; ++h)
-      for (int i = 0; i < n; ++i) {
-        const S* r = out + off[i] + static_cast<int64_t>(h) * D * sc;
-        const A* gr = g + h * ghs + i * ld;
-        A s = A(0);
-        for (int c = 0; c < D; ++c) s += gr[c] * load_as_acc<A>(r[c * sc]);
-        delta[h * dhs + i] = s;
-      }
   }
 
   // dst[off[i] + c sc] = src[i ld + c] * (row_scale ? row_scale[i] : scale), rows i < n, c < D.
@@ -507,30 +507,37 @@ struct Kern {
     }
   }
 
-  // dst[c ldd + i] = src[i lds + c] for rows i < n and columns c < m, both multiples of kPad. float
-  // with 8-float vectors: 8 x 8 blocks transposed in registers (8 loads, 24 shuffles, 8 stores);
-  // else one value at a time.
+  // r[i][l] <-> r[l][i]: an 8 x 8 block of floats transposed in registers (24 shuffles).
+  static PE_VEC void transpose8(V* r) {
+    V t[8], u[8];
+    for (int i = 0; i < 4; ++i) {  // pairs of rows interleaved
+      t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+      t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 2; ++i)  // quads of rows
+      for (int j = 0; j < 2; ++j) {
+        u[4 * i + 2 * j] = __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[4 * i + 2 * j + 1] = __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+      }
+    for (int i = 0; i < 4; ++i) {  // the two 4-row halves
+      r[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+      r[i + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+  }
+
+  // Whether 8 x 8 blocks of A can be transposed in registers: float with 8-float vectors.
+  static constexpr bool kTranspose8 = std::is_same_v<A, float> && N == 8;
+
+  // dst[c ldd + i] = src[i lds + c] for rows i < n and columns c < m, both multiples of kPad:
+  // 8 x 8 blocks in registers (transpose8) where possible, else one value at a time.
   static PE_VEC void transpose(const A* src, int64_t lds, int n, int m, A* dst, int64_t ldd) {
-    if constexpr (std::is_same_v<A, float> && N == 8) {
+    if constexpr (kTranspose8) {
       for (int i0 = 0; i0 < n; i0 += 8)
         for (int c0 = 0; c0 < m; c0 += 8) {
-          V r[8], t[8], u[8];
+          V r[8];
           for (int i = 0; i < 8; ++i) r[i] = X::load(src + (i0 + i) * lds + c0);
-          for (int i = 0; i < 4; ++i) {  // pairs of rows interleaved
-            t[2 * i] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-            t[2 * i + 1] = __builtin_shufflevector(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-          }
-          for (int i = 0; i < 2; ++i)  // quads of rows
-            for (int j = 0; j < 2; ++j) {
-              u[4 * i + 2 * j] = __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-              u[4 * i + 2 * j + 1] =
-                  __builtin_shufflevector(t[4 * i + j], t[4 * i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-            }
-          for (int i = 0; i < 4; ++i) {  // the two 4-row halves
-            X::store(dst + (c0 + i) * ldd + i0, __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11));
-            X::store(dst + (c0 + i + 4) * ldd + i0,
-                     __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15));
-          }
+          transpose8(r);
+          for (int i = 0; i < 8; ++i) X::store(dst + (c0 + i) * ldd + i0, r[i]);
         }
     } else {
       for (int i0 = 0; i0 < n; i0 += kPad)
@@ -548,7 +555,11 @@ struct Kern {
   }
 
   // ===========================================================================================
-  // Short path: temporal attention with T <= kShortL, one pixel (all heads) per item.
+  // Short path: temporal attention with T <= kShortL. An item is a block of up to kPixelBlock
+  // pixels of one image row (consecutive w). Channels-last q: pixel by pixel, all heads at once
+  // (each row of q, k, v one run of C values). Otherwise (e.g. [B, C, T, H, W] views, whose
+  // pixels are contiguous per channel): head by head, the block's pixels at once, so that each
+  // (channel, frame) run of the block's pixels is read (and, for gradients, written) once.
 
   // Offsets of frames 0 .. T - 1 of pixel seq (temporal): one offset, then steps of the frame stride.
   static PE_VEC void rows_of(const StDims& d, const StStrides& s, int64_t seq, int T, int64_t* off) {
@@ -571,23 +582,146 @@ struct Kern {
     }
   }
 
-  struct ShortFwd {
+  // Head h of np pixels of a block: element (pixel j, frame t, channel c) at src[base + j sw + t st
+  // + (h D + c) sc], plus pos[t D + c], times scale, into dst[j bs + t Dp + c]. Read along the
+  // pixels (contiguous in [B, C, T, H, W] views): float blocks of 8 pixels x 8 channels are
+  // transposed in registers, anything else goes one value at a time.
+  template <class Src>
+  static PE_VEC void load_block(const Src* src, int64_t base, const StStrides& s, int np, int T, int h, int D,
+                                const A* pos, A scale, A* dst, int64_t bs, int Dp) {
+    if constexpr (kTranspose8 && std::is_same_v<Src, float>) {
+      if (np % 8 == 0 && s.w == 1 && D % 8 == 0) {
+        for (int t = 0; t < T; ++t)
+          for (int c0 = 0; c0 < D; c0 += 8) {
+            const Src* r0 = src + base + t * s.t + (static_cast<int64_t>(h) * D + c0) * s.c;
+            const V p = pos ? X::load(pos + static_cast<int64_t>(t) * D + c0) : X::splat(A(0));
+            for (int j0 = 0; j0 < np; j0 += 8) {
+              V r[8];
+              for (int i = 0; i < 8; ++i) r[i] = X::load(r0 + i * s.c + j0);
+              transpose8(r);
+              A* o = dst + j0 * bs + static_cast<int64_t>(t) * Dp + c0;
+              for (int j = 0; j < 8; ++j) X::store(o + j * bs, (r[j] + p) * scale);
+            }
+          }
+        return;
+      }
+    }
+    for (int c = 0; c < D; ++c)
+      for (int t = 0; t < T; ++t) {
+        const Src* r = src + base + t * s.t + (static_cast<int64_t>(h) * D + c) * s.c;
+        const A p = pos ? pos[static_cast<int64_t>(t) * D + c] : A(0);
+        A* o = dst + static_cast<int64_t>(t) * Dp + c;
+        for (int j = 0; j < np; ++j) o[j * bs] = (load_as_acc<A>(r[j * s.w]) + p) * scale;
+      }
+  }
+
+  // The reverse: dst[base + j sw + t st + (h D + c) sc] = src[j bs + t Dp + c] * scale.
+  static PE_VEC void store_block(S* dst, int64_t base, const StStrides& s, int np, int T, int h, int D, const A* src,
+                                 int64_t bs, int Dp, A scale) {
+    if constexpr (kTranspose8 && std::is_same_v<S, float>) {
+      if (np % 8 == 0 && s.w == 1 && D % 8 == 0) {
+        for (int t = 0; t < T; ++t)
+          for (int c0 = 0; c0 < D; c0 += 8) {
+            S* r0 = dst + base + t * s.t + (static_cast<int64_t>(h) * D + c0) * s.c;
+            for (int j0 = 0; j0 < np; j0 += 8) {
+              V r[8];
+              const A* o = src + j0 * bs + static_cast<int64_t>(t) * Dp + c0;
+              for (int j = 0; j < 8; ++j) r[j] = X::load(o + j * bs);
+              transpose8(r);
+              for (int i = 0; i < 8; ++i) X::store(r0 + i * s.c + j0, r[i] * scale);
+            }
+          }
+        return;
+      }
+    }
+    for (int c = 0; c < D; ++c)
+      for (int t = 0; t < T; ++t) {
+        S* r = dst + base + t * s.t + (static_cast<int64_t>(h) * D + c) * s.c;
+        const A* o = src + static_cast<int64_t>(t) * Dp + c;
+        for (int j = 0; j < np; ++j) store_from(r + j * s.w, o[j * bs] * scale);
+      }
+  }
+
+  // Scratch of one head of one pixel (forward and backward): keys / values transposed [Dp, Tp],
+  // scores / probabilities and dP / dS [T, Tp], and rows.
+  struct ShortScratch {
     int T, Tp;
-    Buf<A> q, kr, kt, v, s, o, row;  // q, kr, v: [heads, Tp, Dp] rows; kt: one head's [Dp, Tp]
-    Buf<int64_t> off;
-    ShortFwd(const Ctx<S, A>& x)
-        : T(static_cast<int>(x.d.T)), Tp(round_up(T)),
-          q(static_cast<size_t>(x.d.heads) * Tp * x.Dp), kr(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          kt(static_cast<size_t>(x.Dp) * Tp), v(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          s(static_cast<size_t>(T) * Tp),
-          o(static_cast<size_t>(T) * x.Dp), row(4 * static_cast<size_t>(T)), off(5 * static_cast<size_t>(T)) {}
+    Buf<A> kt, vt, s, dp, row;
+    ShortScratch(const Ctx<S, A>& x)
+        : T(static_cast<int>(x.d.T)), Tp(round_up(T)), kt(static_cast<size_t>(x.Dp) * Tp),
+          vt(static_cast<size_t>(x.Dp) * Tp), s(static_cast<size_t>(T) * Tp), dp(static_cast<size_t>(T) * Tp),
+          row(4 * static_cast<size_t>(T)) {}
   };
 
-  // Pixel seq; next: the pixel to prefetch (or -1).
-  static PE_VEC void short_fwd(const Ctx<S, A>& x, ShortFwd& w, int64_t seq, int64_t next) {
+  // Forward of one head of one pixel: q (scaled, with pos), k (with pos), v rows [Tp, Dp] (rows
+  // T .. Tp - 1 zero), bias [T, T] or null -> o [T, Dp] unnormalised, inv[t] = 1 / l_t, lse[t].
+  static PE_VEC void head_fwd(const Ctx<S, A>& x, ShortScratch& w, const A* q, const A* k, const A* v,
+                              const A* bias, A* o, A* inv, A* lse) {
+    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp;
+    A *m = w.row(), *l = m + T, *alpha = l + T;
+    transpose(k, Dp, Tp, Dp, w.kt(), Tp);
+    mm(T, Tp / N, D, q, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
+    finish_scores(w.s(), Tp, T, T, Tp, bias, T);
+    for (int t = 0; t < T; ++t) {
+      m[t] = st_neg_inf<A>();
+      l[t] = A(0);
+    }
+    softmax_tile(w.s(), Tp, T, Tp / N, m, l, alpha);
+    mm(T, Dp / N, T, w.s(), Tp, 1, v, Dp, o, Dp, false);
+    for (int t = 0; t < T; ++t) {
+      inv[t] = st_inv_sum(l[t]);
+      lse[t] = st_lse(m[t], l[t]);
+    }
+  }
+
+  // Backward of one head of one pixel: q (scaled), k, v, g_out rows [Tp, Dp], lse / g_lse [T],
+  // bias [T, T] or null; writes dv, dk and dq / scale [T, Dp] (each where not null) and adds dS to
+  // dbias [T, T] (where not null). Delta_i = sum_j P_ij dP_ij: out is not needed.
+  static PE_VEC void head_bwd(const Ctx<S, A>& x, ShortScratch& w, const A* q, const A* k, const A* v, const A* go,
+                              const A* lse, const A* glse, const A* bias, A* dq, A* dk, A* dv, A* dbias) {
+    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp;
+    transpose(k, Dp, Tp, Dp, w.kt(), Tp);
+    mm(T, Tp / N, D, q, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
+    finish_scores(w.s(), Tp, T, T, Tp, bias, T);
+    probs(w.s(), Tp, T, Tp / N, lse);
+    if (dv) mm(T, Dp / N, T, w.s(), 1, Tp, go, Dp, dv, Dp, false);  // dv_j = sum_i P_ij g_i: A = P^T
+    if (!dq && !dk && !dbias) return;
+    transpose(v, Dp, Tp, Dp, w.vt(), Tp);
+    mm(T, Tp / N, D, go, Dp, 1, w.vt(), Tp, w.dp(), Tp, false);
+    A* delta = w.row();
+    row_dots(w.s(), w.dp(), Tp, T, Tp / N, delta);
+    dscores(w.s(), w.dp(), Tp, T, Tp / N, delta, glse);
+    if (dk) mm(T, Dp / N, T, w.dp(), 1, Tp, q, Dp, dk, Dp, false);  // dk_j = sum_i dS_ij q_i (q scaled)
+    if (dq) mm(T, Dp / N, T, w.dp(), Tp, 1, k, Dp, dq, Dp, false);  // dq_i / scale = sum_j dS_ij k_j
+    if (dbias)
+      for (int i = 0; i < T; ++i)
+        for (int j = 0; j < T; ++j) dbias[i * T + j] += w.dp()[i * Tp + j];
+  }
+
+  // Values per pixel of a block buffer: one more cache line than [Tp, Dp], so that the pixels'
+  // slots do not all map to the same L1 set.
+  static PE_VEC int64_t block_stride(int Tp, int Dp) { return static_cast<int64_t>(Tp) * Dp + 64 / sizeof(A); }
+
+  // Workspace of the short path: rows of q, k, v (and g_out, dq, dk, dv in the backward) for all
+  // heads of one pixel ([heads, Tp, Dp]) or for one head of a block's pixels ([kPixelBlock, Tp, Dp]).
+  struct ShortWork {
+    ShortScratch sc;
+    int64_t per;  // values per buffer
+    Buf<A> q, k, v, go, dq, dk, dv, o, rows;
+    Buf<int64_t> off;
+    ShortWork(const Ctx<S, A>& x, bool backward)
+        : sc(x), per(std::max(static_cast<int64_t>(x.d.heads) * sc.Tp * x.Dp, kPixelBlock * block_stride(sc.Tp, x.Dp))),
+          q(per), k(per), v(per),
+          go(backward ? per : 0), dq(backward ? per : 0), dk(backward ? per : 0), dv(backward ? per : 0),
+          o(backward ? 0 : static_cast<size_t>(sc.T) * x.Dp),
+          rows(4 * static_cast<size_t>(std::max(x.d.heads, kPixelBlock)) * sc.T), off(10 * static_cast<size_t>(sc.T)) {}
+  };
+
+  // Forward of pixel seq, all heads (channels-last); next: the pixel to prefetch (or -1).
+  static PE_VEC void pixel_fwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq, int64_t next) {
     const StDims& d = x.d;
     const StFwdArgs<S, A>& a = *x.f;
-    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
     const auto row0 = [&](const StStrides& s) { return next < 0 ? 0 : st_row_offset(d, s, next, 0); };
     const int64_t nq0 = row0(a.sq), nk0 = row0(a.sk), nv0 = row0(a.sv), no0 = row0(x.so);
     int64_t *oq = w.off(), *ok = oq + T, *ov = ok + T, *oo = ov + T, *ol = oo + T;
@@ -596,12 +730,11 @@ struct Kern {
     rows_of(d, a.sv, seq, T, ov);
     rows_of(d, x.so, seq, T, oo);
     rows_of(d, x.sl, seq, T, ol);
-    // rows of every head, then per head the keys transposed (rows T .. Tp - 1 stay zero)
     const int64_t hq = static_cast<int64_t>(Tp) * Dp;
     load_rows(a.q, oq, a.sq.c, T, nh, D, a.pos, a.scale, w.q(), hq, Dp);
-    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.kr(), hq, Dp);
+    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.k(), hq, Dp);
     load_rows(a.v, ov, a.sv.c, T, nh, D, nullptr, A(1), w.v(), hq, Dp);
-    A *m = w.row(), *l = m + T, *alpha = l + T, *inv = alpha + T;
+    A *inv = w.rows(), *lse = inv + T;
     for (int h = 0; h < nh; ++h) {
       if (next >= 0) {
         const int64_t c0 = static_cast<int64_t>(h) * D;
@@ -610,43 +743,52 @@ struct Kern {
         prefetch_rows<0>(a.v, nv0, a.sv.c, a.sv.t, T, c0, D);
         prefetch_rows<1>(a.out, no0, 1, x.so.t, T, c0, D);
       }
-      transpose(w.kr() + h * hq, Dp, Tp, Dp, w.kt(), Tp);
-      mm(T, Tp / N, D, w.q() + h * hq, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
       const A* bias = a.bias ? a.bias + static_cast<int64_t>(st_bias_head(d, h)) * T * T : nullptr;
-      finish_scores(w.s(), Tp, T, T, Tp, bias, T);
-      for (int t = 0; t < T; ++t) {
-        m[t] = st_neg_inf<A>();
-        l[t] = A(0);
-      }
-      softmax_tile(w.s(), Tp, T, Tp / N, m, l, alpha);
-      mm(T, Dp / N, T, w.s(), Tp, 1, w.v() + h * hq, Dp, w.o(), Dp, false);
-      for (int t = 0; t < T; ++t) {
-        inv[t] = st_inv_sum(l[t]);
-        a.lse[ol[t] + h] = st_lse(m[t], l[t]);
-      }
+      head_fwd(x, w.sc, w.q() + h * hq, w.k() + h * hq, w.v() + h * hq, bias, w.o(), inv, lse);
+      for (int t = 0; t < T; ++t) a.lse[ol[t] + h] = lse[t];
       store_rows(a.out + static_cast<int64_t>(h) * D, oo, 1, T, D, w.o(), Dp, inv, A(1));
     }
   }
 
-  struct ShortBwd {
-    int T, Tp;
-    Buf<A> qs, kr, vr, kt, vt, go, rows, s, dp, acc;  // [heads, Tp, Dp] rows; kt, vt: one head's [Dp, Tp]
-    Buf<int64_t> off;
-    ShortBwd(const Ctx<S, A>& x)
-        : T(static_cast<int>(x.d.T)), Tp(round_up(T)),
-          qs(static_cast<size_t>(x.d.heads) * Tp * x.Dp), kr(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          vr(static_cast<size_t>(x.d.heads) * Tp * x.Dp), kt(static_cast<size_t>(x.Dp) * Tp),
-          vt(static_cast<size_t>(x.Dp) * Tp), go(static_cast<size_t>(x.d.heads) * Tp * x.Dp),
-          rows(3 * static_cast<size_t>(x.d.heads) * T),
-          s(static_cast<size_t>(T) * Tp), dp(static_cast<size_t>(T) * Tp), acc(static_cast<size_t>(T) * x.Dp),
-          off(8 * static_cast<size_t>(T)) {}
-  };
+  // Forward of the np pixels from seq0 (one image row), head by head.
+  static PE_VEC void block_fwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq0, int np) {
+    const StDims& d = x.d;
+    const StFwdArgs<S, A>& a = *x.f;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp;
+    const int64_t bs = block_stride(Tp, Dp);
+    const int64_t bq = st_row_offset(d, a.sq, seq0, 0), bk = st_row_offset(d, a.sk, seq0, 0),
+                  bv = st_row_offset(d, a.sv, seq0, 0);
+    int64_t *oo = w.off(), *ol = oo + T;
+    A *inv = w.rows(), *lse = inv + T;
+    for (int h = 0; h < d.heads; ++h) {
+      load_block(a.q, bq, a.sq, np, T, h, D, a.pos, a.scale, w.q(), bs, Dp);
+      load_block(a.k, bk, a.sk, np, T, h, D, a.pos, A(1), w.k(), bs, Dp);
+      load_block(a.v, bv, a.sv, np, T, h, D, nullptr, A(1), w.v(), bs, Dp);
+      const A* bias = a.bias ? a.bias + static_cast<int64_t>(st_bias_head(d, h)) * T * T : nullptr;
+      for (int j = 0; j < np; ++j) {
+        head_fwd(x, w.sc, w.q() + j * bs, w.k() + j * bs, w.v() + j * bs, bias, w.o(), inv, lse);
+        rows_of(d, x.so, seq0 + j, T, oo);
+        rows_of(d, x.sl, seq0 + j, T, ol);
+        for (int t = 0; t < T; ++t) a.lse[ol[t] + h] = lse[t];
+        store_rows(a.out + static_cast<int64_t>(h) * D, oo, 1, T, D, w.o(), Dp, inv, A(1));
+      }
+    }
+  }
 
-  // One pixel's gradients; dbias_acc: this chunk's partial [Hb, T, T] (or null).
-  static PE_VEC void short_bwd(const Ctx<S, A>& x, ShortBwd& w, int64_t seq, int64_t next, A* dbias_acc) {
+  // lse and g_lse of head h of pixel seq's T rows.
+  static PE_VEC void pixel_lse(const Ctx<S, A>& x, int64_t seq, int h, int T, int64_t* ol, A* lse, A* glse) {
+    rows_of(x.d, x.sl, seq, T, ol);
+    for (int t = 0; t < T; ++t) {
+      lse[t] = x.g->lse[ol[t] + h];
+      glse[t] = x.g->g_lse[ol[t] + h];
+    }
+  }
+
+  // Backward of pixel seq, all heads (channels-last); dbias_acc: this chunk's partial [Hb, T, T].
+  static PE_VEC void pixel_bwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq, int64_t next, A* dbias_acc) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
-    const int T = w.T, Tp = w.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp, nh = d.heads;
     // the next pixel's rows: q, k, v, g_out read, dq, dk, dv written
     const StStrides* nstr[7] = {&a.sq, &a.sk, &a.sv, &a.sg, &a.sdq, &a.sdk, &a.sdv};
     int64_t n0[7] = {};
@@ -662,19 +804,12 @@ struct Kern {
     if (a.dq) rows_of(d, a.sdq, seq, T, odq);
     if (a.dk) rows_of(d, a.sdk, seq, T, odk);
     if (a.dv) rows_of(d, a.sdv, seq, T, odv);
-    rows_of(d, x.sl, seq, T, ol);
     const int64_t hq = static_cast<int64_t>(Tp) * Dp;
-    load_rows(a.q, oq, a.sq.c, T, nh, D, a.pos, a.scale, w.qs(), hq, Dp);
-    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.kr(), hq, Dp);
-    if (need_ds) load_rows(a.v, ov, a.sv.c, T, nh, D, nullptr, A(1), w.vr(), hq, Dp);
+    load_rows(a.q, oq, a.sq.c, T, nh, D, a.pos, a.scale, w.q(), hq, Dp);
+    load_rows(a.k, ok, a.sk.c, T, nh, D, a.pos, A(1), w.k(), hq, Dp);
+    if (need_ds) load_rows(a.v, ov, a.sv.c, T, nh, D, nullptr, A(1), w.v(), hq, Dp);
     load_rows(a.g_out, og, a.sg.c, T, nh, D, nullptr, A(1), w.go(), hq, Dp);
-    // per head h: lse, g_lse of the T rows (and a head's Delta, below)
-    A *delta = w.rows(), *lse = delta + static_cast<int64_t>(nh) * T, *glse = lse + static_cast<int64_t>(nh) * T;
-    for (int h = 0; h < nh; ++h)
-      for (int t = 0; t < T; ++t) {
-        lse[h * T + t] = a.lse[ol[t] + h];
-        glse[h * T + t] = a.g_lse[ol[t] + h];
-      }
+    A *lse = w.rows(), *glse = lse + T;
     for (int h = 0; h < nh; ++h) {
       if (next >= 0) {
         const int64_t c0 = static_cast<int64_t>(h) * D;
@@ -686,36 +821,44 @@ struct Kern {
         prefetch_rows<1>(a.dk, n0[5], a.sdk.c, a.sdk.t, T, c0, D);
         prefetch_rows<1>(a.dv, n0[6], a.sdv.c, a.sdv.t, T, c0, D);
       }
-      const A *qs = w.qs() + h * hq, *go = w.go() + h * hq;
-      transpose(w.kr() + h * hq, Dp, Tp, Dp, w.kt(), Tp);
-      mm(T, Tp / N, D, qs, Dp, 1, w.kt(), Tp, w.s(), Tp, false);
+      pixel_lse(x, seq, h, T, ol, lse, glse);
       const int hb = st_bias_head(d, h);
-      finish_scores(w.s(), Tp, T, T, Tp, a.bias ? a.bias + static_cast<int64_t>(hb) * T * T : nullptr, T);
-      probs(w.s(), Tp, T, Tp / N, lse + h * T);
-      if (a.dv) {  // dv_j = sum_i P_ij g_i: A = P^T
-        mm(T, Dp / N, T, w.s(), 1, Tp, go, Dp, w.acc(), Dp, false);
-        store_rows(a.dv + h * D * a.sdv.c, odv, a.sdv.c, T, D, w.acc(), Dp, nullptr, A(1));
+      const A* bias = a.bias ? a.bias + static_cast<int64_t>(hb) * T * T : nullptr;
+      head_bwd(x, w.sc, w.q() + h * hq, w.k() + h * hq, w.v() + h * hq, w.go() + h * hq, lse, glse, bias,
+               a.dq ? w.dq() : nullptr, a.dk ? w.dk() : nullptr, a.dv ? w.dv() : nullptr,
+               dbias_acc ? dbias_acc + static_cast<int64_t>(hb) * T * T : nullptr);
+      if (a.dv) store_rows(a.dv + h * D * a.sdv.c, odv, a.sdv.c, T, D, w.dv(), Dp, nullptr, A(1));
+      if (a.dk) store_rows(a.dk + h * D * a.sdk.c, odk, a.sdk.c, T, D, w.dk(), Dp, nullptr, A(1));
+      if (a.dq) store_rows(a.dq + h * D * a.sdq.c, odq, a.sdq.c, T, D, w.dq(), Dp, nullptr, a.scale);
+    }
+  }
+
+  // Backward of the np pixels from seq0 (one image row), head by head.
+  static PE_VEC void block_bwd(const Ctx<S, A>& x, ShortWork& w, int64_t seq0, int np, A* dbias_acc) {
+    const StDims& d = x.d;
+    const StBwdArgs<S, A>& a = *x.g;
+    const int T = w.sc.T, Tp = w.sc.Tp, D = x.D, Dp = x.Dp;
+    const int64_t bs = block_stride(Tp, Dp);
+    const bool need_ds = a.dq || a.dk || dbias_acc;
+    const auto base = [&](const StStrides& s) { return st_row_offset(d, s, seq0, 0); };
+    int64_t* ol = w.off();
+    A *lse = w.rows(), *glse = lse + T;
+    for (int h = 0; h < d.heads; ++h) {
+      load_block(a.q, base(a.sq), a.sq, np, T, h, D, a.pos, a.scale, w.q(), bs, Dp);
+      load_block(a.k, base(a.sk), a.sk, np, T, h, D, a.pos, A(1), w.k(), bs, Dp);
+      if (need_ds) load_block(a.v, base(a.sv), a.sv, np, T, h, D, nullptr, A(1), w.v(), bs, Dp);
+      load_block(a.g_out, base(a.sg), a.sg, np, T, h, D, nullptr, A(1), w.go(), bs, Dp);
+      const int hb = st_bias_head(d, h);
+      const A* bias = a.bias ? a.bias + static_cast<int64_t>(hb) * T * T : nullptr;
+      for (int j = 0; j < np; ++j) {
+        pixel_lse(x, seq0 + j, h, T, ol, lse, glse);
+        head_bwd(x, w.sc, w.q() + j * bs, w.k() + j * bs, w.v() + j * bs, w.go() + j * bs, lse, glse, bias,
+                 a.dq ? w.dq() + j * bs : nullptr, a.dk ? w.dk() + j * bs : nullptr,
+                 a.dv ? w.dv() + j * bs : nullptr, dbias_acc ? dbias_acc + static_cast<int64_t>(hb) * T * T : nullptr);
       }
-      if (!need_ds) continue;
-      transpose(w.vr() + h * hq, Dp, Tp, Dp, w.vt(), Tp);
-      mm(T, Tp / N, D, go, Dp, 1, w.vt(), Tp, w.dp(), Tp, false);
-      // Delta_i = <g_out_i, out_i> = sum_j P_ij dP_ij (out_i = sum_j P_ij v_j): the whole row is
-      // here, so out is not read at all
-      row_dots(w.s(), w.dp(), Tp, T, Tp / N, delta + h * T);
-      dscores(w.s(), w.dp(), Tp, T, Tp / N, delta + h * T, glse + h * T);
-      if (a.dk) {  // dk_j = sum_i dS_ij q_i (q scaled)
-        mm(T, Dp / N, T, w.dp(), 1, Tp, qs, Dp, w.acc(), Dp, false);
-        store_rows(a.dk + h * D * a.sdk.c, odk, a.sdk.c, T, D, w.acc(), Dp, nullptr, A(1));
-      }
-      if (a.dq) {  // dq_i = scale sum_j dS_ij k_j
-        mm(T, Dp / N, T, w.dp(), Tp, 1, w.kr() + h * hq, Dp, w.acc(), Dp, false);
-        store_rows(a.dq + h * D * a.sdq.c, odq, a.sdq.c, T, D, w.acc(), Dp, nullptr, a.scale);
-      }
-      if (dbias_acc) {
-        A* db = dbias_acc + static_cast<int64_t>(hb) * T * T;
-        for (int i = 0; i < T; ++i)
-          for (int j = 0; j < T; ++j) db[i * T + j] += w.dp()[i * Tp + j];
-      }
+      if (a.dv) store_block(a.dv, base(a.sdv), a.sdv, np, T, h, D, w.dv(), bs, Dp, A(1));
+      if (a.dk) store_block(a.dk, base(a.sdk), a.sdk, np, T, h, D, w.dk(), bs, Dp, A(1));
+      if (a.dq) store_block(a.dq, base(a.sdq), a.sdq, np, T, h, D, w.dq(), bs, Dp, a.scale);
     }
   }
 
@@ -744,8 +887,40 @@ struct Kern {
     TiledFwd(const Ctx<S, A>& x)
         : q(static_cast<size_t>(kBQ) * x.Dp), kr(static_cast<size_t>(kBK) * x.Dp), kt(static_cast<size_t>(x.Dp) * kBK),
           v(static_cast<size_t>(kBK) * x.Dp),
-          s(static_cast<size_t>(kBQ) * kBK), o(static_cast<size_t>(kBQ) * x.Dp), row(4 * kBQ), off(5 * kBQ) {}
+          s(static_cast<size_t>(kBQ) * kBK), o(static_cast<size_t>(kBQ) * x.Dp), row(4 * kBQ),
+          off(3 * kBQ + 4 * kBK) {}
   };
+
+  // Key tile `tile` of sequence seq (tiles of kBK keys within each source frame, sources in
+  // order): sets src, j0 and nk, and the row offsets in k and v; with `prefetch`, also asks for
+  // the rows' head-h channels (channels-last tensors only), a tile ahead of their use.
+  static PE_VEC void key_tile(const Ctx<S, A>& x, const StStrides& sk, const StStrides& sv, const S* k, const S* v,
+                              int64_t seq, int64_t tile, bool prefetch, int& src, int64_t& j0, int& nk, int64_t* ok,
+                              int64_t* ov) {
+    const int64_t per = (x.L + kBK - 1) / kBK;
+    src = static_cast<int>(tile / per);
+    j0 = (tile % per) * kBK;
+    nk = static_cast<int>(std::min<int64_t>(kBK, x.L - j0));
+    const int32_t* kv = x.f ? x.f->kv_frames : x.g->kv_frames;
+    key_offsets(x, sk, kv, seq, src, j0, nk, ok);
+    key_offsets(x, sv, kv, seq, src, j0, nk, ov);
+    if (prefetch) {
+      prefetch_tile(k, ok, sk.c, nk, x.D);
+      prefetch_tile(v, ov, sv.c, nk, x.D);
+    }
+  }
+
+  // Prefetch of D values at src + off[i], i < n, when they are contiguous (sc = 1).
+  template <class P>
+  static PE_VEC void prefetch_tile(const P* src, const int64_t* off, int64_t sc, int n, int D) {
+    if (sc != 1) return;
+    for (int i = 0; i < n; ++i) {
+      const uintptr_t lo = reinterpret_cast<uintptr_t>(src + off[i]);
+      const uintptr_t hi = lo + static_cast<uintptr_t>(D) * sizeof(P);
+      for (uintptr_t p = lo & ~static_cast<uintptr_t>(63); p < hi; p += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 1);
+    }
+  }
 
   static PE_VEC void tiled_fwd(const Ctx<S, A>& x, TiledFwd& w, int64_t seq, int h, int64_t qb) {
     const StDims& d = x.d;
@@ -753,7 +928,8 @@ struct Kern {
     const int D = x.D, Dp = x.Dp;
     const int64_t L = x.L, i0 = qb * kBQ;
     const int nq = static_cast<int>(std::min<int64_t>(kBQ, L - i0));
-    int64_t *oq = w.off(), *ok = oq + kBQ, *ov = ok + kBQ, *oo = ov + kBQ, *ol = oo + kBQ;
+    // key / value row offsets of two tiles: the one in use and the next (prefetched)
+    int64_t *oq = w.off(), *oo = oq + kBQ, *ol = oo + kBQ, *okv = ol + kBQ;
     for (int i = 0; i < nq; ++i) {
       oq[i] = st_row_offset(d, a.sq, seq, i0 + i);
       oo[i] = st_row_offset(d, x.so, seq, i0 + i);
@@ -768,21 +944,31 @@ struct Kern {
     }
     const A* bias = a.bias ? a.bias + (static_cast<int64_t>(st_bias_head(d, h)) * L + i0) * x.Lk : nullptr;
     bool first = true;
-    for (int src = 0; src < d.n_src; ++src)
-      for (int64_t j0 = 0; j0 < L; j0 += kBK) {
-        const int nk = static_cast<int>(std::min<int64_t>(kBK, L - j0)), nkp = round_up(nk);
-        key_offsets(x, a.sk, a.kv_frames, seq, src, j0, nk, ok);
-        key_offsets(x, a.sv, a.kv_frames, seq, src, j0, nk, ov);
-        load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, a.pos ? a.pos + j0 * D : nullptr, w.kr(), w.kt(),
-                  kBK);
-        load_rows(a.v + ch * a.sv.c, ov, a.sv.c, nk, 1, D, nullptr, A(1), w.v(), 0, Dp);
-        mm(nq, nkp / N, D, w.q(), Dp, 1, w.kt(), kBK, w.s(), kBK, false);
-        finish_scores(w.s(), kBK, nq, nk, nkp, bias ? bias + src * L + j0 : nullptr, x.Lk);
-        softmax_tile(w.s(), kBK, nq, nkp / N, m, l, alpha);
-        if (!first) scale_rows(w.o(), Dp, nq, Dp / N, alpha);
-        mm(nq, Dp / N, nk, w.s(), kBK, 1, w.v(), Dp, w.o(), Dp, !first);
-        first = false;
+    const int64_t ntiles = d.n_src * ((L + kBK - 1) / kBK);
+    int src = 0, nk = 0, src_next = 0, nk_next = 0;
+    int64_t j0 = 0, j0_next = 0;
+    if (ntiles > 0) key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, 0, false, src, j0, nk, okv, okv + kBK);
+    for (int64_t tile = 0; tile < ntiles; ++tile) {
+      int64_t *ok = okv + (tile & 1) * 2 * kBK, *ov = ok + kBK;
+      if (tile + 1 < ntiles) {
+        int64_t* next = okv + ((tile + 1) & 1) * 2 * kBK;
+        key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, tile + 1, true, src_next, j0_next, nk_next, next,
+                 next + kBK);
       }
+      const int nkp = round_up(nk);
+      const A* kpos = a.pos ? a.pos + j0 * D : nullptr;
+      load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, kpos, w.kr(), w.kt(), kBK);
+      load_rows(a.v + ch * a.sv.c, ov, a.sv.c, nk, 1, D, nullptr, A(1), w.v(), 0, Dp);
+      mm(nq, nkp / N, D, w.q(), Dp, 1, w.kt(), kBK, w.s(), kBK, false);
+      finish_scores(w.s(), kBK, nq, nk, nkp, bias ? bias + src * L + j0 : nullptr, x.Lk);
+      softmax_tile(w.s(), kBK, nq, nkp / N, m, l, alpha);
+      if (!first) scale_rows(w.o(), Dp, nq, Dp / N, alpha);
+      mm(nq, Dp / N, nk, w.s(), kBK, 1, w.v(), Dp, w.o(), Dp, !first);
+      first = false;
+      src = src_next;
+      j0 = j0_next;
+      nk = nk_next;
+    }
     if (first) std::fill(w.o(), w.o() + static_cast<int64_t>(nq) * Dp, A(0));  // no keys at all
     for (int i = 0; i < nq; ++i) {
       inv[i] = st_inv_sum(l[i]);
@@ -795,62 +981,60 @@ struct Kern {
     Buf<A> qs, go, kt, vt, kr, vr, s, dp, acc, acc2, rows;
     Buf<int64_t> off;
     TiledBwd(const Ctx<S, A>& x)
-        : qs(static_cast<size_t>(kBQ) * x.Dp), go(static_cast<size_t>(kBQ) * x.Dp),
-          kt(static_cast<size_t>(x.Dp) * kBK), vt(static_cast<size_t>(x.Dp) * kBK), kr(static_cast<size_t>(kBK) * x.Dp),
-          vr(static_cast<size_t>(kBK) * x.Dp),
-          s(static_cast<size_t>(kBQ) * kBK), dp(static_cast<size_t>(kBQ) * kBK), acc(static_cast<size_t>(kBK) * x.Dp),
-          acc2(static_cast<size_t>(kBK) * x.Dp), rows(3 * kBQ), off(8 * kBK) {}
+        : qs(static_cast<size_t>(kMaxRows) * x.Dp), go(static_cast<size_t>(kMaxRows) * x.Dp),
+          kt(static_cast<size_t>(x.Dp) * kMaxRows), vt(static_cast<size_t>(x.Dp) * kMaxRows),
+          kr(static_cast<size_t>(kMaxRows) * x.Dp), vr(static_cast<size_t>(kMaxRows) * x.Dp),
+          s(static_cast<size_t>(kMaxTile)), dp(static_cast<size_t>(kMaxTile)),
+          acc(static_cast<size_t>(kMaxRows) * x.Dp), acc2(static_cast<size_t>(kMaxRows) * x.Dp), rows(3 * kMaxRows),
+          off(8 * kMaxRows) {}
   };
 
-  // The query block's rows [i0, i0 + nq) of sequence seq, head h: qs (scaled, with pos), g_out,
-  // and per row delta, lse, g_lse.
-  static PE_VEC void tiled_queries(const Ctx<S, A>& x, TiledBwd& w, int64_t seq, int h, int64_t i0, int nq,
-                                   bool need_delta) {
+  // The query rows [i0, i0 + nq) of sequence seq, head h: qs (scaled, with pos), g_out, and per row
+  // delta (precomputed, x.delta), lse, g_lse.
+  static PE_VEC void tiled_queries(const Ctx<S, A>& x, TiledBwd& w, int64_t seq, int h, int64_t i0, int nq) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
     const int D = x.D, Dp = x.Dp;
-    int64_t *oq = w.off() + 5 * kBK, *og = oq + kBK, *oout = og + kBK;
+    int64_t *oq = w.off() + 6 * kMaxRows, *og = oq + kMaxRows;
     for (int i = 0; i < nq; ++i) {
       oq[i] = st_row_offset(d, a.sq, seq, i0 + i);
       og[i] = st_row_offset(d, a.sg, seq, i0 + i);
-      oout[i] = st_row_offset(d, a.so, seq, i0 + i);
     }
     const int64_t ch = static_cast<int64_t>(h) * D;
-    load_rows(a.q + ch * a.sq.c, oq, a.sq.c, nq, 1, D, a.pos ? a.pos + i0 * D : nullptr, a.scale, w.qs(), 0,
-                     Dp);
+    load_rows(a.q + ch * a.sq.c, oq, a.sq.c, nq, 1, D, a.pos ? a.pos + i0 * D : nullptr, a.scale, w.qs(), 0, Dp);
     load_rows(a.g_out + ch * a.sg.c, og, a.sg.c, nq, 1, D, nullptr, A(1), w.go(), 0, Dp);
-    A *delta = w.rows(), *lse = delta + kBQ, *glse = lse + kBQ;
-    if (need_delta) deltas(a.out + ch * a.so.c, oout, a.so.c, nq, 1, D, w.go(), 0, Dp, delta, 0);
+    A *delta = w.rows(), *lse = delta + kMaxRows, *glse = lse + kMaxRows;
     for (int i = 0; i < nq; ++i) {
       const int64_t r = st_row_offset(d, x.sl, seq, i0 + i) + h;
+      delta[i] = x.delta ? x.delta[r] : A(0);
       lse[i] = a.lse[r];
       glse[i] = a.g_lse[r];
     }
   }
 
-  // Scores and probabilities of the loaded query block against the loaded key tile (w.kt), and,
-  // with need_ds, dS in w.dp (needs w.vt).
-  static PE_VEC void tiled_probs(const Ctx<S, A>& x, TiledBwd& w, int nq, int nk, int nkp, const A* bias,
+  // Scores and probabilities of the loaded queries against the loaded key tile (w.kt, row stride
+  // ldk, also that of w.s and w.dp), and, with need_ds, dS in w.dp (needs w.vt).
+  static PE_VEC void tiled_probs(const Ctx<S, A>& x, TiledBwd& w, int nq, int nk, int nkp, int ldk, const A* bias,
                                  bool need_ds) {
-    const A *delta = w.rows(), *lse = delta + kBQ, *glse = lse + kBQ;
-    mm(nq, nkp / N, x.D, w.qs(), x.Dp, 1, w.kt(), kBK, w.s(), kBK, false);
-    finish_scores(w.s(), kBK, nq, nk, nkp, bias, x.Lk);
-    probs(w.s(), kBK, nq, nkp / N, lse);
+    const A *delta = w.rows(), *lse = delta + kMaxRows, *glse = lse + kMaxRows;
+    mm(nq, nkp / N, x.D, w.qs(), x.Dp, 1, w.kt(), ldk, w.s(), ldk, false);
+    finish_scores(w.s(), ldk, nq, nk, nkp, bias, x.Lk);
+    probs(w.s(), ldk, nq, nkp / N, lse);
     if (!need_ds) return;
-    mm(nq, nkp / N, x.D, w.go(), x.Dp, 1, w.vt(), kBK, w.dp(), kBK, false);
-    dscores(w.s(), w.dp(), kBK, nq, nkp / N, delta, glse);
+    mm(nq, nkp / N, x.D, w.go(), x.Dp, 1, w.vt(), ldk, w.dp(), ldk, false);
+    dscores(w.s(), w.dp(), ldk, nq, nkp / N, delta, glse);
   }
 
-  // Pass K: dk, dv of keys [j0, j0 + nk) of key sequence ks (temporal: a pixel; spatial: frame
-  // f = ks mod T of batch ks / T), head h, from every (query sequence, source) that reads them,
-  // in order of query frame, then source.
+  // Pass K: dk, dv of keys [j0, j0 + nk), j0 = kb kKeyBlock, of key sequence ks (temporal: a pixel;
+  // spatial: frame f = ks mod T of batch ks / T), head h, from every (query sequence, source) that
+  // reads them, in order of query frame, then source, then query block (of kKeyQ rows).
   static PE_VEC void tiled_bwd_keys(const Ctx<S, A>& x, TiledBwd& w, int64_t ks, int h, int64_t kb) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
     const int D = x.D, Dp = x.Dp;
-    const int64_t L = x.L, j0 = kb * kBK;
-    const int nk = static_cast<int>(std::min<int64_t>(kBK, L - j0)), nkp = round_up(nk);
-    int64_t *ok = w.off(), *ov = ok + kBK, *odk = ov + kBK, *odv = odk + kBK;
+    const int64_t L = x.L, j0 = kb * kKeyBlock;
+    const int nk = static_cast<int>(std::min<int64_t>(kKeyBlock, L - j0)), nkp = round_up(nk);
+    int64_t *ok = w.off(), *ov = ok + kMaxRows, *odk = ov + kMaxRows, *odv = odk + kMaxRows;
     // the key rows in k, v, dk, dv: pixel ks's frames, or frame ks mod T's pixels
     const auto key_row = [&](const StStrides& s, int64_t j) {
       const int64_t b = ks / d.T, f = ks - b * d.T;
@@ -864,8 +1048,9 @@ struct Kern {
     }
     const int64_t ch = static_cast<int64_t>(h) * D;
     const bool need_ds = a.dk != nullptr;
-    load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, a.pos ? a.pos + j0 * D : nullptr, w.kr(), w.kt(), kBK);
-    if (need_ds) load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kBK);
+    load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, a.pos ? a.pos + j0 * D : nullptr, w.kr(), w.kt(),
+              kKeyBlock);
+    if (need_ds) load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kKeyBlock);
     A *dk = w.acc(), *dv = w.acc2();
     std::fill(dk, dk + static_cast<int64_t>(nk) * Dp, A(0));
     std::fill(dv, dv + static_cast<int64_t>(nk) * Dp, A(0));
@@ -880,54 +1065,100 @@ struct Kern {
           qseq = b * d.T + t;
         }
         const A* bias = a.bias ? a.bias + static_cast<int64_t>(st_bias_head(d, h)) * L * x.Lk + src * L + j0 : nullptr;
-        for (int64_t i0 = 0; i0 < L; i0 += kBQ) {
-          const int nq = static_cast<int>(std::min<int64_t>(kBQ, L - i0));
-          tiled_queries(x, w, qseq, h, i0, nq, need_ds);
-          tiled_probs(x, w, nq, nk, nkp, bias ? bias + i0 * x.Lk : nullptr, need_ds);
-          if (a.dv) mm(nk, Dp / N, nq, w.s(), 1, kBK, w.go(), Dp, dv, Dp, true);
-          if (a.dk) mm(nk, Dp / N, nq, w.dp(), 1, kBK, w.qs(), Dp, dk, Dp, true);
+        for (int64_t i0 = 0; i0 < L; i0 += kKeyQ) {
+          const int nq = static_cast<int>(std::min<int64_t>(kKeyQ, L - i0));
+          tiled_queries(x, w, qseq, h, i0, nq);
+          if (i0 + kKeyQ < L) {  // the next query block's rows, while this one computes
+            int64_t* o = w.off() + 4 * kMaxRows;
+            const int n = static_cast<int>(std::min<int64_t>(kKeyQ, L - i0 - kKeyQ));
+            for (int i = 0; i < n; ++i) o[i] = st_row_offset(d, a.sq, qseq, i0 + kKeyQ + i);
+            prefetch_tile(a.q + ch, o, a.sq.c, n, D);
+            for (int i = 0; i < n; ++i) o[i] = st_row_offset(d, a.sg, qseq, i0 + kKeyQ + i);
+            prefetch_tile(a.g_out + ch, o, a.sg.c, n, D);
+          }
+          tiled_probs(x, w, nq, nk, nkp, kKeyBlock, bias ? bias + i0 * x.Lk : nullptr, need_ds);
+          if (a.dv) mm(nk, Dp / N, nq, w.s(), 1, kKeyBlock, w.go(), Dp, dv, Dp, true);
+          if (a.dk) mm(nk, Dp / N, nq, w.dp(), 1, kKeyBlock, w.qs(), Dp, dk, Dp, true);
         }
       }
     if (a.dk) store_rows(a.dk + ch * a.sdk.c, odk, a.sdk.c, nk, D, dk, Dp, nullptr, A(1));
     if (a.dv) store_rows(a.dv + ch * a.sdv.c, odv, a.sdv.c, nk, D, dv, Dp, nullptr, A(1));
   }
 
-  // Pass Q: dq of query block qb of sequence seq, head h, over every key; dbias (or null): add
-  // dS into its rows (the caller owns them for the whole pass).
+  // Pass Q: dq of query block qb (kBQ rows) of sequence seq, head h, over every key tile (kBK);
+  // dbias (or null): add dS into its rows (the caller owns them for the whole pass).
   static PE_VEC void tiled_bwd_queries(const Ctx<S, A>& x, TiledBwd& w, int64_t seq, int h, int64_t qb, A* dbias) {
     const StDims& d = x.d;
     const StBwdArgs<S, A>& a = *x.g;
     const int D = x.D, Dp = x.Dp;
     const int64_t L = x.L, i0 = qb * kBQ;
     const int nq = static_cast<int>(std::min<int64_t>(kBQ, L - i0));
-    tiled_queries(x, w, seq, h, i0, nq, true);
-    int64_t *ok = w.off(), *ov = ok + kBK, *odq = ov + kBK;
+    tiled_queries(x, w, seq, h, i0, nq);
+    // key / value row offsets of two tiles: the one in use and the next (prefetched)
+    int64_t *okv = w.off(), *odq = okv + 4 * kMaxRows;
     const int64_t ch = static_cast<int64_t>(h) * D;
     A* dq = w.acc();
     std::fill(dq, dq + static_cast<int64_t>(nq) * Dp, A(0));
     const int64_t brow = (static_cast<int64_t>(st_bias_head(d, h)) * L + i0) * x.Lk;
-    for (int src = 0; src < d.n_src; ++src)
-      for (int64_t j0 = 0; j0 < L; j0 += kBK) {
-        const int nk = static_cast<int>(std::min<int64_t>(kBK, L - j0)), nkp = round_up(nk);
-        key_offsets(x, a.sk, a.kv_frames, seq, src, j0, nk, ok);
-        key_offsets(x, a.sv, a.kv_frames, seq, src, j0, nk, ov);
-        const A* kpos = a.pos ? a.pos + j0 * D : nullptr;
-        load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, kpos, w.kr(), w.kt(), kBK);
-        load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kBK);
-        tiled_probs(x, w, nq, nk, nkp, a.bias ? a.bias + brow + src * L + j0 : nullptr, true);
-        if (a.dq) mm(nq, Dp / N, nk, w.dp(), kBK, 1, w.kr(), Dp, dq, Dp, true);
-        if (dbias) {
-          A* db = dbias + brow + src * L + j0;
-          for (int i = 0; i < nq; ++i)
-            for (int j = 0; j < nk; ++j) db[i * x.Lk + j] += w.dp()[i * kBK + j];
-        }
+    const int64_t ntiles = d.n_src * ((L + kBK - 1) / kBK);
+    int src = 0, nk = 0, src_next = 0, nk_next = 0;
+    int64_t j0 = 0, j0_next = 0;
+    if (ntiles > 0) key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, 0, false, src, j0, nk, okv, okv + kBK);
+    for (int64_t tile = 0; tile < ntiles; ++tile) {
+      int64_t *ok = okv + (tile & 1) * 2 * kBK, *ov = ok + kBK;
+      if (tile + 1 < ntiles) {
+        int64_t* next = okv + ((tile + 1) & 1) * 2 * kBK;
+        key_tile(x, a.sk, a.sv, a.k + ch, a.v + ch, seq, tile + 1, true, src_next, j0_next, nk_next, next,
+                 next + kBK);
       }
+      const int nkp = round_up(nk);
+      const A* kpos = a.pos ? a.pos + j0 * D : nullptr;
+      load_keys(a.k + ch * a.sk.c, ok, a.sk.c, nk, nkp, D, Dp, kpos, w.kr(), w.kt(), kBK);
+      load_keys(a.v + ch * a.sv.c, ov, a.sv.c, nk, nkp, D, Dp, nullptr, w.vr(), w.vt(), kBK);
+      tiled_probs(x, w, nq, nk, nkp, kBK, a.bias ? a.bias + brow + src * L + j0 : nullptr, true);
+      if (a.dq) mm(nq, Dp / N, nk, w.dp(), kBK, 1, w.kr(), Dp, dq, Dp, true);
+      if (dbias) {
+        A* db = dbias + brow + src * L + j0;
+        for (int i = 0; i < nq; ++i)
+          for (int j = 0; j < nk; ++j) db[i * x.Lk + j] += w.dp()[i * kBK + j];
+      }
+      src = src_next;
+      j0 = j0_next;
+      nk = nk_next;
+    }
     if (a.dq) {
       for (int i = 0; i < nq; ++i) odq[i] = st_row_offset(d, a.sdq, seq, i0 + i);
       store_rows(a.dq + ch * a.sdq.c, odq, a.sdq.c, nq, D, dq, Dp, nullptr, a.scale);
     }
   }
+
+  // Delta of every row and head of sequence seq, rows [i0, i1): delta[lse index] = <g_out, out>.
+  static PE_VEC void tiled_deltas(const Ctx<S, A>& x, int64_t seq, int64_t i0, int64_t i1, A* delta) {
+    const StDims& d = x.d;
+    const StBwdArgs<S, A>& a = *x.g;
+    for (int64_t i = i0; i < i1; ++i) {
+      const S *g = a.g_out + st_row_offset(d, a.sg, seq, i), *o = a.out + st_row_offset(d, a.so, seq, i);
+      A* dl = delta + st_row_offset(d, x.sl, seq, i);
+      for (int h = 0; h < d.heads; ++h) {
+        A sum = A(0);
+        for (int c = h * x.D; c < (h + 1) * x.D; ++c)
+          sum += load_as_acc<A>(g[c * a.sg.c]) * load_as_acc<A>(o[c * a.so.c]);
+        dl[h] = sum;
+      }
+    }
+  }
 };
+
+// Pixel block b of the short path: blocks of kPixelBlock pixels along each image row (the last
+// one of a row shorter). Sets the first pixel (sequence) and returns the block's pixel count.
+inline int pixel_block(const StDims& d, int64_t b, int64_t& seq0) {
+  const int64_t per_row = (d.W + kPixelBlock - 1) / kPixelBlock, row = b / per_row,
+                w0 = (b - row * per_row) * kPixelBlock;
+  seq0 = row * d.W + w0;
+  return static_cast<int>(std::min<int64_t>(kPixelBlock, d.W - w0));
+}
+
+inline int64_t pixel_blocks(const StDims& d) { return d.B * d.H * ((d.W + kPixelBlock - 1) / kPixelBlock); }
 
 // ---------------------------------------------------------------------------------------------
 // Entry points over ranges of work items, one set per vector width; the 32-byte set carries the
@@ -935,12 +1166,29 @@ struct Kern {
 
 #define PE_ST_ENTRIES(ATTR)                                                                              \
   using Kn = Kern<S, A, VB>;                                                                             \
-  ATTR static void short_fwd(const Ctx<S, A>& x, typename Kn::ShortFwd& w, int64_t p0, int64_t p1) {    \
-    for (int64_t p = p0; p < p1; ++p) Kn::short_fwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1);              \
+  ATTR static void short_fwd(const Ctx<S, A>& x, typename Kn::ShortWork& w, int64_t b0, int64_t b1, bool blocked) { \
+    for (int64_t b = b0; b < b1; ++b) {                                                                  \
+      int64_t seq0;                                                                                      \
+      const int np = pixel_block(x.d, b, seq0);                                                          \
+      if (blocked) {                                                                                     \
+        Kn::block_fwd(x, w, seq0, np);                                                                   \
+        continue;                                                                                        \
+      }                                                                                                  \
+      for (int64_t p = seq0; p < seq0 + np; ++p) Kn::pixel_fwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1);    \
+    }                                                                                                    \
   }                                                                                                      \
-  ATTR static void short_bwd(const Ctx<S, A>& x, typename Kn::ShortBwd& w, int64_t p0, int64_t p1,       \
+  ATTR static void short_bwd(const Ctx<S, A>& x, typename Kn::ShortWork& w, int64_t b0, int64_t b1, bool blocked, \
                              A* dbias_acc) {                                                             \
-    for (int64_t p = p0; p < p1; ++p) Kn::short_bwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1, dbias_acc);         \
+    for (int64_t b = b0; b < b1; ++b) {                                                                  \
+      int64_t seq0;                                                                                      \
+      const int np = pixel_block(x.d, b, seq0);                                                          \
+      if (blocked) {                                                                                     \
+        Kn::block_bwd(x, w, seq0, np, dbias_acc);                                                        \
+        continue;                                                                                        \
+      }                                                                                                  \
+      for (int64_t p = seq0; p < seq0 + np; ++p)                                                         \
+        Kn::pixel_bwd(x, w, p, p + 1 < x.nseq ? p + 1 : -1, dbias_acc);                                  \
+    }                                                                                                    \
   }                                                                                                      \
   ATTR static void tiled_fwd(const Ctx<S, A>& x, typename Kn::TiledFwd& w, int64_t seq, int h,           \
                              int64_t qb) {                                                               \
@@ -981,12 +1229,13 @@ void run_fwd(const Ctx<S, A>& x) {
   using E = Entry<S, A, VB>;
   using Kn = Kern<S, A, VB>;
   if (short_path(x)) {
-    const int64_t n = x.nseq;
+    const int64_t n = pixel_blocks(x.d);
+    const bool blocked = x.f->sq.c != 1;  // q not channels-last: the block's pixels head by head
 #pragma omp parallel
     {
-      typename Kn::ShortFwd w(x);
+      typename Kn::ShortWork w(x, false);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t p0 = 0; p0 < n; p0 += kPixelsPerGrab) E::short_fwd(x, w, p0, std::min(n, p0 + kPixelsPerGrab));
+      for (int64_t b = 0; b < n; ++b) E::short_fwd(x, w, b, b + 1, blocked);
     }
     return;
   }
@@ -1010,60 +1259,73 @@ void run_bwd(const Ctx<S, A>& x) {
   const int64_t heads = x.d.heads;
   const bool need_bias = a.dbias != nullptr;
   if (short_path(x)) {
-    const int64_t n = x.nseq;
+    const int64_t n = pixel_blocks(x.d);
+    const bool blocked = a.sq.c != 1;
     if (!need_bias) {
 #pragma omp parallel
       {
-        typename Kn::ShortBwd w(x);
+        typename Kn::ShortWork w(x, true);
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t p0 = 0; p0 < n; p0 += kPixelsPerGrab)
-          E::short_bwd(x, w, p0, std::min(n, p0 + kPixelsPerGrab), nullptr);
+        for (int64_t b = 0; b < n; ++b) E::short_bwd(x, w, b, b + 1, blocked, nullptr);
       }
       return;
     }
-    // dbias: chunk c of a fixed partition of the pixels sums into partial c; then the partials
-    // are added in chunk order
+    // dbias: chunk c of a fixed partition of the pixel blocks sums into partial c; then the
+    // partials are added in chunk order
     const int64_t nchunk = std::min(n, kBiasChunks), per = static_cast<int64_t>(x.d.bias_heads) * x.L * x.L;
     std::vector<A> partial(static_cast<size_t>(nchunk * per), A(0));
 #pragma omp parallel
     {
-      typename Kn::ShortBwd w(x);
+      typename Kn::ShortWork w(x, true);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t c = 0; c < nchunk; ++c)
-        E::short_bwd(x, w, n * c / nchunk, n * (c + 1) / nchunk, partial.data() + c * per);
+        E::short_bwd(x, w, n * c / nchunk, n * (c + 1) / nchunk, blocked, partial.data() + c * per);
 #pragma omp for schedule(static)
       for (int64_t e = 0; e < per; ++e) {
-        A s = A(0);
-        for (int64_t c = 0; c < nchunk; ++c) s += partial[c * per + e];
-        a.dbias[e] = s;
+        A sum = A(0);
+        for (int64_t c = 0; c < nchunk; ++c) sum += partial[c * per + e];
+        a.dbias[e] = sum;
       }
     }
     return;
   }
-  const int64_t nqb = (x.L + kBQ - 1) / kBQ;
+  // Delta_i = <g_out_i, out_i> of every row and head, once (both passes read it many times)
+  std::vector<A> delta;
+  if (a.dq || a.dk || need_bias) {
+    delta.resize(static_cast<size_t>(x.nseq * x.L * heads));
+    const int64_t rows = 64, nb = (x.L + rows - 1) / rows, n = x.nseq * nb;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t it = 0; it < n; ++it) {
+      const int64_t seq = it / nb, i0 = (it % nb) * rows;
+      Kn::tiled_deltas(x, seq, i0, std::min(x.L, i0 + rows), delta.data());
+    }
+  }
+  Ctx<S, A> xd = x;
+  xd.delta = delta.empty() ? nullptr : delta.data();
   if (a.dk || a.dv) {
     // pass K: key sequences are pixels (temporal) or frames (spatial), as many as the sequences
-    const int64_t n = x.nseq * heads * nqb;
+    const int64_t nkb = (x.L + kKeyBlock - 1) / kKeyBlock, n = x.nseq * heads * nkb;
 #pragma omp parallel
     {
-      typename Kn::TiledBwd w(x);
+      typename Kn::TiledBwd w(xd);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < n; ++it) {
-        const int64_t kb = it % nqb, sh = it / nqb;
-        E::tiled_bwd_keys(x, w, sh / heads, static_cast<int>(sh % heads), kb);
+        const int64_t kb = it % nkb, sh = it / nkb;
+        E::tiled_bwd_keys(xd, w, sh / heads, static_cast<int>(sh % heads), kb);
       }
     }
   }
+  const int64_t nqb = (x.L + kBQ - 1) / kBQ;
   if (!a.dq && !need_bias) return;
   if (!need_bias) {
     const int64_t n = x.nseq * heads * nqb;
 #pragma omp parallel
     {
-      typename Kn::TiledBwd w(x);
+      typename Kn::TiledBwd w(xd);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < n; ++it) {
         const int64_t qb = it % nqb, sh = it / nqb;
-        E::tiled_bwd_queries(x, w, sh / heads, static_cast<int>(sh % heads), qb, nullptr);
+        E::tiled_bwd_queries(xd, w, sh / heads, static_cast<int>(sh % heads), qb, nullptr);
       }
     }
     return;
@@ -1072,13 +1334,13 @@ void run_bwd(const Ctx<S, A>& x) {
   const int64_t nb = x.d.bias_heads, n = nb * nqb;
 #pragma omp parallel
   {
-    typename Kn::TiledBwd w(x);
+    typename Kn::TiledBwd w(xd);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t it = 0; it < n; ++it) {
       const int64_t qb = it % nqb, hb = it / nqb;
       for (int64_t seq = 0; seq < x.nseq; ++seq)
         for (int h = 0; h < heads; ++h)
-          if (st_bias_head(x.d, h) == hb) E::tiled_bwd_queries(x, w, seq, h, qb, a.dbias);
+          if (st_bias_head(x.d, h) == hb) E::tiled_bwd_queries(xd, w, seq, h, qb, a.dbias);
     }
   }
 }

@@ -69,6 +69,22 @@ def test_bcthw_views(mode, dtype):
     _compare(q, k, v, mode=mode, heads=3, layout="bcthw", pos_encoding=True, what=f"bcthw {mode}", **kw)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bcthw_views_whole_pixel_blocks(dtype):
+    """Temporal attention on [B, C, T, H, W] views with rows of 40 pixels: blocks of 32 and 8
+    pixels, whose float32 loads and stores go through 8 x 8 register transposes."""
+    g = torch.Generator().manual_seed(11)
+    B, C, T, H, W = 1, 16, 5, 2, 40
+    q, k, v = _leaves(g, [(B, C, T, H, W)] * 3, dtype)
+    bias = torch.randn(2, T, T, generator=g)
+    if dtype == torch.float32:
+        _compare(q, k, v, bias=bias, mode="temporal", heads=2, layout="bcthw", pos_encoding=True, what="bcthw blocks")
+        return
+    ref = st_attention(q.float(), k.float(), v.float(), mode="temporal", heads=2, layout="bcthw", bias=bias)
+    out = st_attention(q, k, v, mode="temporal", heads=2, layout="bcthw", bias=bias, backend="cpu")
+    assert_close(out, ref.to(dtype), 1e-5, 2.0 ** -10, "bcthw blocks float16")
+
+
 @pytest.mark.parametrize("mode", ["temporal", "spatial"])
 def test_random_noncontiguous_slices(mode):
     """Views with odd strides: H and W swapped, every other channel, a frame offset."""
@@ -163,16 +179,18 @@ def test_cross_frame_gradients(dtype):
              what="first+previous")
 
 
-@pytest.mark.parametrize("case", ["temporal", "spatial"])
+@pytest.mark.parametrize("case", ["temporal", "temporal-bcthw", "spatial"])
 def test_bit_identical_across_thread_counts(case):
     """The same output and gradients (dbias included) with 1 and 2 threads, and on a rerun."""
     g = torch.Generator().manual_seed(7)
-    if case == "temporal":
-        B, T, H, W, C, L, Lk, kw = 2, 8, 9, 10, 16, 8, 8, {}
+    if case.startswith("temporal"):
+        B, T, H, W, C, L, Lk, kw = 2, 8, 5, 16, 16, 8, 8, {}
     else:
         B, T, H, W, C, kw = 1, 3, 9, 10, 16, {"cross_frame": ("first", "self")}
         L, Lk = H * W, 2 * H * W
     q, k, v = _leaves(g, [(B, T, H, W, C)] * 3, torch.float32)
+    if case == "temporal-bcthw":  # [B, T, H, W, C] views of [B, C, T, H, W] tensors
+        q, k, v = (x.permute(0, 4, 1, 2, 3).contiguous().permute(0, 2, 3, 4, 1) for x in (q, k, v))
     bias = torch.randn(1, L, Lk, generator=g)
     grad_out = torch.randn(B, T, H, W, C, generator=g)
     before = torch.get_num_threads()
@@ -180,7 +198,7 @@ def test_bit_identical_across_thread_counts(case):
     try:
         for n in (1, 2, 2):
             torch.set_num_threads(n)
-            out, grads = _run("cpu", q, k, v, grad_out, bias, mode=case, heads=2, pos_encoding=True, **kw)
+            out, grads = _run("cpu", q, k, v, grad_out, bias, mode=case.split("-")[0], heads=2, pos_encoding=True, **kw)
             runs.append([out, *grads])
     finally:
         torch.set_num_threads(before)
