@@ -71,6 +71,8 @@ JOB = "sds"
 METHODS = ("sds", "sjc", "vsd")
 WEIGHTINGS = ("sds", "uniform")
 SHADINGS = ("albedo", "diffuse", "textureless")
+#: The default guidance scale of each method (``guidance=0``); VSD's 7.5 is ProlificDreamer's.
+GUIDANCE = {"sds": 20.0, "sjc": 20.0, "vsd": 7.5}
 DEFAULT_EVAL_PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus")
 
 
@@ -82,7 +84,7 @@ class SDSConfig:
     view_prompts: bool = True  # append ", front view" / "side" / "back" / "overhead" per camera
     prior: str = "shapeworld"  # see pyengine.diffusion.prior.load_prior: shapeworld, FILE, sd:FOLDER, if:FOLDER
     method: str = "sds"  # sds, sjc or vsd
-    guidance: float = 20.0  # classifier-free guidance scale of the prior (vsd: 7.5 is ProlificDreamer's)
+    guidance: float = 0.0  # classifier-free guidance scale; 0: the method's (GUIDANCE: sds and sjc 20, vsd 7.5)
     t_min: float = 0.02  # diffusion steps drawn uniformly from [t_min T, t_max T]
     t_max: float = 0.98
     weighting: str = "sds"  # w(t): "sds" (1 - abar_t, DreamFusion) or "uniform" (1)
@@ -184,7 +186,9 @@ def check_config(cfg: SDSConfig) -> None:
             bad(name, "an int >= 0")
     if cfg.render_size and cfg.render_size < 8:
         bad("render_size", "0 (the prior's resolution) or >= 8")
-    for name in ("guidance", "lr", "lr_mlp", "lora_lr", "aabb_half", "fov_deg", "blob_radius"):
+    if float(cfg.guidance) < 0:
+        bad("guidance", ">= 0 (0: the method's default)")
+    for name in ("lr", "lr_mlp", "lora_lr", "aabb_half", "fov_deg", "blob_radius"):
         if not float(getattr(cfg, name)) > 0:
             bad(name, "positive")
     for name in ("lambda_orient", "lambda_sparsity", "lambda_opaque", "grad_clip", "blob_density", "light_jitter"):
@@ -286,6 +290,7 @@ class SDSRun:
             self.uncond = self.prior.encode_text([cfg.negative_prompt])
         self._text_cache: dict[str, torch.Tensor] = {}
         self.timing = {"render": 0.0, "prior": 0.0, "backward": 0.0}
+        self.guidance = float(cfg.guidance) or GUIDANCE[cfg.method]
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save(self) -> None:
@@ -426,13 +431,13 @@ class SDSRun:
                 for _ in range(cfg.sjc_samples):
                     noise = torch.randn(xd.shape, generator=self.gen).to(xd)
                     x_t = abar.sqrt() * xd + (1 - abar).sqrt() * noise
-                    eps_hat, _, _ = prior.guided_noise(x_t, t, cond, self.uncond, cfg.guidance)
+                    eps_hat, _, _ = prior.guided_noise(x_t, t, cond, self.uncond, self.guidance)
                     grad += (eps_hat - noise) / sigma
                 grad /= cfg.sjc_samples
             else:
                 noise = torch.randn(xd.shape, generator=self.gen).to(xd)
                 x_t = abar.sqrt() * xd + (1 - abar).sqrt() * noise
-                eps_hat, _, _ = prior.guided_noise(x_t, t, cond, self.uncond, cfg.guidance)
+                eps_hat, _, _ = prior.guided_noise(x_t, t, cond, self.uncond, self.guidance)
                 if cfg.method == "vsd":
                     cam = camera_features(cams).to(xd)
                     eps_lora = prior.schedule.eps_from(x_t, t, self.lora(x_t, t, cond, cam), prior.prediction)

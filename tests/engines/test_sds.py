@@ -98,6 +98,8 @@ def test_the_gradient_on_the_render_is_the_analytic_formula(tmp_path, method, we
     cfg = S.SDSConfig(**{**TINY, "out": str(tmp_path / "r"), "method": method, "weighting": weighting,
                          "guidance": 3.0, "lambda_orient": 0.0, "batch": 2, "sjc_samples": 2 if method == "sjc" else 1})
     run = S.SDSRun(cfg, cfg.out, prior)
+    assert run.guidance == 3.0 and S.SDSRun(replace(cfg, guidance=0.0), cfg.out, prior).guidance == \
+        S.GUIDANCE[method]
     run.train_step()
     x = prior.last_x.detach()
     B = x.shape[0]
@@ -140,7 +142,7 @@ def test_vsd_lora_copy_starts_as_the_prior_and_learns(tmp_path, prior_file):
         torch.testing.assert_close(lora(x, t, ctx, cam), prior._denoise(x, t, ctx))
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all(".down." in n or ".up." in n or n.startswith("camera.") for n in trainable)
-    cfg = tiny_cfg(tmp_path, prior_file, method="vsd", guidance=7.5, iterations=4)
+    cfg = tiny_cfg(tmp_path, prior_file, method="vsd", iterations=4)
     run = S.SDSRun(cfg, cfg.out, prior)
     before = {n: p.detach().clone() for n, p in run.lora.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in run.lora.named_parameters() if not p.requires_grad}
