@@ -87,6 +87,7 @@ class SDSConfig:
     guidance: float = 0.0  # classifier-free guidance scale; 0: the method's (GUIDANCE: sds and sjc 20, vsd 7.5)
     t_min: float = 0.02  # diffusion steps drawn uniformly from [t_min T, t_max T]
     t_max: float = 0.98
+    t_max_end: float = 0.0  # > 0: t_max falls linearly to this over the run (coarse shape first, then detail)
     weighting: str = "sds"  # w(t): "sds" (1 - abar_t, DreamFusion) or "uniform" (1)
     iterations: int = 600
     batch: int = 1  # cameras per iteration
@@ -177,6 +178,8 @@ def check_config(cfg: SDSConfig) -> None:
         bad("weighting", f"one of {WEIGHTINGS}")
     if not 0.0 <= cfg.t_min < cfg.t_max <= 1.0:
         raise ValueError(f"sds: need 0 <= t_min < t_max <= 1, got t_min={cfg.t_min}, t_max={cfg.t_max}")
+    if cfg.t_max_end and not cfg.t_min < cfg.t_max_end <= cfg.t_max:
+        raise ValueError(f"sds: t_max_end must be 0 (no annealing) or in (t_min, t_max], got {cfg.t_max_end}")
     for name in ("iterations", "batch", "samples_per_ray", "n_levels", "hidden", "grid_resolution",
                  "occ_update_every", "sjc_samples", "lora_rank", "lora_steps", "eval_views", "mesh_resolution"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
@@ -391,6 +394,14 @@ class SDSRun:
         noise = torch.randn(len(cams), 3, generator=self.gen).to(d)
         return torch.nn.functional.normalize(d + self.cfg.light_jitter * noise, dim=-1)
 
+    def t_high(self) -> int:
+        """The largest step drawn at this iteration (``t_max``, annealed to ``t_max_end`` when set)."""
+        if not self.cfg.t_max_end:
+            return self.t_hi
+        frac = min(self.step / max(self.cfg.iterations - 1, 1), 1.0)
+        t_max = self.cfg.t_max + (self.cfg.t_max_end - self.cfg.t_max) * frac
+        return max(int(t_max * self.prior.schedule.T) - 1, self.t_lo)
+
     def _lr_scale(self) -> float:
         if self.cfg.lr_decay == "cosine":
             return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(self.step / max(self.cfg.iterations, 1), 1.0)))
@@ -421,7 +432,7 @@ class SDSRun:
             prompts = [cfg.prompt] * cfg.batch
         cond = self.text(prompts)
         B = x.shape[0]
-        t = torch.randint(self.t_lo, self.t_hi + 1, (B,), generator=self.gen).to(self.dev)
+        t = torch.randint(self.t_lo, self.t_high() + 1, (B,), generator=self.gen).to(self.dev)
         abar = self.abar[t].view(B, 1, 1, 1).to(x.dtype)
         with torch.no_grad():
             xd = x.detach()

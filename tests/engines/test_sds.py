@@ -117,6 +117,13 @@ def test_the_gradient_on_the_render_is_the_analytic_formula(tmp_path, method, we
         else:
             grads.append(((1 - a) if weighting == "sds" else 1.0) * (eps_hat - noise))
         assert ((t >= run.t_lo) & (t <= run.t_hi)).all()
+    if method == "sds":  # annealing: the top of the range falls linearly to t_max_end
+        ann = S.SDSRun(replace(cfg, t_max_end=0.5, iterations=11), cfg.out, prior)
+        tops = []
+        for step in (0, 5, 10):
+            ann.step = step
+            tops.append(ann.t_high())
+        assert tops == [int(0.98 * 100) - 1, int(0.74 * 100) - 1, int(0.5 * 100) - 1]
     want = torch.stack(grads).mean(0) / B
     torch.testing.assert_close(prior.last_x.grad, want, rtol=1e-4, atol=1e-5)
 
