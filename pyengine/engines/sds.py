@@ -72,7 +72,7 @@ METHODS = ("sds", "sjc", "vsd")
 WEIGHTINGS = ("sds", "uniform")
 SHADINGS = ("albedo", "diffuse", "textureless")
 #: The default guidance scale of each method (``guidance=0``); VSD's 7.5 is ProlificDreamer's.
-GUIDANCE = {"sds": 20.0, "sjc": 20.0, "vsd": 7.5}
+GUIDANCE = {"sds": 3.0, "sjc": 3.0, "vsd": 7.5}
 DEFAULT_EVAL_PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus")
 
 
@@ -84,7 +84,7 @@ class SDSConfig:
     view_prompts: bool = True  # append ", front view" / "side" / "back" / "overhead" per camera
     prior: str = "shapeworld"  # see pyengine.diffusion.prior.load_prior: shapeworld, FILE, sd:FOLDER, if:FOLDER
     method: str = "sds"  # sds, sjc or vsd
-    guidance: float = 0.0  # classifier-free guidance scale; 0: the method's (GUIDANCE: sds and sjc 20, vsd 7.5)
+    guidance: float = 0.0  # classifier-free guidance scale; 0: the method's (GUIDANCE: sds and sjc 3, vsd 7.5)
     t_min: float = 0.02  # diffusion steps drawn uniformly from [t_min T, t_max T]
     t_max: float = 0.98
     t_max_end: float = 0.0  # > 0: t_max falls linearly to this over the run (coarse shape first, then detail)
@@ -673,7 +673,7 @@ def _many(cfg: SDSConfig, prompts: list[str], evaluate: bool) -> dict:
     info = _trainer.init_distributed(cfg.device)
     try:
         dev = str(info.device)
-        root = cfg.out or os.path.join("runs", JOB, "eval" if evaluate else "batch")
+        root = cfg.out or os.path.join("runs", JOB, f"{'eval' if evaluate else 'batch'}-{cfg.method}")
         mine = list(range(info.rank, len(prompts), info.world_size))
         base = replace(cfg, device=dev, prompts=[])
         prior = load_prior(cfg.prior, device=dev)
@@ -695,6 +695,8 @@ def _many(cfg: SDSConfig, prompts: list[str], evaluate: bool) -> dict:
             row = {"prompt": prompts[i], "method": cfg.method, "seconds": res["seconds"], "out": res["out"]}
             if evaluate:
                 row.update(judge(res["run"], classifier))
+                print(f"sds eval: {prompts[i]!r} ({cfg.method}): R-precision {row['r_precision']:.3f}, IoU "
+                      f"{row['iou']:.3f} ({', '.join(row['predicted'])})", flush=True)
             rows.append(row)
         if info.distributed:
             gathered = [None] * info.world_size
