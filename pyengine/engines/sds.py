@@ -73,6 +73,9 @@ WEIGHTINGS = ("sds", "uniform")
 SHADINGS = ("albedo", "diffuse", "textureless")
 #: The default guidance scale of each method (``guidance=0``); VSD's 7.5 is ProlificDreamer's.
 GUIDANCE = {"sds": 3.0, "sjc": 3.0, "vsd": 7.5}
+#: The default smallest step of each method (``t_min < 0``): threestudio's 0.02 for SDS and VSD;
+#: 0.1 for SJC, whose 1 / sigma weight grows without bound at the smallest noise levels.
+T_MIN = {"sds": 0.02, "sjc": 0.1, "vsd": 0.02}
 DEFAULT_EVAL_PROMPTS = ("a red cube", "a blue sphere", "a green cylinder", "a yellow cone", "a purple torus")
 
 
@@ -85,7 +88,7 @@ class SDSConfig:
     prior: str = "shapeworld"  # see pyengine.diffusion.prior.load_prior: shapeworld, FILE, sd:FOLDER, if:FOLDER
     method: str = "sds"  # sds, sjc or vsd
     guidance: float = 0.0  # classifier-free guidance scale; 0: the method's (GUIDANCE: sds and sjc 3, vsd 7.5)
-    t_min: float = 0.02  # diffusion steps drawn uniformly from [t_min T, t_max T]
+    t_min: float = -1.0  # diffusion steps drawn uniformly from [t_min T, t_max T]; < 0: the method's (T_MIN)
     t_max: float = 0.98
     t_max_end: float = 0.0  # > 0: t_max falls linearly to this over the run (coarse shape first, then detail)
     weighting: str = "sds"  # w(t): "sds" (1 - abar_t, DreamFusion) or "uniform" (1)
@@ -176,9 +179,11 @@ def check_config(cfg: SDSConfig) -> None:
         bad("method", f"one of {METHODS}")
     if cfg.weighting not in WEIGHTINGS:
         bad("weighting", f"one of {WEIGHTINGS}")
-    if not 0.0 <= cfg.t_min < cfg.t_max <= 1.0:
-        raise ValueError(f"sds: need 0 <= t_min < t_max <= 1, got t_min={cfg.t_min}, t_max={cfg.t_max}")
-    if cfg.t_max_end and not cfg.t_min < cfg.t_max_end <= cfg.t_max:
+    t_min = t_min_of(cfg) if cfg.method in METHODS else 0.0
+    if not 0.0 <= t_min < cfg.t_max <= 1.0:
+        raise ValueError(f"sds: need 0 <= t_min < t_max <= 1 (t_min < 0: the method's), got t_min={cfg.t_min}, "
+                         f"t_max={cfg.t_max}")
+    if cfg.t_max_end and not t_min < cfg.t_max_end <= cfg.t_max:
         raise ValueError(f"sds: t_max_end must be 0 (no annealing) or in (t_min, t_max], got {cfg.t_max_end}")
     for name in ("iterations", "batch", "samples_per_ray", "n_levels", "hidden", "grid_resolution",
                  "occ_update_every", "sjc_samples", "lora_rank", "lora_steps", "eval_views", "mesh_resolution"):
@@ -223,6 +228,11 @@ def check_config(cfg: SDSConfig) -> None:
             bad("video_formats", "a list of 'gif', 'mp4'")
     if not isinstance(cfg.prompt, str) or not cfg.prompt.strip():
         bad("prompt", "a non-empty string")
+
+
+def t_min_of(cfg: SDSConfig) -> float:
+    """``cfg.t_min``, or the method's default (``T_MIN``) when it is negative."""
+    return T_MIN[cfg.method] if cfg.t_min < 0 else float(cfg.t_min)
 
 
 def camera_features(cams: Cameras) -> torch.Tensor:
@@ -287,7 +297,8 @@ class SDSRun:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.ckpt_path = os.path.join(self.run_dir, _runs.CHECKPOINT)
         T = self.prior.schedule.T
-        self.t_lo, self.t_hi = int(cfg.t_min * T), max(int(cfg.t_max * T), int(cfg.t_min * T) + 1) - 1
+        t_min = t_min_of(cfg)
+        self.t_lo, self.t_hi = int(t_min * T), max(int(cfg.t_max * T), int(t_min * T) + 1) - 1
         self.abar = self.prior.alphas_cumprod(dev)
         with torch.no_grad():
             self.uncond = self.prior.encode_text([cfg.negative_prompt])

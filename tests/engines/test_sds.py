@@ -100,6 +100,7 @@ def test_the_gradient_on_the_render_is_the_analytic_formula(tmp_path, method, we
     run = S.SDSRun(cfg, cfg.out, prior)
     assert run.guidance == 3.0 and S.SDSRun(replace(cfg, guidance=0.0), cfg.out, prior).guidance == \
         S.GUIDANCE[method]
+    assert run.t_lo == int(S.T_MIN[method] * 100) and run.t_hi == 97  # the method's smallest step, T = 100
     run.train_step()
     x = prior.last_x.detach()
     B = x.shape[0]
