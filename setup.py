@@ -122,6 +122,7 @@ setup(
         "ops", "reference", "nn", "compat", "compat.pvcnn", "engines", "data", "render", "diffusion")]
     + ["pyengine.kernels"],
     package_dir={"pyengine.kernels": "kernels"},
+    package_data={"pyengine": ["assets/*.safetensors"]},  # the bundled priors and judges
     install_requires=[
         "torch>=2.4",
         "numpy",
