@@ -29,7 +29,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
 
 from pyengine.data import shapeworld_images as swi
@@ -40,6 +39,7 @@ from pyengine.diffusion.shapeworld_prior import BUNDLED, ShapeWorldPrior, build_
 from pyengine.diffusion.text import Tokenizer, drop_captions
 from pyengine.engines import _runs, _trainer
 from pyengine.engines.point_metrics import format_table
+from pyengine.render.mesh import image_grid
 
 JOB = "image-prior"
 SAMPLERS = ("dpm", "ddim")
@@ -332,16 +332,6 @@ def generate(prior: ShapeWorldPrior, prompts: list[str], sampler: str = "dpm", s
     return torch.cat(outs).clamp(-1, 1).cpu() if outs else torch.zeros(0, S, S, 3)
 
 
-def image_grid(images: np.ndarray, rows: int, cols: int, gap: int = 2) -> np.ndarray:
-    """[rows * cols, h, w, 3] uint8 -> one [rows * (h + gap) - gap, cols * (w + gap) - gap, 3] image (grey gaps)."""
-    n, h, w, _ = images.shape
-    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 128, dtype=np.uint8)
-    for k in range(n):
-        r, c = divmod(k, cols)
-        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = images[k]
-    return out
-
-
 def write_grid(prior: ShapeWorldPrior, cfg: ImagePriorConfig, out_dir: str, prompts: list[str]) -> list[str]:
     import imageio.v3 as iio
 
@@ -349,7 +339,7 @@ def write_grid(prior: ShapeWorldPrior, cfg: ImagePriorConfig, out_dir: str, prom
     t0 = time.perf_counter()
     imgs = generate(prior, expanded, cfg.sampler, cfg.sample_steps, cfg.guidance, cfg.negative_prompt, cfg.clip_x0,
                     cfg.seed, cfg.sample_batch)
-    grid = image_grid(swi.to_uint8(imgs).numpy(), len(prompts), cfg.n_samples)
+    grid = image_grid(swi.to_uint8(imgs).numpy(), cfg.n_samples)
     path = os.path.join(out_dir, "samples.png")
     os.makedirs(out_dir, exist_ok=True)
     iio.imwrite(path, grid.repeat(3, 0).repeat(3, 1))
@@ -539,7 +529,7 @@ def evaluate(cfg: ImagePriorConfig) -> dict:
 
     os.makedirs(out_dir, exist_ok=True)
     iio.imwrite(os.path.join(out_dir, "eval_grid.png"),
-                image_grid(swi.to_uint8(imgs).numpy(), len(pairs), cfg.eval_per_prompt).repeat(2, 0).repeat(2, 1))
+                image_grid(swi.to_uint8(imgs).numpy(), cfg.eval_per_prompt).repeat(2, 0).repeat(2, 1))
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump({"step": getattr(prior, "step", 0), "generated": gen, "real_heldout": real,
                    "classifier": meta["path"], "seconds": seconds, "config": asdict(cfg)}, f, indent=1)
