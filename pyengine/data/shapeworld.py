@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -431,6 +432,20 @@ def _layout(objects: list[SceneObject], g: torch.Generator, layout_radius: float
                     o.position = (xy[0], xy[1], 0.0)
                 return
         scale *= 0.9
+
+
+def parse_words(text: str, kinds) -> tuple:
+    """For each ``(kind, names)`` of ``kinds``, the one word of ``names`` that ``text`` contains, or
+    None; a ValueError when it contains two of one kind (``"a red blue cube"``). The captions'
+    parser of ``shapeworld_images`` and ``shapeworld_video``."""
+    words = re.findall(r"[a-z]+", text.lower())
+    found = []
+    for kind, names in kinds:
+        hits = [w for w in words if w in names]
+        if len(set(hits)) > 1:
+            raise ValueError(f"parse_caption: {text!r} names more than one {kind} ({', '.join(hits)})")
+        found.append(hits[0] if hits else None)
+    return tuple(found)
 
 
 def caption(scene: Scene) -> str:

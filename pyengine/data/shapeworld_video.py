@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -87,14 +86,7 @@ def parse_caption(text: str) -> tuple[str | None, str | None, str | None]:
 
     Raises ValueError when it names two of one kind (``"a red blue cube"``).
     """
-    words = re.findall(r"[a-z]+", text.lower())
-    found = []
-    for kind, names in (("shape", SHAPES), ("colour", COLORS), ("direction", DIRECTIONS)):
-        hits = [w for w in words if w in names]
-        if len(set(hits)) > 1:
-            raise ValueError(f"parse_caption: {text!r} names more than one {kind} ({', '.join(hits)})")
-        found.append(hits[0] if hits else None)
-    return tuple(found)
+    return shapeworld.parse_words(text, (("shape", SHAPES), ("colour", COLORS), ("direction", DIRECTIONS)))
 
 
 @dataclass(frozen=True)
