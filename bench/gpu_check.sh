@@ -2,7 +2,8 @@
 # One command for a fresh GPU machine with no network (under 8 minutes): build with CUDA, run the
 # whole test suite (GPU tests first, then everything else), the benchmarks with every provider
 # that imports (nerfacc and tiny-cuda-nn from .peers/, see bench/peers/download.sh), a
-# compute-sanitizer pass, then print a short table. results.json (test summaries, benchmark rows)
+# compute-sanitizer pass, then print a short table. Wheels in .peers/ are installed without
+# network (the peers, and pure-Python needs the GPU image lacks: omegaconf, trimesh, diffusers). results.json (test summaries, benchmark rows)
 # and logs.tar.gz (every log) go to $OUT (or bench/out).
 #
 #   bash bench/gpu_check.sh             # on the GPU machine
@@ -93,6 +94,16 @@ else
   tail -1 "$L/gpu_tests.log"
 fi
 
+if [ $DRY = 0 ] && want sanitizer; then  # the CUDA kernels under memcheck before any timing
+  step "compute-sanitizer memcheck (bench/gpu_smoke.py cuda)"
+  if command -v compute-sanitizer >/dev/null; then
+    run sanitizer 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda
+    tail -3 "$L/sanitizer.log"
+  else
+    echo "compute-sanitizer not found"; failed+=("sanitizer(missing)")
+  fi
+fi
+
 step "benchmarks"
 if [ $DRY = 0 ]; then
   if [ -n "$NERFACC_PID" ]; then wait "$NERFACC_PID"; tail -2 "$L/nerfacc_build.log"; fi
@@ -120,19 +131,12 @@ else
   want bench_sds && run bench_sds 120 $PY bench/bench_sds.py --device cpu --quick --json "$L/bench_sds.json"
 fi
 
-step "the rest of the suite, beside compute-sanitizer and the Triton smoke run"
+step "the rest of the suite, beside the Triton smoke run"
 TESTS_PID=""
 if [ $DRY = 0 ]; then
   if want tests; then
     OMP_NUM_THREADS=1 run tests 240 $PY -m pytest -q -p no:cacheprovider -m "not gpu" "${XDIST[@]}" tests &
     TESTS_PID=$!
-  fi
-  if ! want sanitizer; then :
-  elif command -v compute-sanitizer >/dev/null; then
-    run sanitizer 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda
-    tail -3 "$L/sanitizer.log"
-  else
-    echo "compute-sanitizer not found"; failed+=("sanitizer(missing)")
   fi
   if want sanitizer; then
     run triton_smoke 150 $PY bench/gpu_smoke.py triton

@@ -1,5 +1,5 @@
-"""Small CUDA run of every kernel (hash_encode with every table type, composite, ray marching, scans),
-for compute-sanitizer.
+"""Small CUDA run of every kernel (hash_encode with every table type, composite, ray marching, scans,
+the point-voxel ops; st_attention on Triton), for compute-sanitizer.
 
     compute-sanitizer --tool memcheck python bench/gpu_smoke.py [cuda|triton|cpu]
 
@@ -46,6 +46,31 @@ def point_voxel(backend, dev):
                 up = nearest_neighbor_interpolate(pts, centers, c_feats, deterministic=det, backend=backend)
                 (g.float().sum() + up.float().sum()).backward()
                 sync(dev)
+
+
+def attention(backend, dev):
+    """st_attention both modes, both layouts, odd sizes, a mask with a fully masked query, a bias,
+    cross-frame keys, float32 / bfloat16, forward and backward, and an empty batch."""
+    from pyengine.ops.st_attention import st_attention
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for mode, (T, H, W) in (("temporal", (7, 3, 5)), ("spatial", (3, 5, 7))):
+            C, heads = 2 * 24, 2
+            q, k, v = (torch.randn(2, T, H, W, C, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+            L = T if mode == "temporal" else H * W
+            mask = torch.rand(L, L, device=dev) > 0.3
+            mask[0] = False  # a query with no key: output 0, no NaN
+            bias = torch.randn(heads, L, L, device=dev, dtype=dtype, requires_grad=True)
+            y = st_attention(q, k, v, mode=mode, heads=heads, bias=bias, mask=mask, backend=backend)
+            y.float().square().sum().backward()
+            if mode == "spatial":
+                y = st_attention(q, k, v, mode=mode, heads=heads, cross_frame=("first", "previous"),
+                                 backend=backend)
+                y.float().sum().backward()
+            p = [t.detach().permute(0, 4, 1, 2, 3) for t in (q, k, v)]  # [B, C, T, H, W] views
+            st_attention(*p, mode=mode, heads=heads, layout="bcthw", pos_encoding=True, backend=backend)
+            st_attention(q[:0], k[:0], v[:0], mode=mode, heads=heads, backend=backend)
+            sync(dev)
 
 
 def main(backend="cuda"):
@@ -111,6 +136,8 @@ def main(backend="cuda"):
         segment_scan(x[:0], packed[:0], backend=backend)
     if backend in ("cuda", "cpu"):
         point_voxel(backend, dev)
+    if backend in ("triton", "cpu"):
+        attention(backend, dev)
     sync(dev)
     print(f"gpu_smoke: {backend} kernels ran clean")
 

@@ -14,4 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p .peers/site
 python3 -m pip download --no-deps --only-binary=:all: -d .peers nerfacc==0.5.3
+# pure-Python needs of pyengine that the GPU image lacks (it has torch, numpy, scipy, safetensors,
+# tqdm, imageio, scikit-image, transformers): without them the engine tests fail there
+python3 -m pip download --no-deps --only-binary=:all: -d .peers omegaconf==2.4.0 trimesh==5.2.0 \
+  diffusers==0.42.1 importlib_metadata==10.2.0
 du -sh .peers
