@@ -322,9 +322,8 @@ def main(argv=None):
         tmin, tmax, hit = ray_aabb_intersect(o, d, aabb[None])
         step = 2 * half * math.sqrt(3) / 512
         base = None
-        for prov in provs:
-            if prov in ("triton", "nerfacc"):
-                continue
+        march_provs = [p for p in provs if p in ("reference", "cuda", "cpu")]  # ray_march's backends
+        for prov in march_provs:
             try:
                 ms = bench(lambda p=prov: ray_march(o, d, tmin[:, 0], tmax[:, 0], binaries, aabb, step, backend=p),
                            dev, reps=args.reps)
@@ -338,7 +337,7 @@ def main(argv=None):
         if peer is None or not gpu:
             skipped.append("occupancy-grid sampling vs nerfacc: needs nerfacc and a GPU")
         else:
-            occgrid_rows(peer, o, d, binaries, aabb, step, provs, row, rows, skipped, args)
+            occgrid_rows(peer, o, d, binaries, aabb, step, march_provs, row, rows, skipped, args)
 
     if "step" not in args.skip:
         torch.manual_seed(0)

@@ -86,8 +86,10 @@ if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "$(( NCPU > 8 ? 8 : NCPU ))
 if ! want gpu_tests; then :
 elif [ $DRY = 0 ]; then
   step "GPU tests (${XDIST[*]:-one process})"
-  OMP_NUM_THREADS=2 run gpu_tests 130 $PY -m pytest -q -p no:cacheprovider -m gpu "${XDIST[@]}" tests
-  tail -3 "$L/gpu_tests.log"
+  # -v: each result is logged as it comes, so a step cut by its time limit still names its failures
+  OMP_NUM_THREADS=2 run gpu_tests 200 $PY -m pytest -v -p no:cacheprovider -m gpu "${XDIST[@]}" tests
+  grep -E "\] (FAILED|ERROR) tests/" "$L/gpu_tests.log" | head -20
+  tail -1 "$L/gpu_tests.log"
 else
   step "tests (dry run: collected only)"
   run gpu_tests 120 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests
@@ -165,7 +167,8 @@ for name in ("gpu_tests", "tests"):
     p = os.path.join(logs, name + ".log")
     lines = open(p).read().strip().splitlines() if os.path.exists(p) else []
     res[name] = next((ln for ln in reversed(lines) if re.search(r"passed|failed|error|collected|tests? ", ln)), "no log")
-    res[name + "_failures"] = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))][:60]
+    res[name + "_failures"] = sorted({ln.strip() for ln in lines if ln.startswith(("FAILED", "ERROR"))
+                                      or re.search(r"\] (FAILED|ERROR) tests/", ln)})[:60]
 for p in sorted(glob.glob(os.path.join(logs, "bench_*.json"))):
     res[os.path.basename(p)[:-5]] = json.load(open(p))
 json.dump(res, open(dest, "w"), indent=1)

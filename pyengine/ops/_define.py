@@ -20,8 +20,9 @@ How to add an op ``foo`` (the whole recipe; see ``composite.py`` for a different
                    fake=lambda x, s: torch.empty_like(x),
                    reference=_ref_namespace, cpu=True, cuda=True, triton="pyengine.kernels.foo")
 
-   and a public function that checks its inputs with ``check("foo", SPECS, locals())`` (a dict
-   of ``T(dtypes, "S C")`` tensor specs: dtypes, shapes with symbols, one device) plus any value
+   and a public function that checks its inputs with ``check("foo", SPECS, {"x": x, ...})`` (a
+   dict of ``T(dtypes, "S C")`` tensor specs: dtypes, shapes with symbols, one device; then the
+   arguments by name, spelled out: Dynamo before torch 2.13 cannot trace ``locals()``) plus any value
    ranges, then calls ``OP(*args, backend=backend)``.
 5. Tests: ``tests/ops/test_foo.py`` declares cases and tolerances for ``tests/op_harness.py``,
    which runs every backend against the reference forward and backward, empty and odd sizes,

@@ -47,7 +47,8 @@ def ball_query(centers_coords: torch.Tensor, points_coords: torch.Tensor, radius
         >>> ball_query(torch.zeros(1, 3, 1), points, 1.0, 4).tolist()
         [[[0, 2, 3, 0]]]
     """
-    check("ball_query", {"centers_coords": T(FLOAT, "B 3 M"), "points_coords": T(FLOAT, "B 3 N")}, locals())
+    check("ball_query", {"centers_coords": T(FLOAT, "B 3 M"), "points_coords": T(FLOAT, "B 3 N")},
+          {"centers_coords": centers_coords, "points_coords": points_coords})
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not (math.isfinite(radius) and radius >= 0):
         raise ValueError(f"ball_query: radius must be a finite number >= 0, got {radius!r}")
     check_count("ball_query", "num_neighbors", num_neighbors, 1)

@@ -58,6 +58,6 @@ def furthest_point_sample(coords: torch.Tensor, num_samples: int, *, backend: st
         >>> furthest_point_sample(coords, 3).tolist()
         [[0, 2, 3]]
     """
-    sizes = check("furthest_point_sample", {"coords": T(FLOAT, "B 3 N")}, locals())
+    sizes = check("furthest_point_sample", {"coords": T(FLOAT, "B 3 N")}, {"coords": coords})
     check_count("furthest_point_sample", "num_samples", num_samples, 0, sizes["N"])
     return OP(coords.to(compute_dtype(coords)).contiguous(), num_samples, backend=backend)

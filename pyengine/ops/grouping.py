@@ -72,7 +72,8 @@ def gather(features: torch.Tensor, indices: torch.Tensor, *, deterministic: bool
         >>> gather(torch.tensor([[[10.0, 11.0, 12.0]]]), torch.tensor([[2, 0, 2]])).tolist()
         [[[12.0, 10.0, 12.0]]]
     """
-    sizes = check("gather", {"features": T(FLOAT, "B C N"), "indices": T(INDEX, "B M")}, locals())
+    sizes = check("gather", {"features": T(FLOAT, "B C N"), "indices": T(INDEX, "B M")},
+                  {"features": features, "indices": indices})
     idx = _indices("gather", indices, sizes["N"], validate)
     out = GATHER_OP(features.to(compute_dtype(features)).contiguous(), idx, _deterministic(deterministic),
                     backend=backend)
@@ -100,7 +101,8 @@ def grouping(features: torch.Tensor, indices: torch.Tensor, *, deterministic: bo
         >>> grouping(torch.tensor([[[10.0, 11.0, 12.0]]]), torch.tensor([[[2, 0], [1, 1]]])).tolist()
         [[[[12.0, 10.0], [11.0, 11.0]]]]
     """
-    sizes = check("grouping", {"features": T(FLOAT, "B C N"), "indices": T(INDEX, "B M K")}, locals())
+    sizes = check("grouping", {"features": T(FLOAT, "B C N"), "indices": T(INDEX, "B M K")},
+                  {"features": features, "indices": indices})
     idx = _indices("grouping", indices, sizes["N"], validate)
     out = GROUPING_OP(features.to(compute_dtype(features)).contiguous(), idx, _deterministic(deterministic),
                       backend=backend)

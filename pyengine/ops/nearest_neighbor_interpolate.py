@@ -70,7 +70,8 @@ def nearest_neighbor_interpolate(points_coords: torch.Tensor, centers_coords: to
         [[[1.0]]]
     """
     check("nearest_neighbor_interpolate", {"points_coords": T(FLOAT, "B 3 N"), "centers_coords": T(FLOAT, "B 3 M"),
-                                           "centers_features": T(FLOAT, "B C M")}, locals())
+                                           "centers_features": T(FLOAT, "B C M")},
+          {"points_coords": points_coords, "centers_coords": centers_coords, "centers_features": centers_features})
     dtype = compute_dtype(centers_features)
     out, idx, w = OP(points_coords.detach().to(dtype).contiguous(), centers_coords.detach().to(dtype).contiguous(),
                      centers_features.to(dtype).contiguous(), _deterministic(deterministic), backend=backend)

@@ -55,7 +55,8 @@ def ray_aabb_intersect(rays_o: torch.Tensor, rays_d: torch.Tensor, aabbs: torch.
         ([0.0, inf], [1.0, inf], [True, False])
     """
     check("ray_aabb_intersect", {"rays_o": T(F32_F64, "N 3"), "rays_d": T(F32_F64, "N 3"),
-                                 "aabbs": T(F32_F64, "M 6")}, locals())
+                                 "aabbs": T(F32_F64, "M 6")},
+          {"rays_o": rays_o, "rays_d": rays_d, "aabbs": aabbs})
     if not (rays_d.dtype == rays_o.dtype == aabbs.dtype):
         raise TypeError(f"ray_aabb_intersect: rays_o, rays_d and aabbs must share one dtype, got "
                         f"{rays_o.dtype}, {rays_d.dtype}, {aabbs.dtype}")

@@ -79,7 +79,8 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         >>> info.tolist(), t0.tolist(), t1.tolist()
         ([[0, 4]], [1.0, 1.5, 2.0, 2.5], [1.5, 2.0, 2.5, 3.0])
     """
-    check("ray_march", SPECS, locals())
+    check("ray_march", SPECS, {"rays_o": rays_o, "rays_d": rays_d, "t_min": t_min, "t_max": t_max,
+                               "binaries": binaries, "roi_aabb": roi_aabb, "jitter": jitter})
     if min(binaries.shape) < 1:
         raise ValueError(f"ray_march: binaries must be [L, X, Y, Z] with every size >= 1, got shape "
                          f"{tuple(binaries.shape)}")

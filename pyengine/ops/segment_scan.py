@@ -42,7 +42,7 @@ def segment_scan(x: torch.Tensor, packed_info: torch.Tensor, *, prod: bool = Fal
         >>> segment_scan(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([[0, 2], [2, 2]]), exclusive=True)
         tensor([0., 1., 0., 3.])
     """
-    check("segment_scan", {"x": T(FLOAT, "S"), "packed_info": T(INDEX, "R 2")}, locals())
+    check("segment_scan", {"x": T(FLOAT, "S"), "packed_info": T(INDEX, "R 2")}, {"x": x, "packed_info": packed_info})
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     out = OP(x.to(compute).contiguous(), packed_info.to(torch.int64).contiguous(), bool(prod), bool(exclusive),
              backend=backend)

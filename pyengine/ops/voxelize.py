@@ -100,7 +100,8 @@ def avg_voxelize(features: torch.Tensor, coords: torch.Tensor, resolution: int, 
         >>> grid.reshape(-1).tolist()
         [0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0]
     """
-    check("avg_voxelize", {"features": T(FLOAT, "B C N"), "coords": T(INDEX, "B 3 N")}, locals())
+    check("avg_voxelize", {"features": T(FLOAT, "B C N"), "coords": T(INDEX, "B 3 N")},
+          {"features": features, "coords": coords})
     R = _check_resolution("avg_voxelize", resolution)
     if validate:
         check_coords(coords, R)
@@ -140,7 +141,8 @@ def trilinear_devoxelize(grid: torch.Tensor, coords: torch.Tensor, resolution: i
         >>> trilinear_devoxelize(grid, torch.tensor([[[0.5], [0.0], [1.0]]]), 2).tolist()
         [[[3.0]]]
     """
-    check("trilinear_devoxelize", {"grid": T(FLOAT, "B C R R R"), "coords": T(FLOAT, "B 3 N")}, locals())
+    check("trilinear_devoxelize", {"grid": T(FLOAT, "B C R R R"), "coords": T(FLOAT, "B 3 N")},
+          {"grid": grid, "coords": coords})
     R = _check_resolution("trilinear_devoxelize", resolution)
     if grid.shape[2] != R:
         raise ValueError(f"trilinear_devoxelize: grid must be [B, C, R, R, R] with R = resolution = {R}, "
@@ -173,7 +175,7 @@ def normalize_coords(points: torch.Tensor, resolution: int, eps: float = 0.0):
         >>> coords.tolist(), voxels.tolist()
         ([[[0.0, 7.0], [4.0, 4.0], [4.0, 4.0]]], [[[0, 7], [4, 4], [4, 4]]])
     """
-    check("normalize_coords", {"points": T(FLOAT, "B 3 N")}, locals())
+    check("normalize_coords", {"points": T(FLOAT, "B 3 N")}, {"points": points})
     R = _check_resolution("normalize_coords", resolution)
     centred = points - points.mean(2, keepdim=True)
     if points.shape[2] == 0:

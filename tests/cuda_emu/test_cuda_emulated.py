@@ -225,7 +225,13 @@ def test_op_suites_pass_on_the_emulated_cuda_kernels(emulated_build):
                             "print(m.__name__, m.built_with_cuda())"], capture_output=True, text=True, env=env,
                            cwd=ROOT, timeout=300)
     assert probe.stdout.split() == ["pyengine_cuda_emu", "True"], probe.stdout + probe.stderr
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not triton",
+    # -v: each test's name is printed before it runs, so a crash's output ends with the test's name
+    res = subprocess.run([sys.executable, "-m", "pytest", "-v", "-x", "-p", "no:cacheprovider", "-k", "not triton",
                           *OP_TESTS], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    if res.returncode != 0:
+        out = "\n".join(ln for ln in res.stdout.splitlines() if not ln.endswith(("PASSED", "SKIPPED"))
+                         and " PASSED " not in ln and " SKIPPED " not in ln)
+        fatal = res.stderr.find("Fatal Python error")  # a crash: faulthandler's stack, innermost first
+        err = res.stderr[fatal:fatal + 3000] if fatal >= 0 else res.stderr[-2000:]
+        pytest.fail(f"exit code {res.returncode}\n{out[-4000:]}\n{err}")
     assert " passed" in res.stdout and "failed" not in res.stdout

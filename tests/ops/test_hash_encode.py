@@ -296,7 +296,7 @@ BAD = [
     Bad("unknown-backend", lambda a, k: (a, {"backend": "fast"}), ValueError, "unknown backend 'fast'"),
     Bad("cuda-on-cpu", lambda a, k: (a, {"backend": "cuda"}), pyengine.BackendError, "'cuda'.*CUDA tensors"),
     Bad("triton-float64", lambda a, k: ([a[0].double(), a[1], a[2]], {"backend": "triton"}), pyengine.BackendError,
-        "float64" if _dispatch.triton_interpret() or HAS_CUDA else "CUDA tensors"),
+        "float64" if _dispatch.triton_interpret() else "CUDA tensors"),  # CPU tensors: Triton only interpreted
 ]
 
 # float16 / bfloat16 floors: Triton's interpreter casts float32 -> bfloat16 by truncation

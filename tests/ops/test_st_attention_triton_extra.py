@@ -154,17 +154,27 @@ def test_any_strides_bthwc():
 def test_several_blocks(kmod, monkeypatch, mode, blocks):
     """Small tiles force several query and key blocks per sequence (online-softmax rescaling,
     partial last blocks) and, with SEQ > 1, packed temporal sequences (SEQ sequences of
-    BLOCK / SEQ slots, the last group partial); BLOCK_D = next power of two of D exactly (the
-    interpreter allows dots below 16)."""
+    BLOCK / SEQ slots, the last group partial). Under the interpreter the tiles go below 16 and
+    BLOCK_D = next power of two of D exactly (it allows such dots); compiled on a GPU, where dots
+    need M, N, K >= 16, the tiles are 4x larger (at least 16) and the sequences with them."""
+    several_blocks(kmod, monkeypatch, mode, blocks, compiled=HAS_CUDA)
+
+
+def several_blocks(kmod, monkeypatch, mode, blocks, compiled):
     seq, bm, bn = blocks
-    monkeypatch.setattr(kmod, "_MIN_BLOCK", 1)
+    scale = 4 if compiled else 1
+    bm, bn = max(16, bm * scale) if compiled else bm, max(16, bn * scale) if compiled else bn
+    if not compiled:
+        monkeypatch.setattr(kmod, "_MIN_BLOCK", 1)
     monkeypatch.setattr(kmod, "_config", lambda kind, temporal, L, block_d: (1 if kind == "dbias" else seq, bm, bn, 4))
-    B, T, H, W, heads, D = (1, 5, 2, 2, 2, 5) if mode == "temporal" else (1, 2, 3, 3, 2, 5)
+    B, T, H, W, heads, D = (1, 5 * scale, 2, 2, 2, 5) if mode == "temporal" else (1, 2, 3 * (1 + compiled), 3 * (1 + compiled), 2, 5)
     if seq > 1:
-        T = 3 if seq == 2 else 4  # at most BLOCK / SEQ = 4 slots; 3: padded slots
+        slots = bm // seq
+        T = slots - 1 if seq == 2 else slots  # seq == 2: padded slots
     q, k, v, go = _inputs((B, T, H, W, heads * D), seed=23)
     L = T if mode == "temporal" else H * W
     Lk = L if mode == "temporal" else 2 * L
+    assert max(L, Lk) > min(bm, bn) or seq > 1, "the sizes must span several blocks"
     g = torch.Generator().manual_seed(2)
     bias = torch.randn(heads, L, Lk, generator=g).to(DEVICE)
     mask = (torch.rand(L, Lk, generator=g) > 0.25).to(DEVICE)
@@ -172,7 +182,14 @@ def test_several_blocks(kmod, monkeypatch, mode, blocks):
     kw = {"mode": mode, "heads": heads, "mask": mask, "pos_encoding": True}
     if mode == "spatial":
         kw["cross_frame"] = ("previous", "self")
-    compare(q, k, v, go, bias=bias, what=f"{mode} blocks {blocks}", **kw)
+    compare(q, k, v, go, bias=bias, what=f"{mode} blocks {blocks}{' (compiled sizes)' if compiled else ''}", **kw)
+
+
+def test_several_blocks_at_compiled_sizes_under_the_interpreter(kmod, monkeypatch):
+    """The GPU variant's sizes, checked here too (one case: the interpreter is slow)."""
+    if HAS_CUDA:
+        pytest.skip("runs compiled in test_several_blocks")
+    several_blocks(kmod, monkeypatch, "spatial", (1, 4, 8), compiled=True)
 
 
 @pytest.mark.parametrize("programs", [1, 3])
