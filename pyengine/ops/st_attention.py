@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pyengine.ops import _dispatch
 from pyengine.ops._define import FLOAT, T, check, define
 from pyengine.reference import st_attention as _ref
 from pyengine.reference.st_attention import sinusoidal_table, t5_buckets
@@ -39,7 +40,18 @@ OP = define("st_attention",
             "float scale) -> (Tensor, Tensor)",
             grads=("q", "k", "v", "bias"), save=(0, 1), fake=_fake, reference=_ref, cpu=True,
             triton="pyengine.kernels.st_attention", triton_dtypes=(torch.float16, torch.bfloat16, torch.float32))
-# CPU tensors: the C++ kernel; CUDA tensors: Triton (the only GPU kernel; it has not yet run on a GPU).
+# CPU tensors: the C++ kernel; CUDA tensors: Triton (the only GPU kernel). Plain spatial attention
+# with no backend requested goes to torch's SDPA instead (``_plain_spatial_sdpa``).
+
+# Plain spatial attention (no bias, mask, position encoding or cross-frame keys) with no backend
+# requested runs torch's scaled_dot_product_attention on strided views of the channels-last input:
+# a spatial sequence is a frame's H W pixels, contiguous in [B, T, H, W, C], so the views cost no
+# copy, and FlashAttention is tuned for exactly these sequence lengths. Measured side by side
+# (bench/RESULTS.md): on the H200 (commit 0f9b213, float16) our Triton kernel took 3-5x SDPA's
+# time (T=16, 32x32 and 64x64, D 40 and 64); on the 2-core CPU the C++ kernel took about 1.2x
+# (0.80-0.86x of SDPA with rearranges, which SDPA on views matches within 5%). Temporal attention
+# stays on our kernels: there they are 1.2-4x faster than SDPA.
+_SDPA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _SPEC = {"q": T(FLOAT, "B T H W C"), "k": T(FLOAT, "B T H W C"), "v": T(FLOAT, "B T H W C")}
 
@@ -86,7 +98,10 @@ def st_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str
             :data:`CROSS_FRAME_SOURCES`: ``"self"`` (plain spatial attention), ``("first",)``
             (Pix2Video-style), ``("first", "previous")`` (Tune-A-Video's sparse-causal attention).
             ``Lk = len(cross_frame) H W``.
-        backend: "cpu", "triton", "cuda" or "reference"; default: automatic (see ``_dispatch``).
+        backend: "cpu", "triton", "cuda" or "reference"; default: automatic (see ``_dispatch``),
+            except that plain spatial self-attention (no bias, mask, position encoding or
+            cross-frame keys; float16/bfloat16/float32) then runs torch's
+            ``scaled_dot_product_attention`` on strided views, which is faster there.
 
     Returns:
         The attention output in the inputs' layout and dtype (computed in float32, float64 for
@@ -162,9 +177,28 @@ def st_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str
         raise ValueError(f"st_attention: pos_encoding must be True, False or a [L, D] tensor, got {pos_encoding!r}")
     if scale is None:
         scale = 1.0 / math.sqrt(D)
+    if (not temporal and bias is None and pos.numel() == 0 and kv_frames.shape[1] == 1
+            and bool((kv_frames[:, 0] == torch.arange(T_, device=kv_frames.device)).all())
+            and q.dtype in _SDPA_DTYPES and q.numel() > 0 and _dispatch.requested(backend)[0] is None):
+        out = _plain_spatial_sdpa(q, k, v, heads, float(scale))
+        return out.permute(0, 4, 1, 2, 3) if layout == "bcthw" else out
     bias_t = bias.contiguous() if bias is not None else torch.zeros(0, L, Lk, dtype=f, device=q.device)
     out, _ = OP(q, k, v, kv_frames, bias_t, pos, heads, temporal, float(scale), backend=backend)
     return out.permute(0, 4, 1, 2, 3) if layout == "bcthw" else out
+
+
+def _plain_spatial_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """Spatial self-attention of ``[B, T, H, W, C]`` inputs by SDPA on ``[B T, heads, H W, D]``
+    views (no copy where the pixels of a frame are contiguous, as channels last); the output is
+    ``[B, T, H, W, C]`` channels last, in the inputs' dtype."""
+    B, T_, H, W, C = q.shape
+    D = C // heads
+
+    def seqs(x):  # [B, T, H, W, C] -> [B T, heads, H W, D]; a view for channels-last frames
+        return x.reshape(B * T_, H * W, heads, D).transpose(1, 2)
+
+    o = torch.nn.functional.scaled_dot_product_attention(seqs(q), seqs(k), seqs(v), scale=scale)
+    return o.transpose(1, 2).reshape(B, T_, H, W, C)
 
 
 def relative_position_bias(table: torch.Tensor, length: int, max_distance: int = 128,

@@ -182,3 +182,40 @@ SUITE = OpSuite(st_mod.OP, st_attention, CASES, grads=(0, 1, 2, "bias"),
                      torch.bfloat16: (1e-2, 0)},
                 base=_base, bad=BAD, gradcheck_case="temporal-odd-D3-bias-mask-pos")
 globals().update(SUITE.tests())
+
+
+@pytest.mark.parametrize("layout", ["bthwc", "bcthw"])
+def test_plain_spatial_attention_runs_sdpa_when_no_backend_is_requested(monkeypatch, layout):
+    """Automatic dispatch sends plain spatial self-attention to SDPA on views (forward and backward
+    match the float64 reference); a bias, a mask, position encoding, cross-frame keys, temporal
+    mode or a requested backend keep it on pyengine's kernels."""
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 5, 7, 12, generator=g, requires_grad=True) for _ in range(3))
+    perm = (lambda x: x.permute(0, 4, 1, 2, 3)) if layout == "bcthw" else (lambda x: x)
+    out = st_attention(perm(q), perm(k), perm(v), mode="spatial", heads=3, layout=layout)
+    assert calls, "plain spatial attention did not run SDPA"
+    go = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), go)
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    want = st_attention(perm(qd), perm(kd), perm(vd), mode="spatial", heads=3, layout=layout, backend="reference")
+    want_grads = torch.autograd.grad(want, (qd, kd, vd), go.double())
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-4)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-4)
+    assert out.shape == perm(q).shape
+
+    L = 5 * 7
+    for kw in ({"bias": torch.zeros(L, L)}, {"mask": torch.ones(L, L, dtype=torch.bool)}, {"pos_encoding": True},
+               {"cross_frame": ("first",)}, {"backend": "cpu"}, {"backend": "reference"}):
+        calls.clear()
+        st_attention(q, k, v, mode="spatial", heads=3, **kw)
+        assert not calls, f"{kw} ran SDPA"
+    calls.clear()
+    st_attention(q, k, v, mode="temporal", heads=3)
+    assert not calls
+    with pyengine.use_backend("cpu"):
+        st_attention(q, k, v, mode="spatial", heads=3)
+    assert not calls
