@@ -40,18 +40,20 @@ OP = define("st_attention",
             "float scale) -> (Tensor, Tensor)",
             grads=("q", "k", "v", "bias"), save=(0, 1), fake=_fake, reference=_ref, cpu=True,
             triton="pyengine.kernels.st_attention", triton_dtypes=(torch.float16, torch.bfloat16, torch.float32))
-# CPU tensors: the C++ kernel; CUDA tensors: Triton (the only GPU kernel). Plain spatial attention
-# with no backend requested goes to torch's SDPA instead (``_plain_spatial_sdpa``).
+# CPU tensors: the C++ kernel; CUDA tensors: Triton (the only GPU kernel), except plain spatial
+# attention with no backend requested, which goes to torch's SDPA there (``_plain_spatial_sdpa``).
 
-# Plain spatial attention (no bias, mask, position encoding or cross-frame keys) with no backend
-# requested runs torch's scaled_dot_product_attention on strided views of the channels-last input:
-# a spatial sequence is a frame's H W pixels, contiguous in [B, T, H, W, C], so the views cost no
-# copy, and FlashAttention is tuned for exactly these sequence lengths. Measured side by side
-# (bench/RESULTS.md): on the H200 (commit 0f9b213, float16) our Triton kernel took 3-5x SDPA's
-# time (T=16, 32x32 and 64x64, D 40 and 64); on the 2-core CPU the C++ kernel took about 1.2x
-# (0.80-0.86x of SDPA with rearranges, which SDPA on views matches within 5%). Temporal attention
-# stays on our kernels: there they are 1.2-4x faster than SDPA.
+# Plain spatial attention (no bias, mask, position encoding or cross-frame keys) on CUDA tensors
+# with no backend requested runs torch's scaled_dot_product_attention on strided views of the
+# channels-last input: a spatial sequence is a frame's H W pixels, contiguous in [B, T, H, W, C],
+# so the views cost no copy, and FlashAttention is tuned for exactly these sequence lengths.
+# Measured side by side on the H200 (bench/RESULTS.md, commit 0f9b213, float16): our Triton
+# kernel took 3-5x SDPA's time (T=16, 32x32 and 64x64, D 40 and 64). Not on the CPU: there the
+# C++ kernel is 0.8x SDPA at D 40/64 but faster at small head dims (D = 8 in the bench's U-Net),
+# within the noise of the shared 2 cores. Temporal attention stays on our kernels everywhere:
+# they are 1.2-4x faster than SDPA there.
 _SDPA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_SDPA_DEVICES = ("cuda",)
 
 _SPEC = {"q": T(FLOAT, "B T H W C"), "k": T(FLOAT, "B T H W C"), "v": T(FLOAT, "B T H W C")}
 
@@ -99,8 +101,8 @@ def st_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str
             (Pix2Video-style), ``("first", "previous")`` (Tune-A-Video's sparse-causal attention).
             ``Lk = len(cross_frame) H W``.
         backend: "cpu", "triton", "cuda" or "reference"; default: automatic (see ``_dispatch``),
-            except that plain spatial self-attention (no bias, mask, position encoding or
-            cross-frame keys; float16/bfloat16/float32) then runs torch's
+            except that plain spatial self-attention on CUDA tensors (no bias, mask, position
+            encoding or cross-frame keys; float16/bfloat16/float32) then runs torch's
             ``scaled_dot_product_attention`` on strided views, which is faster there.
 
     Returns:
@@ -179,7 +181,7 @@ def st_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str
         scale = 1.0 / math.sqrt(D)
     if (not temporal and bias is None and pos.numel() == 0 and kv_frames.shape[1] == 1
             and bool((kv_frames[:, 0] == torch.arange(T_, device=kv_frames.device)).all())
-            and q.dtype in _SDPA_DTYPES and q.numel() > 0 and _dispatch.requested(backend)[0] is None):
+            and q.device.type in _SDPA_DEVICES and q.dtype in _SDPA_DTYPES and q.numel() > 0 and _dispatch.requested(backend)[0] is None):
         out = _plain_spatial_sdpa(q, k, v, heads, float(scale))
         return out.permute(0, 4, 1, 2, 3) if layout == "bcthw" else out
     bias_t = bias.contiguous() if bias is not None else torch.zeros(0, L, Lk, dtype=f, device=q.device)

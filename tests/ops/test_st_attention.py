@@ -186,15 +186,21 @@ globals().update(SUITE.tests())
 
 @pytest.mark.parametrize("layout", ["bthwc", "bcthw"])
 def test_plain_spatial_attention_runs_sdpa_when_no_backend_is_requested(monkeypatch, layout):
-    """Automatic dispatch sends plain spatial self-attention to SDPA on views (forward and backward
-    match the float64 reference); a bias, a mask, position encoding, cross-frame keys, temporal
-    mode or a requested backend keep it on pyengine's kernels."""
+    """Automatic dispatch sends plain spatial self-attention on CUDA tensors to SDPA on views
+    (here the route is switched on for CPU tensors to check it: forward and backward match the
+    float64 reference); a bias, a mask, position encoding, cross-frame keys, temporal mode or a
+    requested backend keep it on pyengine's kernels, and so do CPU tensors by default."""
+    from pyengine.ops import st_attention as mod
+
     calls = []
     real = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(2, 3, 5, 7, 12, generator=g, requires_grad=True) for _ in range(3))
     perm = (lambda x: x.permute(0, 4, 1, 2, 3)) if layout == "bcthw" else (lambda x: x)
+    st_attention(perm(q), perm(k), perm(v), mode="spatial", heads=3, layout=layout)
+    assert not calls, "CPU tensors took the SDPA route by default"
+    monkeypatch.setattr(mod, "_SDPA_DEVICES", ("cuda", "cpu"))
     out = st_attention(perm(q), perm(k), perm(v), mode="spatial", heads=3, layout=layout)
     assert calls, "plain spatial attention did not run SDPA"
     go = torch.randn(out.shape, generator=g)
