@@ -11,6 +11,9 @@ Jobs:
                          text-to-3D: optimise a hash-grid NeRF with score distillation (method=sds, sjc or
                          vsd) from the bundled ShapeWorld prior or a local diffusers one; writes a turntable,
                          views and a mesh; `eval` reports R-precision and silhouette IoU per prompt
+  inverse [eval] --task T --method M --sigma-y S [--image PATH | --shapeworld CAPTION] [--samples N] [k=v ...]
+                         inverse problems with the diffusion prior (ScoreSDE, ILVR, SNIPS, DDRM, DPS, PiGDM,
+                         MCG, RED-diff, CCDF starts); `eval` tables every task x noise x method on held-out images
   train-prior images [train|sample|eval|export|train-classifier] [k=v ...]
                          the ShapeWorld text-to-image prior of the SDS engine ("a red cube, side view")
                          and the shape/colour classifier that judges SDS renders
@@ -94,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", default="", help="a text file with one prompt per line: one run each, and a summary")
     p.add_argument("--config", help="YAML file with SDSConfig keys")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=vsd iterations=1000 guidance=7.5")
+    p = sub.add_parser("inverse", help="inverse problems (SR, inpainting, deblurring, colorization, phase retrieval) "
+                                       "with a diffusion prior: DPS, DDRM, PiGDM, RED-diff, ...")
+    p.add_argument("command", nargs="?", default="", help="eval (every task x sigma_y x method), or nothing: one solve")
+    p.add_argument("--task", help="sr2 sr4 sr4_bicubic inpaint_box inpaint_random deblur_gauss deblur_motion "
+                                  "colorize phase")
+    p.add_argument("--method", help="scoresde ilvr snips ddrm dps pigdm mcg reddiff, or baseline")
+    p.add_argument("--sigma-y", type=float, help="measurement noise in [0, 1] image units")
+    p.add_argument("--image", help="an image file to measure and recover")
+    p.add_argument("--shapeworld", help='a ShapeWorld caption ("a red cube"): a view of it is the truth')
+    p.add_argument("--samples", type=int, help="posterior samples (mean and std when > 1)")
+    p.add_argument("--config", help="YAML file with InverseConfig keys")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 t0=0.3 options.zeta=1.0")
     p = sub.add_parser("train-prior", help="train the bundled ShapeWorld priors (images: the SDS engine's prior)")
     p.add_argument("kind", choices=("images",))
     p.add_argument("command", nargs="?", default="train",
@@ -110,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.job == "sds" and "=" in args.command and args.command.split("=", 1)[0].replace(".", "_").isidentifier():
         args.overrides = [args.command, *args.overrides]  # `pyengine sds iterations=10`: the config's prompt
         args.command = ""
+    if args.job == "inverse":
+        if "=" in args.command:  # `pyengine inverse steps=10`: one solve
+            args.overrides = [args.command, *args.overrides]
+            args.command = ""
+        flags = {"task": args.task, "method": args.method, "sigma_y": args.sigma_y, "image": args.image,
+                 "shapeworld": args.shapeworld, "samples": args.samples}
+        args.overrides = [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in flags.items()
+                          if v is not None] + list(args.overrides)
     if args.job == "train-prior" and "=" in args.command:  # `train-prior images steps=10`: the default command
         args.overrides = [args.command, *args.overrides]
         args.command = "train"
@@ -120,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             "points": ("pyengine.engines.points", "PointsConfig"),
             "video": ("pyengine.engines.video", "VideoConfig"),
             "train-prior": ("pyengine.engines.image_prior", "ImagePriorConfig"),
-            "sds": ("pyengine.engines.sds", "SDSConfig")}
+            "sds": ("pyengine.engines.sds", "SDSConfig"),
+            "inverse": ("pyengine.engines.inverse", "InverseConfig")}
     if args.job in jobs:
         import importlib
 
@@ -140,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 return 130
             return 0
-        if args.job in ("points", "video", "train-prior"):
+        if args.job in ("points", "video", "train-prior", "inverse"):
             try:
                 mod.run(cfg, args.command)
             except ValueError as exc:  # a bad setting or no trained run: say so, without a traceback

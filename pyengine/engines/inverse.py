@@ -1,0 +1,458 @@
+"""``pyengine inverse``: recover an image from a measurement ``y = A(x) + sigma_y n`` with a diffusion prior.
+
+One solve::
+
+    pyengine inverse --task sr4 --method dps --sigma-y 0.05 --shapeworld "a red cube"
+    pyengine inverse --task inpaint_box --method ddrm --image photo.png --samples 8
+
+writes, in the run folder: ``measurement.png`` (what the operator lets through, shown as an image:
+the pseudo-inverse for linear operators, the log Fourier magnitude for phase retrieval), the samples
+(``samples.png``), with ``--samples N`` their mean and per-pixel standard deviation, the truth when it
+is known, a side-by-side ``grid.png`` and ``metrics.json``. The batch of samples runs in one call.
+
+Evaluation (``pyengine inverse eval``): held-out ShapeWorld images (disjoint from the prior's training
+seeds) at the prior's resolution, every task x sigma_y x method of the config, plus each task's
+classical baseline. Per method: PSNR and SSIM of the posterior mean, masked-region PSNR for
+inpainting, the residual ``||y - A(x)|| / (sigma_y sqrt(m))``, the ShapeWorld classifier's accuracy on
+the results, KID on that classifier's features, denoiser calls and seconds per image. Paired bootstrap
+confidence intervals for the PSNR difference of every method against the task's reference method
+(``eval_reference``, default DPS). Tables in ``summary.md`` / ``summary.json``.
+
+Everything is in [0, 1] image units; sigma_y too (see ``pyengine.inverse.base``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+JOB = "inverse"
+DEFAULT_TASKS = ["sr4", "inpaint_box", "inpaint_random", "deblur_gauss", "colorize", "phase"]
+DEFAULT_SIGMAS = [0.0, 0.025, 0.05, 0.1]
+DEFAULT_METHODS = ["scoresde", "ilvr", "snips", "ddrm", "dps", "pigdm", "mcg", "reddiff"]
+
+
+@dataclass
+class InverseConfig:
+    task: str = "sr4"
+    method: str = "dps"
+    sigma_y: float = 0.05  # measurement noise, [0, 1] image units
+    image: str = ""  # a PNG/JPEG path; or
+    shapeworld: str = "a red cube"  # a ShapeWorld caption: a held-out view of it (used when image is "")
+    image_seed: int = 0  # which view of the caption
+    samples: int = 1  # posterior samples of the one image (mean and std when > 1)
+    steps: int = 0  # 0: the method's default
+    t0: float = 1.0  # CCDF start time (1: the full run)
+    options: dict = field(default_factory=dict)  # method options (zeta=..., eta=...)
+    prior: str = "shapeworld"
+    text: str = ""  # the prompt the prior is conditioned on ("": unconditional)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available
+    out: str = ""  # default runs/inverse/<task>-<method>-<sigma>
+    # evaluation
+    eval_images: int = 200
+    eval_batch: int = 50
+    eval_tasks: list = field(default_factory=lambda: list(DEFAULT_TASKS))
+    eval_sigmas: list = field(default_factory=lambda: list(DEFAULT_SIGMAS))
+    eval_methods: list = field(default_factory=lambda: list(DEFAULT_METHODS))
+    eval_t0: list = field(default_factory=list)  # extra CCDF rows: each method again at these t0
+    eval_reference: str = "dps"
+    eval_bootstrap: int = 1000
+    eval_data_seed: int = 0
+
+
+def _device(cfg: InverseConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def check_config(cfg: InverseConfig) -> None:
+    from pyengine.inverse.operators import TASKS
+    from pyengine.inverse.solvers import METHODS
+
+    def bad(name, want):
+        raise ValueError(f"inverse: {name} must be {want}, got {getattr(cfg, name)!r}")
+
+    if cfg.task not in TASKS:
+        bad("task", f"one of {TASKS}")
+    if cfg.method not in METHODS + ("baseline",):
+        bad("method", f"one of {METHODS + ('baseline',)}")
+    if not (isinstance(cfg.sigma_y, (int, float)) and 0 <= cfg.sigma_y < math.inf):
+        bad("sigma_y", "a number >= 0 in [0, 1] image units")
+    if not isinstance(cfg.samples, int) or cfg.samples < 1:
+        bad("samples", "an int >= 1")
+    if not isinstance(cfg.steps, int) or cfg.steps < 0:
+        bad("steps", "an int >= 0 (0: the method's default)")
+    if not (0 < cfg.t0 <= 1):
+        bad("t0", "in (0, 1]")
+    if cfg.image and not os.path.isfile(cfg.image):
+        bad("image", "an existing image file")
+    for name in ("eval_tasks", "eval_methods", "eval_sigmas", "eval_t0"):
+        if not isinstance(getattr(cfg, name), (list, tuple)):
+            bad(name, "a list")
+    unknown = [t for t in cfg.eval_tasks if t not in TASKS]
+    if unknown:
+        bad("eval_tasks", f"a list of {TASKS}")
+    unknown = [m for m in cfg.eval_methods if m not in METHODS]
+    if unknown:
+        bad("eval_methods", f"a list of {METHODS}")
+    if any(not (0 <= float(s) < math.inf) for s in cfg.eval_sigmas):
+        bad("eval_sigmas", "a list of numbers >= 0")
+    if any(not (0 < float(t) <= 1) for t in cfg.eval_t0):
+        bad("eval_t0", "a list of numbers in (0, 1]")
+    if cfg.eval_images < 1 or cfg.eval_batch < 1:
+        raise ValueError("inverse: eval_images and eval_batch must be >= 1")
+
+
+# -- images ----------------------------------------------------------------------------------------
+
+
+def load_image(path: str, size: int) -> torch.Tensor:
+    """``[1, 3, size, size]`` RGB in [0, 1] from an image file (alpha dropped, grey replicated; resized
+    with antialiasing when its side differs)."""
+    import imageio.v3 as iio
+
+    a = np.asarray(iio.imread(path))
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, -1)
+    a = a[..., :3]
+    scale = 65535.0 if a.dtype == np.uint16 else 255.0 if a.dtype == np.uint8 else 1.0
+    x = torch.from_numpy(a.astype(np.float32) / scale).permute(2, 0, 1)[None]
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(x, (size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(0, 1)
+
+
+def shapeworld_image(caption: str, size: int, seed: int = 0) -> torch.Tensor:
+    """``[1, 3, size, size]``: a held-out-style view of ``caption`` (``"a red cube"``) drawn from ``seed``."""
+    from pyengine.data import shapeworld_images as swi
+
+    shape, color, _ = swi.parse_caption(caption)
+    if shape is None or color is None:
+        raise ValueError(f"inverse: shapeworld must name a shape ({', '.join(swi.SHAPES)}) and a colour "
+                         f"({', '.join(swi.COLORS)}), got {caption!r}")
+    # seeds far past both splits' (training: data_seed + i; held-out: data_seed + 1e6 + i)
+    spec = swi.ViewSpec.random(2 * swi.HELDOUT_OFFSET + int(seed), shape, color)
+    image, _ = swi.make_view(spec, size)  # [size, size, 3] in [-1, 1]
+    return ((image.permute(2, 0, 1)[None].float() + 1) / 2).clamp(0, 1)
+
+
+def heldout_images(n: int, size: int, data_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([n, 3, size, size]`` in [0, 1], ``[n, 3]`` labels): the held-out split of ShapeWorld views,
+    whose seeds the prior's training never draws."""
+    from pyengine.data import shapeworld_images as swi
+
+    images, labels = swi.dataset("heldout", n, size=size, data_seed=data_seed)
+    return images.permute(0, 3, 1, 2).float() / 255.0, labels
+
+
+def show_measurement(problem) -> torch.Tensor:
+    """An image of what the measurement holds, ``[B, 3, H, W]`` in [0, 1]: the pseudo-inverse for linear
+    operators (the missing pixels of inpainting black), the centred log Fourier magnitude for phase
+    retrieval (grey)."""
+    op, y = problem.operator, problem.y
+    if op.linear:
+        return op.pinv(y).clamp(0, 1)
+    C, H, W = op.in_shape
+    mag = torch.log1p(y.abs())
+    mag = torch.fft.fftshift(mag, dim=(-2, -1))
+    mag = torch.nn.functional.interpolate(mag.mean(1, keepdim=True) if mag.dim() == 4 else mag[:, None],
+                                          (H, W), mode="area")
+    mag = (mag - mag.amin((2, 3), keepdim=True)) / (mag.amax((2, 3), keepdim=True)
+                                                    - mag.amin((2, 3), keepdim=True)).clamp_min(1e-8)
+    return mag.expand(-1, 3, -1, -1)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def psnr(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]`` PSNR in dB of ``x`` against ``ref`` (``[B, C, H, W]`` in [0, 1]); over the pixels where
+    ``mask`` ``[B or 1, 1 or C, H, W]`` is true when given."""
+    err = (x.double().clamp(0, 1) - ref.double()) ** 2
+    if mask is None:
+        mse = err.flatten(1).mean(1)
+    else:
+        m = mask.expand_as(err).double()
+        mse = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-12))).float()
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``[B]`` SSIM (scikit-image's, 7x7 window, data range 1, over the colour channels)."""
+    from skimage.metrics import structural_similarity
+
+    a = x.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().double().numpy()
+    b = ref.detach().permute(0, 2, 3, 1).cpu().double().numpy()
+    win = min(7, a.shape[1], a.shape[2])
+    win -= 1 - win % 2
+    return torch.tensor([structural_similarity(p, q, data_range=1.0, channel_axis=-1, win_size=win)
+                         for p, q in zip(a, b)], dtype=torch.float32)
+
+
+def residual(problem, x: torch.Tensor) -> torch.Tensor:
+    """``[B]`` ``||y - A(x)|| / (sigma_y sqrt(m))`` (about 1 for a solution as consistent as the truth;
+    ``||y - A(x)|| / sqrt(m)`` when sigma_y is 0)."""
+    r = (problem.y - problem.operator.forward(x.to(problem.y.dtype))).flatten(1)
+    rms = r.norm(dim=1) / math.sqrt(r.shape[1])
+    return (rms / problem.sigma_y if problem.sigma_y > 0 else rms).float()
+
+
+def kid(feat_a: torch.Tensor, feat_b: torch.Tensor) -> float:
+    """Kernel Inception Distance (Binkowski et al. 2018) on given features: the unbiased MMD^2 with
+    the cubic polynomial kernel ``(a . b / d + 1)^3``."""
+    a, b = feat_a.double(), feat_b.double()
+    m, n, d = a.shape[0], b.shape[0], a.shape[1]
+    if m < 2 or n < 2:
+        return float("nan")
+    k = lambda u, v: (u @ v.T / d + 1) ** 3
+    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
+    return float((kaa.sum() - kaa.diag().sum()) / (m * (m - 1)) + (kbb.sum() - kbb.diag().sum()) / (n * (n - 1))
+                 - 2 * kab.mean())
+
+
+def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean(a - b), low, high)``: the 95% paired-bootstrap interval of the mean difference."""
+    d = (a.double() - b.double()).cpu()
+    if d.numel() == 0:
+        return float("nan"), float("nan"), float("nan")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, d.numel(), (n, d.numel()), generator=g)
+    means = d[idx].mean(1)
+    return float(d.mean()), float(means.quantile(0.025)), float(means.quantile(0.975))
+
+
+class Judge:
+    """The bundled ShapeWorld classifier: predictions and features of ``[B, 3, H, W]`` images in [0, 1]."""
+
+    def __init__(self, device):
+        from pyengine.engines.image_prior import load_classifier
+
+        self.model, self.info = load_classifier()
+        self.model.to(device)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inp = (x.clamp(0, 1) * 2 - 1).permute(0, 2, 3, 1).float()
+        feats = self.model.features(inp.permute(0, 3, 1, 2)).mean((2, 3))
+        pred = torch.stack([head(feats).argmax(-1) for head in self.model.heads], -1)
+        return pred.cpu(), feats.cpu()
+
+
+# -- one solve -------------------------------------------------------------------------------------
+
+
+def _problem(task: str, x: torch.Tensor, sigma_y: float, seed: int):
+    """``(operator, Problem)`` for ``x`` [B, 3, H, W]: the task's operator (its random parts from
+    ``seed``) and ``y = A(x) + sigma_y n`` (the noise from ``seed + 1``)."""
+    from pyengine.inverse.base import Problem
+    from pyengine.inverse.operators import make_operator
+
+    op = make_operator(task, tuple(x.shape[1:]), generator=torch.Generator().manual_seed(seed))
+    y = op.forward(x)
+    g = torch.Generator().manual_seed(seed + 1)
+    noise = torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)
+    return op, Problem(op, y + sigma_y * noise, float(sigma_y))
+
+
+def _mask(op) -> torch.Tensor | None:
+    """The missing pixels of an inpainting operator (``[1 or B, 1 or C, H, W]`` bool), else None."""
+    keep = getattr(op, "mask", None)
+    if keep is None:
+        return None
+    return ~keep.bool()
+
+
+def solve_batch(method: str, prior, problem, cfg: InverseConfig, generator: torch.Generator, t0: float | None = None):
+    """Samples ``[B, C, H, W]`` in [0, 1] and the solver's counts for a batched problem (``baseline``:
+    the task's classical method, no denoiser)."""
+    from pyengine.inverse.solvers import SolverResult, solve
+
+    if method == "baseline":
+        from pyengine.inverse.baselines import baseline
+
+        start = time.perf_counter()
+        x = baseline(problem, generator=generator)
+        return SolverResult(x=x.clamp(0, 1), calls=0, backward=0, seconds=time.perf_counter() - start,
+                            denoiser_seconds=0.0, method="baseline", options={})
+    res = solve(method, prior, problem, steps=cfg.steps or None, t0=cfg.t0 if t0 is None else t0,
+                generator=generator, text=cfg.text, **dict(cfg.options))
+    res.x = res.x.clamp(0, 1)
+    return res
+
+
+def _grid(rows: list[torch.Tensor]) -> np.ndarray:
+    """Rows of ``[n_i, 3, H, W]`` images in [0, 1] -> one uint8 picture (rows padded with white)."""
+    from pyengine.render.mesh import image_grid
+
+    width = max(r.shape[0] for r in rows)
+    cells = []
+    for r in rows:
+        r = r.cpu().float().expand(-1, 3, -1, -1) if r.shape[1] == 1 else r.cpu().float()
+        cells.append(torch.cat([r, torch.ones(width - r.shape[0], *r.shape[1:])]))
+    frames = torch.cat(cells).permute(0, 2, 3, 1)
+    return image_grid((frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), cols=width)
+
+
+def run_one(cfg: InverseConfig) -> dict:
+    """One image, ``cfg.samples`` posterior samples of it in one batched solve; writes the run folder and
+    returns its metrics."""
+    import imageio.v3 as iio
+
+    from pyengine.diffusion.prior import load_prior
+
+    check_config(cfg)
+    dev = _device(cfg)
+    prior = load_prior(cfg.prior, device=str(dev))
+    size = prior.resolution
+    truth = load_image(cfg.image, size) if cfg.image else shapeworld_image(cfg.shapeworld, size, cfg.image_seed)
+    truth = truth.to(dev)
+    op, problem = _problem(cfg.task, truth, cfg.sigma_y, cfg.seed)
+    from pyengine.inverse.base import Problem
+
+    batched = Problem(op, problem.y.expand(cfg.samples, *problem.y.shape[1:]).contiguous(), problem.sigma_y)
+    res = solve_batch(cfg.method, prior, batched, cfg, torch.Generator(device=dev).manual_seed(cfg.seed))
+    x = res.x
+    mean = x.mean(0, keepdim=True)
+    std = x.std(0, keepdim=True) if cfg.samples > 1 else torch.zeros_like(mean)
+    out = cfg.out or os.path.join("runs", JOB, f"{cfg.task}-{cfg.method}-sigma{cfg.sigma_y:g}")
+    os.makedirs(out, exist_ok=True)
+    to8 = lambda t: (t[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    meas = show_measurement(problem)
+    iio.imwrite(os.path.join(out, "measurement.png"), to8(meas))
+    iio.imwrite(os.path.join(out, "mean.png"), to8(mean))
+    iio.imwrite(os.path.join(out, "truth.png"), to8(truth))
+    files = ["measurement.png", "mean.png", "truth.png"]
+    if cfg.samples > 1:
+        iio.imwrite(os.path.join(out, "std.png"), to8((std / std.max().clamp_min(1e-8)).expand(-1, 3, -1, -1)
+                                                      if std.shape[1] == 1 else std / std.max().clamp_min(1e-8)))
+        iio.imwrite(os.path.join(out, "samples.png"), _grid([x]))
+        files += ["std.png", "samples.png"]
+    rows = [torch.cat([truth, meas, mean] + ([std / std.max().clamp_min(1e-8)] if cfg.samples > 1 else []))]
+    if cfg.samples > 1:
+        rows.append(x[:8])
+    iio.imwrite(os.path.join(out, "grid.png"), _grid(rows))
+    files.append("grid.png")
+    mask = _mask(op)
+    metrics = {
+        "task": cfg.task, "method": cfg.method, "sigma_y": cfg.sigma_y, "samples": cfg.samples, "t0": cfg.t0,
+        "psnr_mean": float(psnr(mean, truth)[0]), "ssim_mean": float(ssim(mean, truth)[0]),
+        "psnr_samples": [float(v) for v in psnr(x, truth.expand_as(x))],
+        "residual_mean": float(residual(problem, mean)[0]),
+        "psnr_masked_mean": float(psnr(mean, truth, mask)[0]) if mask is not None else None,
+        "calls": res.calls, "backward": res.backward, "seconds": res.seconds,
+        "denoiser_seconds": res.denoiser_seconds, "options": res.options,
+        "image": cfg.image or f"shapeworld: {cfg.shapeworld} (seed {cfg.image_seed})", "prior": cfg.prior,
+    }
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    files.append("metrics.json")
+    print(f"inverse: {cfg.task}, {cfg.method}, sigma_y {cfg.sigma_y:g}: PSNR of the mean "
+          f"{metrics['psnr_mean']:.2f} dB, SSIM {metrics['ssim_mean']:.3f}, residual {metrics['residual_mean']:.2f}, "
+          f"{res.calls} denoiser calls, {res.seconds:.1f} s; wrote {out}/ ({', '.join(files)})")
+    metrics["out"] = out
+    return metrics
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+
+def evaluate(cfg: InverseConfig) -> dict:
+    """Every task x sigma_y x method (and baseline, and the CCDF rows) on ``eval_images`` held-out images;
+    writes ``summary.md`` / ``summary.json`` under ``out`` (default ``runs/inverse/eval``)."""
+    from pyengine.diffusion.prior import load_prior
+
+    check_config(cfg)
+    dev = _device(cfg)
+    prior = load_prior(cfg.prior, device=str(dev))
+    size = prior.resolution
+    truth_all, labels = heldout_images(cfg.eval_images, size, cfg.eval_data_seed)
+    truth_all = truth_all.to(dev)
+    judge = Judge(dev)
+    _, real_feats = judge(truth_all)
+    out = cfg.out or os.path.join("runs", JOB, "eval")
+    os.makedirs(out, exist_ok=True)
+    rows, per_image = [], {}
+    variants = [(m, None) for m in cfg.eval_methods] + [(m, float(t)) for t in cfg.eval_t0 for m in cfg.eval_methods]
+    for task in cfg.eval_tasks:
+        for sigma in cfg.eval_sigmas:
+            for method, t0 in [("baseline", None)] + variants:
+                name = method if t0 is None else f"{method}@t0={t0:g}"
+                xs, calls, backward, seconds, den_s = [], 0, 0, 0.0, 0.0
+                ys_res, masks = [], []
+                for s in range(0, cfg.eval_images, cfg.eval_batch):
+                    truth = truth_all[s:s + cfg.eval_batch]
+                    op, problem = _problem(task, truth, float(sigma), cfg.seed + s)
+                    g = torch.Generator(device=dev).manual_seed(cfg.seed + s)
+                    res = solve_batch(method, prior, problem, cfg, g, t0=t0)
+                    xs.append(res.x)
+                    calls, backward = res.calls, res.backward  # per batch (each image gets this many)
+                    seconds += res.seconds
+                    den_s += res.denoiser_seconds
+                    ys_res.append(residual(problem, res.x))
+                    m = _mask(op)
+                    masks.append(None if m is None else m.expand(truth.shape[0], *m.shape[1:]))
+                x = torch.cat(xs)
+                p = psnr(x, truth_all)
+                mask = torch.cat(masks) if masks[0] is not None else None
+                pred, feats = judge(x)
+                row = {"task": task, "sigma_y": float(sigma), "method": name,
+                       "psnr": float(p.mean()), "ssim": float(ssim(x, truth_all).mean()),
+                       "psnr_masked": float(psnr(x, truth_all, mask).mean()) if mask is not None else None,
+                       "residual": float(torch.cat(ys_res).mean()),
+                       "accuracy": float((pred[:, :2] == labels[:, :2]).all(1).float().mean()),
+                       "kid": kid(feats, real_feats), "calls_per_image": calls, "backward_per_image": backward,
+                       "seconds_per_image": seconds / cfg.eval_images,
+                       "denoiser_share": den_s / seconds if seconds > 0 else 0.0}
+                rows.append(row)
+                per_image[(task, float(sigma), name)] = p
+                print(f"inverse eval: {task} sigma_y {sigma:g} {name}: PSNR {row['psnr']:.2f} dB, SSIM "
+                      f"{row['ssim']:.3f}, residual {row['residual']:.2f}, accuracy {row['accuracy']:.2f}, "
+                      f"{calls} calls, {row['seconds_per_image']:.2f} s/image", flush=True)
+    ref = cfg.eval_reference
+    for row in rows:
+        key = (row["task"], row["sigma_y"], ref)
+        if key in per_image and row["method"] != ref:
+            d, lo, hi = paired_bootstrap(per_image[(row["task"], row["sigma_y"], row["method"])], per_image[key],
+                                         cfg.eval_bootstrap, cfg.seed)
+            row[f"psnr_vs_{ref}"] = [d, lo, hi]
+    summary = {"config": dataclasses.asdict(cfg), "rows": rows, "images": cfg.eval_images,
+               "classifier": judge.info.get("path")}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(summary_table(rows, ref))
+    print(summary_table(rows, ref))
+    print(f"inverse eval: wrote {out}/summary.md")
+    return summary
+
+
+def summary_table(rows: list[dict], ref: str = "dps") -> str:
+    head = ["task", "sigma_y", "method", "PSNR", f"dPSNR vs {ref} [95% CI]", "SSIM", "masked PSNR", "residual",
+            "accuracy", "KID", "calls", "s/image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ci = r.get(f"psnr_vs_{ref}")
+        lines.append("| " + " | ".join([
+            r["task"], f"{r['sigma_y']:g}", r["method"], f"{r['psnr']:.2f}",
+            f"{ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}]" if ci else "",
+            f"{r['ssim']:.3f}", f"{r['psnr_masked']:.2f}" if r["psnr_masked"] is not None else "",
+            f"{r['residual']:.2f}", f"{r['accuracy']:.2f}", f"{r['kid']:.4f}", str(r["calls_per_image"]),
+            f"{r['seconds_per_image']:.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run(cfg: InverseConfig, command: str = "") -> dict:
+    if command in ("", "solve"):
+        return run_one(cfg)
+    if command == "eval":
+        return evaluate(cfg)
+    raise ValueError(f"unknown command {command!r}: use eval, or no command for one solve")
