@@ -259,11 +259,13 @@ def hio(magnitudes: torch.Tensor, size: Sequence[int], *, iterations: int = 400,
     def project(v, mask):
         return torch.where(mask, v.clamp(0, 1), torch.zeros_like(v))
 
+    half = mag[..., :Wp // 2 + 1]                          # g is real: the rfft half spectrum suffices
+
     def modulus(v):
-        V = torch.fft.fft2(v, norm="ortho")
+        V = torch.fft.rfft2(v, norm="ortho")
         a = V.abs()
-        V = torch.where(a > 0, V * (mag / torch.where(a > 0, a, torch.ones_like(a))), mag.to(V.dtype))
-        return torch.fft.ifft2(V, norm="ortho").real
+        V = torch.where(a > 0, V * (half / torch.where(a > 0, a, torch.ones_like(a))), half.to(V.dtype))
+        return torch.fft.irfft2(V, s=(Hp, Wp), norm="ortho")
 
     for it in range(iterations + er_iterations):
         gp = modulus(g)

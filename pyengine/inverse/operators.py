@@ -163,6 +163,10 @@ def motion_kernel(size: int, intensity: float = 0.5, *, generator: torch.Generat
         size: the kernel's side (odd, so it has a middle pixel).
         intensity: in [0, 1]; 0 a straight line, 1 long, strongly bent paths. DPS uses 0.5.
         generator: the random draws (``None``: a generator seeded 0); the kernel is built on its device.
+        steps: the number of path segments.
+
+    Returns:
+        ``[size, size]`` float64 kernel.
     """
     size = _positive_int(size, "kernel_size", "motion_kernel")
     intensity = float(intensity)
@@ -567,7 +571,7 @@ class _BlockSpectral(_View):
 
     def Ut(self, y):
         self.op.check_measurement(y)
-        flat = y.reshape(y.shape[0], -1)
+        flat = y.reshape(y.shape[0], math.prod(self.out_shape))
         return torch.cat([flat, flat.new_zeros(y.shape[0], self.n - flat.shape[1])], 1)
 
     def U(self, c):
@@ -625,7 +629,8 @@ class _MaskSpectral(_View):
         return c.reshape(c.shape[0], *self.in_shape)
 
     def Ut(self, y):
-        return self.op.forward(y).reshape(y.shape[0], self.n)
+        self.op.check_measurement(y)
+        return (y * self.op.const("mask", y)).reshape(y.shape[0], self.n)
 
     def U(self, c):
         self._coeffs(c, "c")
@@ -704,7 +709,7 @@ class _ColourSpectral(_View):
 
     def Ut(self, y):
         self.op.check_measurement(y)
-        flat = y.reshape(y.shape[0], -1)
+        flat = y.reshape(y.shape[0], math.prod(self.out_shape))
         return torch.cat([flat, flat.new_zeros(y.shape[0], self.n - flat.shape[1])], 1)
 
     def U(self, c):
