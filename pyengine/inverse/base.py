@@ -62,11 +62,13 @@ class Operator:
         linear: whether ``forward`` is linear (then ``adjoint`` is its true adjoint and ``pinv`` its
             pseudo-inverse); methods that need linearity or a spectral view refuse nonlinear ones.
         in_shape: ``(C, H, W)`` of the images it takes.
+        out_shape: the shape of one measurement (without the batch dimension).
     """
 
     name: str = "operator"
     linear: bool = True
     in_shape: tuple[int, int, int]
+    out_shape: tuple[int, ...]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -153,6 +155,7 @@ class _Rescaled(Operator):
 
     def __init__(self, op: Operator):
         self.op, self.name, self.in_shape = op, op.name, op.in_shape
+        self.out_shape = getattr(op, "out_shape", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.forward((x + 1) / 2)
