@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -23,11 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyengine.diffusion.prior import load_prior  # noqa: E402
 from pyengine.engines.inverse import _problem, heldout_images, psnr  # noqa: E402
-from pyengine.inverse.solvers import METHODS, solve  # noqa: E402
-
-# each method's default schedule length (its repository's), for --steps-scale
-DEFAULT_STEPS = {"scoresde": 1000, "ilvr": 1000, "snips": 1000, "ddrm": 20, "dps": 1000, "pigdm": 100, "mcg": 1000,
-                 "reddiff": 1000}
+from pyengine.inverse.solvers import DEFAULT_STEPS, METHODS, solve  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@ Images and the measurement noise sigma_y are in [0, 1] units throughout (see ``b
 
 from pyengine.inverse.base import Operator, Problem, SpectralView, require_linear, require_spectral
 from pyengine.inverse.baselines import baseline, bicubic_upsample, grey_replicate, harmonic_fill, hio, wiener_deconvolve
+from pyengine.inverse.dense import DenseOperator
 from pyengine.inverse.operators import (
                                         TASKS,
                                         AvgPoolSR,
@@ -17,8 +18,24 @@ from pyengine.inverse.operators import (
                                         make_operator,
                                         motion_kernel,
 )
+from pyengine.inverse.solvers import (
+                                        DEFAULT_STEPS,
+                                        METHODS,
+                                        SolverResult,
+                                        ddrm,
+                                        dps,
+                                        ilvr,
+                                        mcg,
+                                        pigdm,
+                                        reddiff,
+                                        scoresde,
+                                        snips,
+                                        solve,
+)
 
-__all__ = ["TASKS", "AvgPoolSR", "BicubicSR", "CircularBlur", "Colorize", "Inpaint", "LinearOperator", "Operator",
+__all__ = ["DEFAULT_STEPS", "METHODS", "DenseOperator", "SolverResult", "ddrm", "dps", "ilvr", "mcg", "pigdm",
+           "reddiff", "scoresde", "snips", "solve",
+           "TASKS", "AvgPoolSR", "BicubicSR", "CircularBlur", "Colorize", "Inpaint", "LinearOperator", "Operator",
            "PhaseRetrieval", "Problem", "SpectralView", "baseline", "bicubic_upsample", "gaussian_kernel",
            "grey_replicate", "harmonic_fill", "hio", "make_operator", "motion_kernel", "require_linear",
            "require_spectral", "wiener_deconvolve"]
