@@ -181,7 +181,7 @@ def psnr(x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None) -
     if mask is None:
         mse = err.flatten(1).mean(1)
     else:
-        m = mask.expand_as(err).double()
+        m = mask.to(err.device).expand_as(err).double()
         mse = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
     return (10 * torch.log10(1.0 / mse.clamp_min(1e-12))).float()
 
@@ -265,10 +265,10 @@ def _problem(task: str, x: torch.Tensor, sigma_y: float, seed: int):
 
 def _mask(op) -> torch.Tensor | None:
     """The missing pixels of an inpainting operator (``[1 or B, 1 or C, H, W]`` bool), else None."""
-    keep = getattr(op, "mask", None)
+    keep = getattr(op, "mask", None)  # [1 or C, H, W], 1 = kept
     if keep is None:
         return None
-    return ~keep.bool()
+    return ~keep.bool()[None]
 
 
 def solve_batch(method: str, prior, problem, cfg: InverseConfig, generator: torch.Generator, t0: float | None = None):
