@@ -10,7 +10,8 @@
 #   bash bench/gpu_check.sh --dry-run   # on a CPU machine: every step with CPU stand-ins (tests
 #                                       # collected, not run; benchmarks tiny), to prove the script
 #   STEPS=gpu_tests,bench_render bash bench/gpu_check.sh   # some steps only (a short rerun); the
-#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_attention bench_sds tests sanitizer
+#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_attention bench_sds bench_inverse tests
+#       sanitizer
 #       (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ PY=${PYTHON:-python3}
 NCPU=$(nproc)
 export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 [ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
-STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_attention,bench_sds,tests,sanitizer},"
+STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_attention,bench_sds,bench_inverse,tests,sanitizer},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 status=0
 failed=()
@@ -119,6 +120,8 @@ if [ $DRY = 0 ]; then
     --json "$L/bench_attention.json"
   want bench_sds && run bench_sds 150 $PY bench/bench_sds.py --device cuda --render-size 0 128 --iters 30 \
     --json "$L/bench_sds.json"
+  want bench_inverse && run bench_inverse 90 $PY bench/bench_inverse.py --device cuda --images 32 --steps-scale 0.1 \
+    --json "$L/bench_inverse.json"
 else
   want bench_hash && run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
     --providers reference cpu tcnn --json "$L/bench_hash_encode_fp32.json"
@@ -131,6 +134,8 @@ else
   want bench_attention && run bench_attention 300 $PY bench/bench_attention.py --device cpu --quick --reps 1 \
     --json "$L/bench_attention.json"
   want bench_sds && run bench_sds 120 $PY bench/bench_sds.py --device cpu --quick --json "$L/bench_sds.json"
+  want bench_inverse && run bench_inverse 120 $PY bench/bench_inverse.py --device cpu --images 2 --steps-scale 0.01 \
+    --methods ddrm dps --json "$L/bench_inverse.json"
 fi
 
 step "the rest of the suite, beside the Triton smoke run"
@@ -178,7 +183,7 @@ tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 
 step "summary (status $status)"
 for f in gpu_tests tests; do [ -f "$L/$f.log" ] && echo "$f: $(tail -1 "$L/$f.log")"; done
-for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_attention bench_sds; do
+for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_attention bench_sds bench_inverse; do
   [ -f "$L/$f.log" ] || continue
   grep -E '^\||^skipped|^composite fwd takes|^copy bandwidth|^MISMATCH|^render\+backward' "$L/$f.log" || tail -5 "$L/$f.log"
 done
