@@ -50,6 +50,7 @@ class InverseConfig:
     samples: int = 1  # posterior samples of the one image (mean and std when > 1)
     steps: int = 0  # 0: the method's default
     t0: float = 1.0  # CCDF start time (1: the full run)
+    ccdf_init: str = "baseline"  # what a CCDF start (t0 < 1) diffuses: the task's classical baseline, or pinv (A^+ y)
     options: dict = field(default_factory=dict)  # method options (zeta=..., eta=...)
     prior: str = "shapeworld"
     text: str = ""  # the prompt the prior is conditioned on ("": unconditional)
@@ -93,6 +94,8 @@ def check_config(cfg: InverseConfig) -> None:
         bad("steps", "an int >= 0 (0: the method's default)")
     if not (0 < cfg.t0 <= 1):
         bad("t0", "in (0, 1]")
+    if cfg.ccdf_init not in ("baseline", "pinv"):
+        bad("ccdf_init", "'baseline' or 'pinv'")
     if cfg.image and not os.path.isfile(cfg.image):
         bad("image", "an existing image file")
     for name in ("eval_tasks", "eval_methods", "eval_sigmas", "eval_t0"):
@@ -283,8 +286,14 @@ def solve_batch(method: str, prior, problem, cfg: InverseConfig, generator: torc
         x = baseline(problem, generator=generator)
         return SolverResult(x=x.clamp(0, 1), calls=0, backward=0, seconds=time.perf_counter() - start,
                             denoiser_seconds=0.0, method="baseline", options={})
-    res = solve(method, prior, problem, steps=cfg.steps or None, t0=cfg.t0 if t0 is None else t0,
-                generator=generator, text=cfg.text, **dict(cfg.options))
+    t0 = cfg.t0 if t0 is None else t0
+    init = None
+    if t0 < 1 and cfg.ccdf_init == "baseline":  # CCDF diffuses a good first guess, not A^+ y (blocky for SR)
+        from pyengine.inverse.baselines import baseline
+
+        init = baseline(problem, generator=torch.Generator().manual_seed(0)).clamp(0, 1)
+    res = solve(method, prior, problem, steps=cfg.steps or None, t0=t0, generator=generator, text=cfg.text,
+                init=init, **dict(cfg.options))
     res.x = res.x.clamp(0, 1)
     return res
 

@@ -200,7 +200,7 @@ class _Run:
     ``need``: ``"spectral"``, ``"linear"`` or ``"any"`` (what the method requires of the operator).
     """
 
-    def __init__(self, method: str, prior, problem, steps, t0, generator, text, need: str):
+    def __init__(self, method: str, prior, problem, steps, t0, generator, text, need: str, init=None):
         self.start_time = time.perf_counter()
         self.method = method
         if not isinstance(prior, Prior):
@@ -252,6 +252,14 @@ class _Run:
             emb = prior.encode_text([text])
         self.denoiser = _Denoiser(prior, emb)
         self.prior = prior
+        self.init = None
+        if init is not None:
+            if not isinstance(init, torch.Tensor) or not init.is_floating_point():
+                raise TypeError(f"{method}: init must be a floating-point [B or 1, {C}, {H}, {W}] image tensor")
+            if init.dim() != 4 or tuple(init.shape[1:]) != (C, H, W) or init.shape[0] not in (1, self.B):
+                raise ValueError(f"{method}: init must be [B or 1, {C}, {H}, {W}] with B = {self.B}, got "
+                                 f"{tuple(init.shape)}")
+            self.init = (2 * init.to(self.device, self.dtype) - 1).expand(self.shape)  # [0, 1] -> prior space
 
     # -- schedule ---------------------------------------------------------------------------------------
     def abar(self, t: int) -> float:
@@ -279,7 +287,9 @@ class _Run:
 
     # -- measurement ------------------------------------------------------------------------------------
     def init_image(self) -> torch.Tensor:
-        """CCDF's initialisation in prior space: ``A^+ y`` (linear) or 0 (nonlinear)."""
+        """CCDF's initialisation in prior space: ``init`` when given, else ``A^+ y`` (linear) or 0 (nonlinear)."""
+        if self.init is not None:
+            return self.init.clone()
         if self.op.linear:
             return self.op.pinv(self.y).to(self.dtype).expand(self.shape).clone()
         return torch.zeros(self.shape, device=self.device, dtype=self.dtype)
@@ -340,7 +350,8 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # -- the methods --------------------------------------------------------------------------------------------
 
 def scoresde(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-             generator: torch.Generator | None = None, text: str = "", snr: float = 0.16,
+             generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+             snr: float = 0.16,
              corrector_steps: int = 1) -> SolverResult:
     """Score-SDE's predictor-corrector sampler with replacement (Song et al. 2021, ``score_sde_pytorch``'s
     ``controllable_generation``: its inpainter and colorizer, generalised to ``A^+``).
@@ -359,7 +370,7 @@ def scoresde(prior: Prior, problem: Problem, *, steps: int | None = None, t0: fl
     (score_sde's default sampling config), one corrector step: ``steps (1 + corrector_steps)``
     denoiser calls, no backward pass.
     """
-    run = _Run("scoresde", prior, problem, steps, t0, generator, text, need="linear")
+    run = _Run("scoresde", prior, problem, steps, t0, generator, text, need="linear", init=init)
     snr = _number("scoresde", "snr", snr, 0.0, lo_open=True)
     corrector_steps = _integer("scoresde", "corrector_steps", corrector_steps, 0)
     with torch.no_grad():
@@ -383,7 +394,8 @@ def scoresde(prior: Prior, problem: Problem, *, steps: int | None = None, t0: fl
 
 
 def ilvr(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-         generator: torch.Generator | None = None, text: str = "", range_t: int = 0) -> SolverResult:
+         generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+         range_t: int = 0) -> SolverResult:
     """ILVR: iterative latent variable refinement (Choi et al. 2021, ``ilvr_adm``).
 
     DDPM ancestral steps ``x'_s ~ p(x_s | x_t)`` (``x0_hat`` from the denoiser) followed by the
@@ -396,7 +408,7 @@ def ilvr(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float 
     Defaults: 100 steps (the ILVR README's ``timestep_respacing 100``), ``range_t = 0``: ``steps``
     denoiser calls, no backward pass.
     """
-    run = _Run("ilvr", prior, problem, steps, t0, generator, text, need="linear")
+    run = _Run("ilvr", prior, problem, steps, t0, generator, text, need="linear", init=init)
     range_t = _integer("ilvr", "range_t", range_t, 0, run.steps)
     with torch.no_grad():
         x = run.start()
@@ -409,7 +421,8 @@ def ilvr(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float 
 
 
 def snips(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-          generator: torch.Generator | None = None, text: str = "", steps_each: int = 5,
+          generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+          steps_each: int = 5,
           step_lr: float = 3.3e-6) -> SolverResult:
     """SNIPS: annealed Langevin dynamics in the spectral domain (Kawar, Vaksman and Elad 2021,
     ``snips_torch``'s ``general_anneal_Langevin_dynamics``), on a VP prior.
@@ -432,7 +445,7 @@ def snips(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float
     levels (SNIPS's CelebA run), 5 steps each and ``step_lr = 3.3e-6`` (its CelebA config, for
     ``sigma_L = 0.01``): ``steps * steps_each`` denoiser calls, no backward pass.
     """
-    run = _Run("snips", prior, problem, steps, t0, generator, text, need="spectral")
+    run = _Run("snips", prior, problem, steps, t0, generator, text, need="spectral", init=init)
     steps_each = _integer("snips", "steps_each", steps_each, 1)
     step_lr = _number("snips", "step_lr", step_lr, 0.0, lo_open=True)
     view = run.view
@@ -471,7 +484,8 @@ def snips(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float
 
 
 def ddrm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-         generator: torch.Generator | None = None, text: str = "", eta: float = 0.85,
+         generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+         eta: float = 0.85,
          eta_b: float = 1.0) -> SolverResult:
     """DDRM: denoising diffusion restoration models (Kawar, Elad, Ermon and Song 2022, ``ddrm``'s
     ``efficient_generalized_steps``), noisy form.
@@ -489,7 +503,7 @@ def ddrm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float 
     ``sigma_T z``. Defaults: ``eta = 0.85``, ``eta_b = 1``, 20 steps with the uniform skip (``t = 950,
     900, .., 0``): ``steps`` denoiser calls, no backward pass.
     """
-    run = _Run("ddrm", prior, problem, steps, t0, generator, text, need="spectral")
+    run = _Run("ddrm", prior, problem, steps, t0, generator, text, need="spectral", init=init)
     eta = _number("ddrm", "eta", eta, 0.0, 1.0)
     eta_b = _number("ddrm", "eta_b", eta_b, 0.0, 1.0)
     view = run.view
@@ -531,7 +545,8 @@ def ddrm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float 
 
 
 def dps(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-        generator: torch.Generator | None = None, text: str = "", zeta: float | None = None) -> SolverResult:
+        generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+        zeta: float | None = None) -> SolverResult:
     """DPS: diffusion posterior sampling (Chung et al. 2023, ``diffusion-posterior-sampling``, its
     Gaussian-noise ``ps`` method).
 
@@ -545,7 +560,7 @@ def dps(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float =
     Defaults: 1000 steps: ``steps`` denoiser calls and ``steps`` backward passes. DPS samples with the
     network's learned variance; here the step's variance is the fixed ``beta~`` of ``q(x_s | x_t, x0)``.
     """
-    run = _Run("dps", prior, problem, steps, t0, generator, text, need="any")
+    run = _Run("dps", prior, problem, steps, t0, generator, text, need="any", init=init)
     zeta = DPS_ZETA.get(problem.operator.name, DPS_ZETA_DEFAULT) if zeta is None else zeta
     zeta = _number("dps", "zeta", zeta, 0.0)
     op, y = run.op, run.y
@@ -562,7 +577,8 @@ def dps(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float =
 
 
 def pigdm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-          generator: torch.Generator | None = None, text: str = "", eta: float = 1.0,
+          generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+          eta: float = 1.0,
           scale: float = 1.0) -> SolverResult:
     """PiGDM: pseudoinverse-guided diffusion models, noisy linear form (Song, Vahdat, Mardani and Kautz
     2023), on DDIM.
@@ -583,7 +599,7 @@ def pigdm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float
     Defaults: 100 DDIM steps, ``eta = 1.0``, ``scale = 1``: ``steps`` denoiser calls and ``steps``
     backward passes.
     """
-    run = _Run("pigdm", prior, problem, steps, t0, generator, text, need="spectral")
+    run = _Run("pigdm", prior, problem, steps, t0, generator, text, need="spectral", init=init)
     eta = _number("pigdm", "eta", eta, 0.0, 1.0)
     scale = _number("pigdm", "scale", scale, 0.0)
     view = run.view
@@ -609,7 +625,8 @@ def pigdm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float
 
 
 def mcg(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-        generator: torch.Generator | None = None, text: str = "", alpha: float | None = None) -> SolverResult:
+        generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+        alpha: float | None = None) -> SolverResult:
     """MCG: manifold-constrained gradient (Chung, Sim, Ryu and Ye 2022, ``MCG_diffusion``).
 
     Each step ``t -> s``: ``x0_hat(x_t)`` with its graph, the ancestral step ``x'_s ~ q(x_s | x_t,
@@ -624,7 +641,7 @@ def mcg(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float =
     ``alpha``: default :data:`MCG_ALPHA` by operator name, else :data:`MCG_ALPHA_DEFAULT`. Defaults:
     1000 steps: ``steps`` denoiser calls and ``steps`` backward passes.
     """
-    run = _Run("mcg", prior, problem, steps, t0, generator, text, need="linear")
+    run = _Run("mcg", prior, problem, steps, t0, generator, text, need="linear", init=init)
     alpha = MCG_ALPHA.get(problem.operator.name, MCG_ALPHA_DEFAULT) if alpha is None else alpha
     alpha = _number("mcg", "alpha", alpha, 0.0)
     op, y = run.op, run.y
@@ -642,7 +659,8 @@ def mcg(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float =
 
 
 def reddiff(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-            generator: torch.Generator | None = None, text: str = "", lam: float = 0.25, lr: float = 0.1,
+            generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+            lam: float = 0.25, lr: float = 0.1,
             weighting: str = "linear", obs_weight: float = 1.0) -> SolverResult:
     """RED-diff: variational posterior with the denoiser as a regulariser (Mardani, Song, Kautz and
     Vahdat 2023, NVlabs ``RED-diff``'s ``reddiff``).
@@ -665,7 +683,7 @@ def reddiff(prior: Prior, problem: Problem, *, steps: int | None = None, t0: flo
     Defaults (the repository's config): ``lam = 0.25``, ``lr = 0.1``, ``weighting = "linear"``
     (1 / SNR^(1/2); see :data:`REDDIFF_WEIGHTINGS`), 1000 steps: ``steps`` denoiser calls, 0 backward.
     """
-    run = _Run("reddiff", prior, problem, steps, t0, generator, text, need="any")
+    run = _Run("reddiff", prior, problem, steps, t0, generator, text, need="any", init=init)
     lam = _number("reddiff", "lam", lam, 0.0)
     lr = _number("reddiff", "lr", lr, 0.0, lo_open=True)
     obs_weight = _number("reddiff", "obs_weight", obs_weight, 0.0)
@@ -699,11 +717,12 @@ def reddiff(prior: Prior, problem: Problem, *, steps: int | None = None, t0: flo
 
 _FUNCTIONS = {"scoresde": scoresde, "ilvr": ilvr, "snips": snips, "ddrm": ddrm, "dps": dps, "pigdm": pigdm,
               "mcg": mcg, "reddiff": reddiff}
-_COMMON = ("prior", "problem", "steps", "t0", "generator", "text")
+_COMMON = ("prior", "problem", "steps", "t0", "generator", "text", "init")
 
 
 def solve(method: str, prior: Prior, problem: Problem, *, steps: int | None = None, t0: float = 1.0,
-          generator: torch.Generator | None = None, text: str = "", **options) -> SolverResult:
+          generator: torch.Generator | None = None, text: str = "", init: torch.Tensor | None = None,
+          **options) -> SolverResult:
     """Solve ``problem`` with ``method`` (one of :data:`METHODS`) on the pixel prior ``prior``.
 
     Args:
@@ -716,6 +735,9 @@ def solve(method: str, prior: Prior, problem: Problem, *, steps: int | None = No
         t0: CCDF's start ``t0 * T`` in (0, 1] (module docstring); 1 = the full run.
         generator: the source of all randomness.
         text: the prompt, encoded once with ``prior.encode_text`` ("" = unconditional).
+        init: CCDF's starting image ``[B or 1, C, H, W]`` in [0, 1] units (e.g. a classical
+            baseline's output), forward-diffused to ``t0``; default ``A^+ y`` (0 for nonlinear
+            operators). RED-diff starts its mean there too.
         **options: the method's own keywords (e.g. ``eta`` for ddrm, ``zeta`` for dps).
 
     Returns:
@@ -740,4 +762,4 @@ def solve(method: str, prior: Prior, problem: Problem, *, steps: int | None = No
     if unknown:
         raise ValueError(f"solve: {method} has no option {', '.join(map(repr, unknown))}; its options: "
                          f"{', '.join(own) if own else 'none'}")
-    return fn(prior, problem, steps=steps, t0=t0, generator=generator, text=text, **options)
+    return fn(prior, problem, steps=steps, t0=t0, generator=generator, text=text, init=init, **options)
