@@ -44,6 +44,8 @@ def test_metrics_against_independent_formulas():
     assert d == pytest.approx(1.0) and lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
     f1, f2 = torch.randn(64, 5, generator=g), torch.randn(64, 5, generator=g) + 3
     assert abs(inv.kid(f1, torch.randn(64, 5, generator=g))) < 0.2 < inv.kid(f1, f2)
+    # paired sets (a reconstruction of each truth) score about 0, not below the independent case
+    assert abs(inv.kid(f1, f1 + 0.01 * torch.randn(64, 5, generator=g))) < 0.05
 
 
 def test_eval_tables_methods_baselines_and_ccdf_rows_with_intervals(tmp_path):
