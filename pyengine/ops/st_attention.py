@@ -179,9 +179,11 @@ def st_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mode: str
         raise ValueError(f"st_attention: pos_encoding must be True, False or a [L, D] tensor, got {pos_encoding!r}")
     if scale is None:
         scale = 1.0 / math.sqrt(D)
-    if (not temporal and bias is None and pos.numel() == 0 and kv_frames.shape[1] == 1
-            and bool((kv_frames[:, 0] == torch.arange(T_, device=kv_frames.device)).all())
-            and q.device.type in _SDPA_DEVICES and q.dtype in _SDPA_DTYPES and q.numel() > 0 and _dispatch.requested(backend)[0] is None):
+    # decided from host-side facts only (no device sync)
+    self_only = (cross_frame,) if isinstance(cross_frame, str) else tuple(cross_frame)
+    if (not temporal and bias is None and pos.numel() == 0 and self_only == ("self",)
+            and q.device.type in _SDPA_DEVICES and q.dtype in _SDPA_DTYPES and q.numel() > 0
+            and _dispatch.requested(backend)[0] is None):
         out = _plain_spatial_sdpa(q, k, v, heads, float(scale))
         return out.permute(0, 4, 1, 2, 3) if layout == "bcthw" else out
     bias_t = bias.contiguous() if bias is not None else torch.zeros(0, L, Lk, dtype=f, device=q.device)
