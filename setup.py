@@ -119,7 +119,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["pyengine"] + ["pyengine." + p for p in (
-        "ops", "reference", "nn", "compat", "compat.pvcnn", "engines", "data", "render", "diffusion")]
+        "ops", "reference", "nn", "compat", "compat.pvcnn", "engines", "data", "render", "diffusion", "inverse")]
     + ["pyengine.kernels"],
     package_dir={"pyengine.kernels": "kernels"},
     package_data={"pyengine": ["assets/*.safetensors"]},  # the bundled priors and judges

@@ -116,3 +116,16 @@ def test_object_files_persist_in_the_checkout(monkeypatch):
     assert torch.__version__.split("+")[0] in cmd.build_temp
     with open(os.path.join(ROOT, ".gitignore")) as f:
         assert "build/" in f.read().split()
+
+
+def test_every_subpackage_is_installed(monkeypatch):
+    """A non-editable install carries every pyengine package (setup.py lists them by hand)."""
+    seen = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("PYENGINE_NO_EXT", "1")
+    runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="__main__")
+    found = {"pyengine"}
+    for d, _, files in os.walk(os.path.join(ROOT, "pyengine")):
+        if "__init__.py" in files:
+            found.add(os.path.relpath(d, ROOT).replace(os.sep, "."))
+    assert found - set(seen["packages"]) == set()
