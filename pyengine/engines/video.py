@@ -61,7 +61,9 @@ FORMATS = ("gif", "mp4")
 
 
 def _unet_defaults() -> dict:
-    return {"model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [2], "heads": 4}
+    # frame_embedding: without the frame index the network cannot tie the direction word to the motion (see UNet3D)
+    return {"model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [2], "heads": 4,
+            "frame_embedding": True}
 
 
 @dataclass
