@@ -506,8 +506,10 @@ class UNet3D(nn.Module):
     exchangeable, and the best prediction of a captioned motion ("moving left": the object right of
     centre early, left late) differs by frame; such a network can reach the frame index only
     indirectly, through how attention weighs the noise near the ends of the clip. Trained so, it
-    makes motion whose direction is set by the noise, not by the caption. The embedding's last
-    layer starts at zero, so it can be added to a trained model without changing its output.
+    makes motion whose direction is set by the noise, not by the caption. The embedding is not
+    zero-initialised: averaged over captions the frame alone predicts nothing (left and right
+    cancel), so from zero its gradient is second order and training sits on a plateau for longer
+    (zero the last layer, ``frame_embed[2]``, to add it to a trained model unchanged).
 
     Args:
         in_channels, out_channels: channels of x and of the output.
@@ -572,8 +574,6 @@ class UNet3D(nn.Module):
         if frame_embedding:
             self.frame_embed = nn.Sequential(nn.Linear(model_channels, temb_dim), nn.SiLU(),
                                              nn.Linear(temb_dim, temb_dim))
-            nn.init.zeros_(self.frame_embed[2].weight)
-            nn.init.zeros_(self.frame_embed[2].bias)
         self.conv_in = SpaceConv3d(in_channels, model_channels)
 
         def block(cin, cout, attn):

@@ -240,6 +240,40 @@ def test_training_reduces_the_loss(tmp_path):
     assert after < 0.8 * before, (before, after)
 
 
+def test_training_timesteps_visit_the_noisiest_tenth_more_often():
+    g = torch.Generator().manual_seed(0)
+    T, n = 200, 40000
+    for f in (0.0, 0.3, 1.0):
+        t = V.training_timesteps(n, T, f, g)
+        assert t.dtype == torch.long and t.shape == (n,) and int(t.min()) >= 0 and int(t.max()) < T
+        top = t >= T - T // 10
+        assert float(top.float().mean()) == pytest.approx(f + (1 - f) / 10, abs=0.01), f
+        if f < 1:  # below the top tenth the steps stay uniform
+            counts = torch.bincount(t[~top] // 20, minlength=9).float()
+            assert counts.std() / counts.mean() < 0.05, counts
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        V._check(V.VideoConfig(high_noise_fraction=1.5))
+
+
+@needs_unet
+def test_training_draws_its_steps_with_the_high_noise_fraction(tmp_path, monkeypatch):
+    seen = []
+    real = V.training_loss
+
+    def spy(*args, **kw):
+        seen.append(kw.get("t"))
+        return real(*args, **kw)
+    monkeypatch.setattr(V, "training_loss", spy)
+    for f in (0.0, 1.0):
+        seen.clear()
+        cfg = tiny(tmp_path / str(f), timesteps=50, batch=4, high_noise_fraction=f)
+        V.make_trainer(cfg, str(tmp_path / str(f))).train_step()
+        if f == 0:
+            assert seen == [None], "uniform steps: training_loss draws them itself"
+        else:
+            assert int(seen[0].min()) >= 45 and seen[0].shape == (4,)
+
+
 @needs_unet
 def test_checkpoint_and_resume_continue_identically(tmp_path):
     a = V.make_trainer(tiny(tmp_path / "a"), str(tmp_path / "a"))
