@@ -113,8 +113,9 @@ PREDICTIONS = ("eps", "v", "x0")
 
 
 def training_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, y=None, generator: torch.Generator | None = None,
-                  known_mask: torch.Tensor | None = None, prediction: str = "eps") -> torch.Tensor:
-    """MSE of the model's output against its target at uniformly drawn steps: with
+                  known_mask: torch.Tensor | None = None, prediction: str = "eps",
+                  t: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of the model's output against its target at uniformly drawn (or given) steps: with
     ``prediction="eps"`` DDPM's simple loss (PVD's training loss).
 
     Args:
@@ -131,6 +132,8 @@ def training_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, y=None, gene
             :meth:`NoiseSchedule.target`). ``v`` keeps the implied ``x_0`` accurate at the noisiest
             steps, where an epsilon model's error is multiplied by ``1 / sqrt(abar_t)`` (about 160
             at ``t = T - 1`` of the linear schedule).
+        t: optional [B] int64 timesteps in [0, T) to use instead of uniform draws (e.g. a
+            schedule that visits the noisiest steps more often); the noise is still drawn.
 
     Returns:
         0-d loss: mean over the (unknown) entries of ``(output - target)^2``.
@@ -138,7 +141,14 @@ def training_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, y=None, gene
     if prediction not in PREDICTIONS:
         raise ValueError(f"training_loss: prediction must be one of {PREDICTIONS}, got {prediction!r}")
     B = x0.shape[0]
-    t = torch.randint(0, schedule.T, (B,), generator=generator, device=x0.device)
+    if t is None:
+        t = torch.randint(0, schedule.T, (B,), generator=generator, device=x0.device)
+    else:
+        ok = isinstance(t, torch.Tensor) and t.shape == (B,) and t.dtype == torch.long
+        if not ok or (B and (int(t.min()) < 0 or int(t.max()) >= schedule.T)):
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"training_loss: t must be [B] = [{B}] int64 timesteps in [0, {schedule.T}), got {got}")
+        t = t.to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     xt = schedule.q_sample(x0, t, noise)
     if known_mask is not None:

@@ -10,10 +10,12 @@ built with ``model.kwargs``, its ``context_dim`` set to ``model.text_dim``) cond
 pooled embedding of the caption by a bag-of-words text encoder
 (``pyengine.diffusion.text``) trained jointly with it. ``caption_dropout`` of the training
 captions are replaced by the empty caption, which makes the same network the unconditional model
-of classifier-free guidance. Diffusion with the cosine schedule and v-prediction by default
-(Salimans and Ho 2022; Ho et al.'s Video Diffusion Models), trained on the shared trainer
-(``pyengine.engines._trainer``: progress bar, checkpoints and resume, EMA,
-DistributedDataParallel under ``torchrun``).
+of classifier-free guidance. The U-Net embeds each frame's index (``frame_embedding``): without
+it the caption cannot set the direction of motion (see ``UNet3D``), and ``high_noise_fraction``
+of each batch is trained at the noisiest steps, where that direction is decided. Diffusion with
+the cosine schedule and v-prediction by default (Salimans and Ho 2022; Ho et al.'s Video
+Diffusion Models), trained on the shared trainer (``pyengine.engines._trainer``: progress bar,
+checkpoints and resume, EMA, DistributedDataParallel under ``torchrun``).
 
 Sampling: DDIM (``sampler=ddim``) or DPM-Solver++(2M) (``sampler=dpm``, the default) with
 classifier-free guidance (``guidance``, ``negative_prompt``), written as GIF and MP4 (MP4 needs
@@ -38,6 +40,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import re
 import time
@@ -61,7 +64,9 @@ FORMATS = ("gif", "mp4")
 
 
 def _unet_defaults() -> dict:
-    return {"model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [2], "heads": 4}
+    # frame_embedding: without the frame index the network cannot tie the direction word to the motion (see UNet3D)
+    return {"model_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "attention_levels": [2], "heads": 4,
+            "frame_embedding": True}
 
 
 @dataclass
@@ -89,6 +94,9 @@ class VideoConfig:
     beta_start: float = 1e-4  # linear schedule only
     beta_end: float = 0.02
     prediction: str = "v"  # "eps", "v" or "x0" (see pyengine.diffusion.training_loss)
+    # share of each batch trained at the noisiest tenth of the steps (the rest uniform over all): only there
+    # does the caption's direction decide the motion, so uniform steps (a tenth there) learn it slowly
+    high_noise_fraction: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
     # optimisation
     steps: int = 2400
@@ -162,6 +170,8 @@ def _check(cfg: VideoConfig) -> None:
         raise ValueError(f"video: prediction must be one of {PREDICTIONS}, got {cfg.prediction!r}")
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"video: sampler must be one of {SAMPLERS}, got {cfg.sampler!r}")
+    if not 0.0 <= cfg.high_noise_fraction <= 1.0:
+        raise ValueError(f"video: high_noise_fraction must be in [0, 1], got {cfg.high_noise_fraction}")
     if not 0.0 <= cfg.caption_dropout < 1.0:
         raise ValueError(f"video: caption_dropout must be in [0, 1), got {cfg.caption_dropout}")
     if cfg.clip_x0 < 0:
@@ -268,6 +278,20 @@ def make_schedule(cfg: VideoConfig) -> NoiseSchedule:
 
 # -- training ------------------------------------------------------------------------------------
 
+def training_timesteps(n: int, T: int, high_noise_fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """[n] int64 training steps: each uniform on [0, T), except that with probability
+    ``high_noise_fraction`` it is uniform on the noisiest tenth, [T - ceil(T / 10), T).
+
+    Near pure noise the frames of a clip are exchangeable and the caption alone sets where the
+    object is in each frame, i.e. the direction of motion; lower down the noisy clip already shows
+    it. Uniform steps spend a tenth of the batch there, and the direction is learned last.
+    """
+    dev = generator.device
+    t = torch.randint(0, T, (n,), generator=generator, device=dev)
+    high = torch.rand(n, generator=generator, device=dev) < high_noise_fraction
+    return torch.where(high, torch.randint(T - math.ceil(T / 10), T, (n,), generator=generator, device=dev), t)
+
+
 def make_trainer(cfg: VideoConfig, run_dir: str, info: _trainer.DistInfo | None = None) -> _trainer.Trainer:
     """A :class:`~pyengine.engines._trainer.Trainer` of ``cfg``'s model on its training split."""
     _check(cfg)
@@ -285,7 +309,8 @@ def make_trainer(cfg: VideoConfig, run_dir: str, info: _trainer.DistInfo | None 
 
     def loss_fn(net, batch, g):
         x, y = batch
-        return training_loss(net, schedule, x, y, generator=g, prediction=cfg.prediction)
+        t = training_timesteps(len(x), schedule.T, cfg.high_noise_fraction, g) if cfg.high_noise_fraction else None
+        return training_loss(net, schedule, x, y, generator=g, prediction=cfg.prediction, t=t)
 
     opts = _trainer.TrainOptions(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                                  warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,

@@ -446,7 +446,8 @@ class _ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(F.silu(temb))[:, None, None, None, :]
+        e = self.temb(F.silu(temb))  # [B, C], or [B, T, C] with a frame embedding
+        h = h + (e[:, None, None, None, :] if e.dim() == 2 else e[:, :, None, None, :])
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -496,6 +497,19 @@ class UNet3D(nn.Module):
 
     Conditioning: ``temb = MLP(sinusoidal(t)) + Linear(context)``, fed to every residual block; the
     context is a pooled embedding (e.g. a text encoder's pooled output), not a token sequence.
+    With ``frame_embedding`` each frame ``f`` gets ``temb + MLP_f(sinusoidal(f))`` ([B, T, temb_dim]).
+
+    Why a frame embedding: without it nothing in the network knows a frame's absolute index. The
+    convolutions and norms act per frame and temporal attention returns convex combinations of
+    the values, so a clip whose frames are all equal comes out with all frames equal whatever the
+    weights, relative bias and q/k position encodings included. Near pure noise the frames are
+    exchangeable, and the best prediction of a captioned motion ("moving left": the object right of
+    centre early, left late) differs by frame; such a network can reach the frame index only
+    indirectly, through how attention weighs the noise near the ends of the clip. Trained so, it
+    makes motion whose direction is set by the noise, not by the caption. The embedding is not
+    zero-initialised: averaged over captions the frame alone predicts nothing (left and right
+    cancel), so from zero its gradient is second order and training sits on a plateau for longer
+    (zero the last layer, ``frame_embed[2]``, to add it to a trained model unchanged).
 
     Args:
         in_channels, out_channels: channels of x and of the output.
@@ -510,6 +524,8 @@ class UNet3D(nn.Module):
         dropout: dropout rate inside the residual blocks.
         temporal: False leaves out every temporal attention layer: frames are then denoised
             independently, and with ``T = 1`` this is an image U-Net (the ShapeWorld image prior).
+        frame_embedding: add a learned embedding of the frame index to every residual block's
+            conditioning (see above); needed for text-controlled motion direction.
 
     Shapes:
         x: ``[B, T, H, W, in_channels]`` (H and W divisible by ``2 ** (len(channel_mult) - 1)``);
@@ -526,7 +542,7 @@ class UNet3D(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, model_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, attention_levels: Sequence[int] = (1,),
                  heads: int = 4, context_dim: int = 0, temporal_rel_bias: bool = True, dropout: float = 0.0,
-                 temporal: bool = True):
+                 temporal: bool = True, frame_embedding: bool = False):
         super().__init__()
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
                           ("model_channels", model_channels), ("num_res_blocks", num_res_blocks)):
@@ -544,6 +560,8 @@ class UNet3D(nn.Module):
             raise ValueError(f"UNet3D: context_dim must be an int >= 0, got {context_dim!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"UNet3D: dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(frame_embedding, bool):
+            raise TypeError(f"UNet3D: frame_embedding must be a bool, got {frame_embedding!r}")
         widths = [model_channels * m for m in channel_mult]
         for i in (*attention_levels, len(widths) - 1):
             _check_heads("UNet3D", widths[i], heads)
@@ -552,6 +570,10 @@ class UNet3D(nn.Module):
         temb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         self.context_embed = nn.Linear(context_dim, temb_dim) if context_dim else None
+        self.frame_embed = None
+        if frame_embedding:
+            self.frame_embed = nn.Sequential(nn.Linear(model_channels, temb_dim), nn.SiLU(),
+                                             nn.Linear(temb_dim, temb_dim))
         self.conv_in = SpaceConv3d(in_channels, model_channels)
 
         def block(cin, cout, attn):
@@ -609,6 +631,9 @@ class UNet3D(nn.Module):
                 got = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
                 raise ValueError(f"UNet3D: context must be [B, context_dim] = [{B}, {self.context_dim}], got {got}")
             temb = temb + self.context_embed(context.to(x.dtype))
+        if self.frame_embed is not None:
+            frames = timestep_embedding(torch.arange(T, device=x.device), self.model_channels).to(x.dtype)
+            temb = temb[:, None, :] + self.frame_embed(frames)[None]  # [B, T, temb_dim]
 
         h = self.conv_in(x)
         skips = [h]

@@ -154,6 +154,27 @@ def test_v_and_x0_models_sample_as_the_eps_model(prediction, sampler):
     assert c.shape == d.shape
 
 
+def test_training_loss_at_given_steps():
+    s = NoiseSchedule.cosine(50)
+    x0 = torch.randn(3, 2, 5, dtype=torch.float64)
+    seen = {}
+
+    def spy(x, t):
+        seen["x"], seen["t"] = x, t
+        return torch.zeros_like(x)
+    t = torch.tensor([49, 0, 17])
+    loss = training_loss(spy, s, x0, generator=torch.Generator().manual_seed(2), prediction="v", t=t)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=x0.dtype)  # only the noise is drawn
+    assert torch.equal(seen["t"], t)
+    ab = s.alphas_cumprod.double()[t].view(3, 1, 1)
+    assert torch.allclose(seen["x"], ab.sqrt() * x0 + (1 - ab).sqrt() * noise, atol=1e-12)
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    assert loss.item() == pytest.approx((v ** 2).mean().item(), rel=1e-9)
+    for bad in (torch.tensor([0, 1]), torch.tensor([0, 1, 50]), torch.tensor([0.0, 1.0, 2.0]), [0, 1, 2]):
+        with pytest.raises(ValueError, match="t must be"):
+            training_loss(spy, s, x0, t=bad)
+
+
 def test_training_loss_targets_follow_the_prediction():
     s = NoiseSchedule.linear(100)
     x0 = torch.randn(4, 3, 32, dtype=torch.float64)

@@ -30,7 +30,8 @@ TINY = dict(size=8, frames=4, shapes=["cube", "sphere"], colors=["red", "blue"],
             train_size=8, heldout_size=8, timesteps=50, steps=4, batch=2, checkpoint_every=2, sample_steps=3,
             n_samples=1, sample_batch=4, gif_scale=2, eval_prompts=2, eval_per_prompt=2, classifier_steps=3,
             classifier_batch=4, classifier_width=4, warmup_steps=0)
-TINY_UNET = dict(model_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1], heads=2)
+TINY_UNET = dict(model_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1], heads=2,
+                 frame_embedding=True)
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +125,20 @@ def test_config_file_loads():
     assert cfg.model.arch == "unet3d" and cfg.model.kwargs["channel_mult"] == [1, 2, 2] and cfg.steps == 10
     assert (cfg.size, cfg.frames, cfg.prediction, cfg.sampler) == (24, 16, "v", "dpm")
     V._check(cfg)
+    assert cfg.model.kwargs["frame_embedding"] is True, "without the frame index the caption cannot steer the motion"
+
+
+@needs_unet
+def test_default_prior_gives_equal_frames_different_outputs():
+    # the direction word steers the motion only if the network knows which frame is which (UNet3D's docstring)
+    torch.manual_seed(0)
+    model = V.build_model(V.VideoConfig())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        x = torch.randn(1, 1, 8, 8, 3).expand(1, 4, 8, 8, 3).contiguous()
+        y = model(x, torch.tensor([900]), V.tokenizer()(["a red cube moving left"]))
+    assert (y - y[:, :1]).abs().amax() > 1e-3
 
 
 def test_arch_by_name():
@@ -223,6 +238,40 @@ def test_training_reduces_the_loss(tmp_path):
     tr.fit(progress=False)
     after = np.mean([float(tr.train_step()) for _ in range(4)])
     assert after < 0.8 * before, (before, after)
+
+
+def test_training_timesteps_visit_the_noisiest_tenth_more_often():
+    g = torch.Generator().manual_seed(0)
+    T, n = 200, 40000
+    for f in (0.0, 0.3, 1.0):
+        t = V.training_timesteps(n, T, f, g)
+        assert t.dtype == torch.long and t.shape == (n,) and int(t.min()) >= 0 and int(t.max()) < T
+        top = t >= T - T // 10
+        assert float(top.float().mean()) == pytest.approx(f + (1 - f) / 10, abs=0.01), f
+        if f < 1:  # below the top tenth the steps stay uniform
+            counts = torch.bincount(t[~top] // 20, minlength=9).float()
+            assert counts.std() / counts.mean() < 0.05, counts
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        V._check(V.VideoConfig(high_noise_fraction=1.5))
+
+
+@needs_unet
+def test_training_draws_its_steps_with_the_high_noise_fraction(tmp_path, monkeypatch):
+    seen = []
+    real = V.training_loss
+
+    def spy(*args, **kw):
+        seen.append(kw.get("t"))
+        return real(*args, **kw)
+    monkeypatch.setattr(V, "training_loss", spy)
+    for f in (0.0, 1.0):
+        seen.clear()
+        cfg = tiny(tmp_path / str(f), timesteps=50, batch=4, high_noise_fraction=f)
+        V.make_trainer(cfg, str(tmp_path / str(f))).train_step()
+        if f == 0:
+            assert seen == [None], "uniform steps: training_loss draws them itself"
+        else:
+            assert int(seen[0].min()) >= 45 and seen[0].shape == (4,)
 
 
 @needs_unet

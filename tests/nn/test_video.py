@@ -318,6 +318,99 @@ def test_unet3d_frames_interact_only_through_temporal_layers():
         assert (net(x2, t) - net(x, t))[:, 3].abs().max() > 1e-4, "temporal attention must mix frames"
 
 
+def _equal_frames(B=2, T=5, H=8, W=8, C=3, seed=0):
+    """[B, T, H, W, C] clip whose T frames are one and the same random frame."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 1, H, W, C, generator=g).expand(B, T, H, W, C).contiguous()
+
+
+def _temporal_pos_encoding_(net):
+    for m in net.modules():
+        if isinstance(m, TemporalAttention):
+            m.pos_encoding = True
+    return net
+
+
+def test_unet3d_without_frame_embedding_keeps_equal_frames_equal():
+    # why a plain video U-Net cannot tie a caption to a motion direction: the relative bias and q/k
+    # position encodings move the attention weights, but the values of equal frames are equal, so the
+    # output frames are too, for any weights
+    torch.manual_seed(16)
+    net = _temporal_pos_encoding_(_randomize_(_tiny_unet(context_dim=4), std=0.3)).eval()
+    assert all(m.rel_table.abs().min() > 0 for m in net.modules() if isinstance(m, TemporalAttention))
+    x, t, ctx = _equal_frames(), torch.tensor([999, 10]), torch.randn(2, 4)
+    with torch.no_grad():
+        y = net(x, t, ctx)
+        assert_close(y, y[:, :1].expand_as(y), **TOL32, what="equal frames in, equal frames out")
+        x2 = x.clone()
+        x2[:, 0] += 0.5  # not vacuous: a different frame does change the others
+        assert (net(x2, t, ctx) - y)[:, 3].abs().max() > 1e-4
+
+
+def test_unet3d_frame_embedding_adds_the_frame_index_to_the_conditioning():
+    torch.manual_seed(17)
+    plain = _randomize_(_tiny_unet(context_dim=4), std=0.1)
+    net = _tiny_unet(context_dim=4, frame_embedding=True)
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("frame_embed.") for k in missing)
+    x, t, ctx = _equal_frames(T=4), torch.tensor([999, 10]), torch.randn(2, 4)
+    net(x, t, ctx).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.frame_embed.parameters())
+    with torch.no_grad():
+        last = net.frame_embed[2]
+        w, b = last.weight.clone(), last.bias.clone()
+        last.weight.zero_()
+        last.bias.zero_()
+        assert_close(net(x, t, ctx), plain(x, t, ctx), **TOL32, what="zeroed frame embedding: the plain U-Net")
+        last.weight.copy_(w)
+        last.bias.copy_(b)
+        for m in (*net.modules(), *plain.modules()):  # frames then do not interact
+            if isinstance(m, TemporalAttention):
+                m.proj.weight.zero_()
+                m.proj.bias.zero_()
+        y = net(x, t, ctx)
+        assert (y - y[:, :1]).abs().amax() > 1e-3, "equal frames must come out different"
+        # frame f is the plain U-Net on that frame with frame f's embedding added to the context's term
+        from pyengine.nn.video import timestep_embedding
+
+        bias = plain.context_embed.bias.clone()
+        for f in range(x.shape[1]):
+            emb = net.frame_embed(timestep_embedding(torch.tensor([f]), net.model_channels))[0]
+            plain.context_embed.bias.copy_(bias + emb)
+            assert_close(y[:, f:f + 1], plain(x[:, f:f + 1], t, ctx), **TOL32, what=f"frame {f}")
+    with pytest.raises(TypeError, match="frame_embedding"):
+        _tiny_unet(frame_embedding=1)
+
+
+@pytest.mark.parametrize("frame_embedding", [False, True])
+def test_unet3d_learns_a_captioned_motion_from_noise_only_with_frame_embedding(frame_embedding):
+    # the best prediction at pure noise is the caption's mean clip, which moves; a bar sweeps left to
+    # right under caption 0 and back under caption 1. The frame-constant prediction's error is `floor`.
+    torch.manual_seed(18)
+    T, S = 4, 4
+    net = _temporal_pos_encoding_(UNet3D(model_channels=8, channel_mult=(1,), attention_levels=(0,), heads=2,
+                                         context_dim=2, frame_embedding=frame_embedding))
+    clip = torch.full((T, S, S, 3), -1.0)
+    for f in range(T):
+        clip[f, :, f] = 1.0
+    targets, ctx, k = torch.stack([clip, clip.flip(0)]), torch.eye(2), torch.arange(8) % 2
+    floor = float((targets - targets.mean(1, keepdim=True)).square().mean())
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(0)
+    t = torch.full((8,), 999)
+    for _ in range(60):
+        loss = (net(torch.randn(8, T, S, S, 3, generator=g), t, ctx[k]) - targets[k]).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ratio = float((net(torch.randn(8, T, S, S, 3, generator=g), t, ctx[k]) - targets[k]).square().mean()) / floor
+    if frame_embedding:
+        assert ratio < 0.5, f"error {ratio:.3f} x the frame-constant floor"
+    else:
+        assert ratio > 0.8, f"error {ratio:.3f} x the frame-constant floor"
+
+
 def test_unet3d_timestep_forms_and_strided_input():
     torch.manual_seed(14)
     net = _randomize_(_tiny_unet(), std=0.1).eval()
