@@ -59,7 +59,8 @@ def test_occupancy_grid_finds_the_object(scene_setup):
 
 def test_backends_agree_on_real_samples(scene_setup):
     scene, field, grid, cams = scene_setup
-    o, d = (t.reshape(-1, 3) for t in generate_rays(cams))
+    # every 5th ray: the Triton interpreter composites about 20 k samples a second
+    o, d = (t.reshape(-1, 3)[::5] for t in generate_rays(cams))
     from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 
     t0, t1, _ = ray_aabb_intersect(o, d, grid.aabbs[:1])
