@@ -350,12 +350,14 @@ class SDSRun:
                     self._text_cache[p] = self.prior.encode_text([p])
         return torch.cat([self._text_cache[p] for p in prompts])
 
-    def sample_cameras(self, n: int) -> Cameras:
+    def sample_cameras(self, n: int, size: int | None = None) -> Cameras:
+        """``n`` training cameras (the config's ranges) with ``size`` x ``size`` images (default: the render size)."""
         c = self.cfg
+        size = size or self.size
         return random_orbit_cameras(n, self.gen, radius_range=tuple(c.radius_range),
                                     elevation_range_deg=tuple(c.elevation_range),
-                                    azimuth_range_deg=tuple(c.azimuth_range), fov_deg=c.fov_deg, width=self.size,
-                                    height=self.size, device=self.dev)
+                                    azimuth_range_deg=tuple(c.azimuth_range), fov_deg=c.fov_deg, width=size,
+                                    height=size, device=self.dev)
 
     def render_kwargs(self, train: bool) -> dict:
         return dict(render_step_size=self.step_size, background=tuple(self.cfg.background), stratified=train)
@@ -413,37 +415,22 @@ class SDSRun:
         t_max = self.cfg.t_max + (self.cfg.t_max_end - self.cfg.t_max) * frac
         return max(int(t_max * self.prior.schedule.T) - 1, self.t_lo)
 
-    def _lr_scale(self) -> float:
-        if self.cfg.lr_decay == "cosine":
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(self.step / max(self.cfg.iterations, 1), 1.0)))
-        return 1.0
-
-    def train_step(self) -> dict:
-        """One iteration; returns floats for logging."""
+    def distill_grad(self, x: torch.Tensor, cams: Cameras,
+                     t_high: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The score-distillation gradient on encoded renders ``x`` ``[B, ...]`` seen from ``cams``
+        (this run's method, guidance and weighting; steps up to ``t_high``, default :meth:`t_high`),
+        and the text conditioning used. No gradient flows through it: apply it with
+        :func:`distillation_loss`. Magic3D's fine stage calls it on its mesh renders."""
         cfg, prior = self.cfg, self.prior
-        self.field.train()
-        self.estimator.train()
-        t0 = time.perf_counter()
-        self.estimator.update_every_n_steps(self.step, lambda x: self.field.density(x) * self.step_size,
-                                            occ_thre=cfg.occ_thre, warmup_steps=cfg.occ_warmup,
-                                            n=cfg.occ_update_every)
-        cams = self.sample_cameras(cfg.batch)
-        shading = self._shading()
-        lights = self._lights(cams)
-        orientation = cfg.lambda_orient > 0
-        out = self.render(cams, shading, True, lights, orientation=orientation)
-        rgb = out["rgb"].permute(0, 3, 1, 2)
-        x = prior.encode_images(rgb)
-        t1 = time.perf_counter()
-
         if cfg.view_prompts:
             p = orbit_params(cams)
             prompts = prior.view_prompts(cfg.prompt, p["elevation_deg"].cpu(), p["azimuth_deg"].cpu())
         else:
-            prompts = [cfg.prompt] * cfg.batch
+            prompts = [cfg.prompt] * x.shape[0]
         cond = self.text(prompts)
         B = x.shape[0]
-        t = torch.randint(self.t_lo, self.t_high() + 1, (B,), generator=self.gen).to(self.dev)
+        hi = self.t_high() if t_high is None else max(int(t_high), self.t_lo)
+        t = torch.randint(self.t_lo, hi + 1, (B,), generator=self.gen).to(self.dev)
         abar = self.abar[t].view(B, 1, 1, 1).to(x.dtype)
         with torch.no_grad():
             xd = x.detach()
@@ -468,6 +455,32 @@ class SDSRun:
                     grad = sds_weight(abar, cfg.weighting) * (eps_hat - noise)
             if cfg.grad_clip > 0:
                 grad = grad.clamp(-cfg.grad_clip, cfg.grad_clip)
+        return grad, cond
+
+    def _lr_scale(self) -> float:
+        if self.cfg.lr_decay == "cosine":
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(self.step / max(self.cfg.iterations, 1), 1.0)))
+        return 1.0
+
+    def train_step(self) -> dict:
+        """One iteration; returns floats for logging."""
+        cfg, prior = self.cfg, self.prior
+        self.field.train()
+        self.estimator.train()
+        t0 = time.perf_counter()
+        self.estimator.update_every_n_steps(self.step, lambda x: self.field.density(x) * self.step_size,
+                                            occ_thre=cfg.occ_thre, warmup_steps=cfg.occ_warmup,
+                                            n=cfg.occ_update_every)
+        cams = self.sample_cameras(cfg.batch)
+        shading = self._shading()
+        lights = self._lights(cams)
+        orientation = cfg.lambda_orient > 0
+        out = self.render(cams, shading, True, lights, orientation=orientation)
+        rgb = out["rgb"].permute(0, 3, 1, 2)
+        x = prior.encode_images(rgb)
+        t1 = time.perf_counter()
+
+        grad, cond = self.distill_grad(x, cams)
         t2 = time.perf_counter()
         loss_sd = distillation_loss(x, grad)
         loss = loss_sd

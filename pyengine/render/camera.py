@@ -23,10 +23,12 @@ import torch
 __all__ = [
     "Cameras",
     "cameras_from_spherical",
+    "clip_matrices",
     "generate_rays",
     "look_at",
     "orbit_cameras",
     "orbit_params",
+    "project_clip",
     "project_points",
     "random_orbit_cameras",
     "rays_for_pixels",
@@ -260,6 +262,48 @@ def project_points(cams: Cameras, points: torch.Tensor) -> tuple[torch.Tensor, t
     j = cams.fx[:, None] * p[..., 0] / z + cams.cx[:, None] - 0.5
     i = -cams.fy[:, None] * p[..., 1] / z + cams.cy[:, None] - 0.5
     return torch.stack([i, j], dim=-1), z
+
+
+def clip_matrices(cams: Cameras, near: float = 0.1, far: float = 100.0) -> torch.Tensor:
+    """[B, 4, 4] world-to-clip matrices for the rasterizer (``pyengine.ops.rasterize``).
+
+    A world point ``p`` maps to ``M @ (p, 1) = (x, y, z, w)`` with ``w`` its depth along the
+    viewing axis, and ``(x / w, y / w)`` lands on the rasterizer's pixel grid so that rasterized
+    row ``i``, column ``j`` is this camera's pixel ``(i, j)`` (the one whose ray ``generate_rays``
+    returns): ``x / w = (2 j' + 1) / W - 1`` and ``y / w = (2 i' + 1) / H - 1`` for the point's
+    fractional pixel ``(i', j')`` of ``project_points``. The rasterizer's row 0 is clip ``y = -1``,
+    so rows come out top first, as every image here. ``z / w`` runs from -1 at ``near`` to 1 at
+    ``far`` (OpenGL's depth), increasing with distance.
+    """
+    if not 0 < near < far:
+        raise ValueError(f"clip_matrices: need 0 < near < far, got near={near}, far={far}")
+    B, W, H = len(cams), cams.width, cams.height
+    R, t = cams.c2w[:, :, :3], cams.c2w[:, :, 3]
+    view = torch.zeros(B, 4, 4, dtype=cams.dtype, device=cams.device)
+    view[:, :3, :3] = R.transpose(1, 2)
+    view[:, :3, 3] = -(R.transpose(1, 2) @ t[..., None])[..., 0]
+    view[:, 3, 3] = 1
+    # camera (OpenGL frame, looking down -z): depth w = -z_cam; pixel j' + 0.5 = cx + fx x / w and
+    # i' + 0.5 = cy - fy y / w, so x_clip = (2 fx / W) x + (2 cx / W - 1) w and likewise for rows
+    proj = torch.zeros(B, 4, 4, dtype=cams.dtype, device=cams.device)
+    proj[:, 0, 0] = 2 * cams.fx / W
+    proj[:, 0, 2] = -(2 * cams.cx / W - 1)
+    proj[:, 1, 1] = -2 * cams.fy / H
+    proj[:, 1, 2] = -(2 * cams.cy / H - 1)
+    proj[:, 2, 2] = -(far + near) / (far - near)
+    proj[:, 2, 3] = -2 * far * near / (far - near)
+    proj[:, 3, 2] = -1
+    return proj @ view
+
+
+def project_clip(cams: Cameras, points: torch.Tensor, near: float = 0.1, far: float = 100.0) -> torch.Tensor:
+    """Clip-space positions ``[B, N, 4]`` of world points ``[N, 3]`` (or ``[B, N, 3]``) in every
+    camera (see :func:`clip_matrices`); differentiable w.r.t. ``points``."""
+    if points.ndim not in (2, 3) or points.shape[-1] != 3 or (points.ndim == 3 and points.shape[0] != len(cams)):
+        raise ValueError(f"project_clip: points must be [N, 3] or [{len(cams)}, N, 3], got {tuple(points.shape)}")
+    M = clip_matrices(cams, near, far).to(points.dtype)
+    homo = torch.cat([points, torch.ones_like(points[..., :1])], -1)
+    return homo @ M.transpose(1, 2) if points.ndim == 3 else torch.einsum("nk,bjk->bnj", homo, M)
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor | None = None, up=(0.0, 0.0, 1.0)) -> torch.Tensor:

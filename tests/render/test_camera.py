@@ -6,10 +6,12 @@ import torch
 from pyengine.render.camera import (
     Cameras,
     cameras_from_spherical,
+    clip_matrices,
     generate_rays,
     look_at,
     orbit_cameras,
     orbit_params,
+    project_clip,
     project_points,
     random_orbit_cameras,
     rays_for_pixels,
@@ -164,3 +166,32 @@ def test_random_orbit_cameras_ranges_and_determinism():
     fixed = random_orbit_cameras(4, torch.Generator().manual_seed(0), radius_range=4.0, elevation_range_deg=15.0)
     assert_close(orbit_params(fixed)["radius"], torch.full((4,), 4.0), 1e-5, 0, "fixed radius")
     assert math.isclose(float(fixed.fov_y_deg[0]), 40.0, abs_tol=1e-4)
+
+
+def test_clip_matrices_put_points_on_their_pixels():
+    # non-square, off-centre principal point: rows and columns must not be swapped or flipped
+    c2w = look_at(torch.tensor([[3.0, -2.0, 1.5], [0.5, 4.0, -1.0]]))
+    cams = Cameras(c2w, fx=torch.tensor([30.0, 45.0]), fy=torch.tensor([33.0, 41.0]), cx=torch.tensor([21.0, 18.5]),
+                   cy=torch.tensor([12.0, 14.0]), width=40, height=27)
+    pts = torch.rand(64, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) - 0.5
+    ij, depth = project_points(cams, pts.float())
+    clip = project_clip(cams, pts.float())
+    X, Y = clip[..., 0] / clip[..., 3], clip[..., 1] / clip[..., 3]
+    # the rasterizer's pixel (row r, column c) has its centre at ((2c + 1) / W - 1, (2r + 1) / H - 1)
+    assert_close(X, (2 * ij[..., 1] + 1) / 40 - 1, atol=1e-5, rtol=0, what="column")
+    assert_close(Y, (2 * ij[..., 0] + 1) / 27 - 1, atol=1e-5, rtol=0, what="row")
+    assert_close(clip[..., 3], depth, atol=1e-5, rtol=0, what="w is the depth")
+    zw = clip[..., 2] / clip[..., 3]
+    near, far = 0.1, 100.0
+    want = (far + near) / (far - near) - 2 * far * near / ((far - near) * depth)
+    assert_close(zw, want, atol=1e-5, rtol=0, what="OpenGL depth")
+    # a point on a camera's ray through pixel (i, j) lands on that pixel
+    o, d = generate_rays(cams)
+    p = o[1, 5, 7] + 2.5 * d[1, 5, 7]
+    c = project_clip(cams, p[None])[1, 0]
+    assert_close(torch.stack([c[0] / c[3], c[1] / c[3]]), torch.tensor([15 / 40 - 1, 11 / 27 - 1]), atol=1e-5, rtol=0,
+                 what="pixel (5, 7)")
+    with pytest.raises(ValueError, match="near"):
+        clip_matrices(cams, near=0.0)
+    with pytest.raises(ValueError, match="points must be"):
+        project_clip(cams, torch.zeros(3, 5, 3))
