@@ -12,6 +12,7 @@
 #include "host/ray_march.h"
 #include "host/segment_scan.h"
 #include "host/st_attention.h"
+#include "host/texture.h"
 #include "host/voxelize.h"
 #include "pyengine/ray_march.h"
 
@@ -74,6 +75,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // antialias
   m.def("antialias_fwd", &pe::host::antialias_fwd, "analytic antialiasing of silhouette edges -> [B, H, W, C]");
   m.def("antialias_bwd", &pe::host::antialias_bwd, "antialias backward -> (grad_color | None, grad_pos | None)");
+
+  // texture
+  m.def("texture_fwd", &pe::host::texture_fwd, "2D texture sampling (nearest / bilinear) -> [B, h, w, C]");
+  m.def("texture_bwd", &pe::host::texture_bwd, "texture backward -> (grad_tex | None, grad_uv | None)");
 
   // st_attention
   m.def("st_attention_fwd", &pe::host::st_attention_fwd,
