@@ -10,6 +10,7 @@
 #include "host/hash_encode.h"
 #include "host/nearest_neighbor_interpolate.h"
 #include "host/ray_march.h"
+#include "host/rasterize.h"
 #include "host/segment_scan.h"
 #include "host/st_attention.h"
 #include "host/texture.h"
@@ -85,6 +86,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "spatial / temporal attention on [B, T, H, W, C] -> (out [B, T, H, W, C], lse [B, T, H, W, heads])");
   m.def("st_attention_bwd", &pe::host::st_attention_bwd,
         "st_attention backward -> (dq | None, dk | None, dv | None, dbias | None)");
+
+  // rasterize, interpolate
+  m.def("rasterize_fwd", &pe::host::rasterize_fwd, "triangle rasterization -> rast [B, H, W, 4] (u, v, z/w, id + 1)");
+  m.def("rasterize_bwd", &pe::host::rasterize_bwd, "rasterize backward -> grad_pos | None");
+  m.def("interpolate_fwd", &pe::host::interpolate_fwd, "vertex attributes at the rasterized pixels -> [B, H, W, C]");
+  m.def("interpolate_bwd", &pe::host::interpolate_bwd,
+        "interpolate backward -> (grad_attr | None, grad_rast | None)");
 
   // ray_aabb_intersect, ray_march
   m.def("ray_aabb_intersect", &pe::host::ray_aabb_intersect,

@@ -11,6 +11,7 @@ from pyengine.ops.furthest_point_sample import furthest_point_sample
 from pyengine.ops.grouping import gather, grouping
 from pyengine.ops.hash_encode import HashGridConfig, hash_encode
 from pyengine.ops.nearest_neighbor_interpolate import nearest_neighbor_interpolate
+from pyengine.ops.rasterize import interpolate, rasterize
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 from pyengine.ops.ray_march import ray_march
 from pyengine.ops.st_attention import st_attention
@@ -19,6 +20,6 @@ from pyengine.ops.voxelize import avg_voxelize, normalize_coords, trilinear_devo
 __version__ = "0.1.0"
 
 __all__ = ["BackendError", "CompositeResult", "HashGridConfig", "avg_voxelize", "ball_query", "composite",
-           "furthest_point_sample", "gather", "grouping", "hash_encode", "nearest_neighbor_interpolate",
-           "normalize_coords", "pack_info", "ray_aabb_intersect", "ray_march", "st_attention", "trilinear_devoxelize",
-           "use_backend", "__version__"]
+           "furthest_point_sample", "gather", "grouping", "hash_encode", "interpolate", "nearest_neighbor_interpolate",
+           "normalize_coords", "pack_info", "rasterize", "ray_aabb_intersect", "ray_march", "st_attention",
+           "trilinear_devoxelize", "use_backend", "__version__"]

@@ -204,10 +204,16 @@ inline float4 atomicAdd(float4* a, float4 v) {
 }
 #endif
 
-// Integer maximum / minimum (furthest_point_sample's per-step argmax): exact in any order.
+// Integer maximum / minimum (furthest_point_sample's per-step argmax, rasterize's depth test): exact in
+// any order.
 inline unsigned long long atomicMax(unsigned long long* a, unsigned long long v) {
   const unsigned long long old = *a;
   if (v > old) *a = v;
+  return old;
+}
+inline unsigned long long atomicMin(unsigned long long* a, unsigned long long v) {  // rasterize's depth keys
+  const unsigned long long old = *a;
+  if (v < old) *a = v;
   return old;
 }
 inline int atomicMin(int* a, int v) {
