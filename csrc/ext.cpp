@@ -2,6 +2,7 @@
 // allocation, CPU / CUDA dispatch) lives in csrc/host/<op>.cpp; kernels in csrc/cpu and csrc/cuda.
 #include <torch/extension.h>
 
+#include "host/antialias.h"
 #include "host/ball_query.h"
 #include "host/composite.h"
 #include "host/furthest_point_sample.h"
@@ -12,6 +13,7 @@
 #include "host/rasterize.h"
 #include "host/segment_scan.h"
 #include "host/st_attention.h"
+#include "host/texture.h"
 #include "host/voxelize.h"
 #include "pyengine/ray_march.h"
 
@@ -70,6 +72,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "opacity [R], depth [R])");
   m.def("composite_bwd", &pe::host::composite_bwd,
         "composite backward -> (grad_densities_or_alphas | None, grad_values | None)");
+
+  // antialias
+  m.def("antialias_fwd", &pe::host::antialias_fwd, "analytic antialiasing of silhouette edges -> [B, H, W, C]");
+  m.def("antialias_bwd", &pe::host::antialias_bwd, "antialias backward -> (grad_color | None, grad_pos | None)");
+
+  // texture
+  m.def("texture_fwd", &pe::host::texture_fwd, "2D texture sampling (nearest / bilinear) -> [B, h, w, C]");
+  m.def("texture_bwd", &pe::host::texture_bwd, "texture backward -> (grad_tex | None, grad_uv | None)");
 
   // st_attention
   m.def("st_attention_fwd", &pe::host::st_attention_fwd,
