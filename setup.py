@@ -135,6 +135,7 @@ setup(
         "triton; platform_system=='Linux'",
         "trimesh",  # mesh export (OBJ, GLB) of the SDS / Magic3D engines
         "scikit-image",  # marching cubes on a NeRF's density
+        "xatlas",  # UV atlas of Magic3D's textured mesh
     ],
     extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "diffusers", "transformers"],
                     "video": ["diffusers"], "priors": ["diffusers", "transformers"],

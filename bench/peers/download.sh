@@ -15,7 +15,8 @@ cd "$(dirname "$0")/../.."
 mkdir -p .peers/site
 python3 -m pip download --no-deps --only-binary=:all: -d .peers nerfacc==0.5.3
 # pure-Python needs of pyengine that the GPU image lacks (it has torch, numpy, scipy, safetensors,
-# tqdm, imageio, scikit-image, transformers): without them the engine tests fail there
+# tqdm, imageio, scikit-image, transformers): without them the engine tests fail there (xatlas: the
+# CPython 3.11 manylinux wheel; another Python on the GPU image needs its own)
 python3 -m pip download --no-deps --only-binary=:all: -d .peers omegaconf==2.4.0 trimesh==5.2.0 \
-  diffusers==0.42.1 importlib_metadata==10.2.0
+  diffusers==0.42.1 importlib_metadata==10.2.0 xatlas==0.0.11
 du -sh .peers
