@@ -6,7 +6,10 @@ turntables and evaluation views. It is nvdiffrast's usual pipeline on pyengine's
 ``rasterize`` (visibility, perspective-correct barycentrics), ``interpolate`` (world positions and
 vertex normals per pixel), the colour field queried at the visible surface points, and
 ``antialias`` on the composited image so that silhouette pixels depend on the vertex positions
-(without it coverage is piecewise constant and the outline gets no gradient).
+(without it coverage is piecewise constant and the outline gets no gradient). As in nvdiffrast, a
+pixel pair is blended only where the triangle covering the nearer pixel owns the silhouette edge
+between them, so the outline gets its gradient where triangles span a few pixels or more; at
+about a pixel per triangle most outline pixels get none.
 
 Shading follows the SDS engine (``pyengine.engines.sds``): ``albedo`` (flat colour), ``diffuse``
 (albedo times ``ambient + (1 - ambient) max(0, n . l)``) or ``textureless`` (white albedo, diffuse
