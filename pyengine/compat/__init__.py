@@ -17,7 +17,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
-__all__ = ["install_nerfacc", "install_pvcnn", "install_tinycudann"]
+__all__ = ["install_nerfacc", "install_nvdiffrast", "install_pvcnn", "install_tinycudann"]
 
 
 def _install(name: str, shim: str, force: bool, submodules=()) -> ModuleType:
@@ -85,6 +85,43 @@ def install_nerfacc(force: bool = False) -> ModuleType:
     """
     submodules = ("volrend", "estimators", "estimators.occ_grid", "grid", "pack", "scan")
     return _install("nerfacc", "pyengine.compat.nerfacc", force, submodules=submodules)
+
+
+def install_nvdiffrast(force: bool = False) -> ModuleType:
+    """Makes ``import nvdiffrast.torch as dr`` return ``pyengine.compat.nvdiffrast``, the drop-in
+    for nvdiffrast's PyTorch API (``rasterize``, ``interpolate``, ``antialias``, ``texture``, the
+    context classes) on pyengine's ops: no OpenGL, EGL or CUDA build.
+
+    Args:
+        force: install the shim even when a real ``nvdiffrast.torch`` imports fine (or another
+            module is already registered under that name). Without it, a working real one wins.
+
+    Returns:
+        The module that ``import nvdiffrast.torch`` now gives. With the shim, ``nvdiffrast`` is a
+        bare package whose ``torch`` attribute is the shim.
+
+    Example:
+        >>> import pyengine.compat
+        >>> shim = pyengine.compat.install_nvdiffrast(force=True)
+        >>> import nvdiffrast.torch as dr
+        >>> dr is shim
+        True
+    """
+    if not force:
+        if "nvdiffrast.torch" in sys.modules:
+            return sys.modules["nvdiffrast.torch"]
+        if importlib.util.find_spec("nvdiffrast") is not None:
+            try:
+                return importlib.import_module("nvdiffrast.torch")
+            except (ImportError, OSError, RuntimeError):
+                pass  # installed but unusable here (no GPU, no EGL): use the shim
+    shim = importlib.import_module("pyengine.compat.nvdiffrast")
+    parent = ModuleType("nvdiffrast")
+    parent.__path__ = []  # a package, so that `import nvdiffrast.torch` resolves through sys.modules
+    parent.torch = shim
+    sys.modules["nvdiffrast"] = parent
+    sys.modules["nvdiffrast.torch"] = shim
+    return shim
 
 
 def install_pvcnn(name: str = "modules.functional", force: bool = False) -> ModuleType:

@@ -62,3 +62,20 @@ def test_what_is_not_provided_says_so():
         dr.texture(tex, uv, boundary_mode="cube")
     with pytest.raises(TypeError, match="glctx"):
         dr.rasterize("gl", pos, tri, (4, 4))
+
+
+def test_install_makes_import_nvdiffrast_torch_the_shim(monkeypatch):
+    import sys
+
+    import pyengine.compat
+
+    for name in ("nvdiffrast", "nvdiffrast.torch"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    shim = pyengine.compat.install_nvdiffrast(force=True)
+    import nvdiffrast
+    import nvdiffrast.torch as dr2
+
+    assert dr2 is shim is dr and nvdiffrast.torch is shim
+    assert pyengine.compat.install_nvdiffrast() is shim  # already installed: kept
+    for name in ("nvdiffrast", "nvdiffrast.torch"):
+        sys.modules.pop(name, None)
