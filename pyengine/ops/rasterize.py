@@ -20,6 +20,8 @@ Not provided: nvdiffrast's image-space derivatives (``rast_db``, ``diff_attrs``)
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from pyengine.ops._define import F32_F64, INDEX, T, check, define
@@ -53,14 +55,18 @@ def _check_tri(op: str, tri: torch.Tensor, n_vertices: int) -> None:
 
 
 def _resolution(resolution) -> tuple[int, int]:
-    ok = isinstance(resolution, (tuple, list, torch.Size)) and len(resolution) == 2 and all(
-        isinstance(n, int) and not isinstance(n, bool) for n in resolution)
-    if not ok:
-        raise ValueError(f"rasterize: resolution must be (height, width), two ints, got {resolution!r}")
-    H, W = resolution
+    def as_int(n):
+        if isinstance(n, bool):
+            raise TypeError
+        return operator.index(n)  # ints, numpy integers; not floats
+
+    try:
+        H, W = (as_int(n) for n in resolution)
+    except (TypeError, ValueError):
+        raise ValueError(f"rasterize: resolution must be (height, width), two ints, got {resolution!r}") from None
     if not (0 <= H <= MAX_RESOLUTION and 0 <= W <= MAX_RESOLUTION):
         raise ValueError(f"rasterize: resolution must lie in [0, {MAX_RESOLUTION}] (0: an empty image), got "
-                         f"{tuple(resolution)}")
+                         f"{(H, W)}")
     return H, W
 
 

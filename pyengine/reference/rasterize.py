@@ -20,7 +20,8 @@ for k = 0, 1, 2 (either winding: no culling), the interpolated ``w = d / s > 0``
 camera), ``-1 <= z/w <= 1`` (depth clipping), and at least one vertex has ``w_k > 0`` (a triangle
 wholly at ``w <= 0`` covers nothing). Every quantity is computed in pos's dtype, one rounding per
 operation, in the order written (sums left to right); the kernels do exactly the same, so they
-agree with this file bit for bit.
+agree with this file bit for bit (the one caveat, a near-degenerate triangle that rounding makes
+cover a pixel centre beyond its screen box, is in csrc/include/pyengine/rasterize.h).
 
 Visibility: among the covering triangles the smallest depth wins, depth being ``z/w`` rounded to
 float32 (a float32 depth buffer, for float64 inputs too); equal depths go to the smallest triangle

@@ -19,7 +19,8 @@ OP_TESTS = ["tests/ops/test_hash_encode.py", "tests/ops/test_composite.py", "tes
             "tests/ops/test_ray_aabb_intersect.py", "tests/ops/test_avg_voxelize.py",
             "tests/ops/test_trilinear_devoxelize.py", "tests/ops/test_furthest_point_sample.py",
             "tests/ops/test_ball_query.py", "tests/ops/test_gather.py", "tests/ops/test_grouping.py",
-            "tests/ops/test_nearest_neighbor_interpolate.py"]
+            "tests/ops/test_nearest_neighbor_interpolate.py", "tests/ops/test_rasterize.py",
+            "tests/ops/test_interpolate.py"]
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +187,33 @@ print(json.dumps(out))
     assert atomic["counters"]["atomicAdd(float)"] == 270 + 720 + 54, atomic["counters"]
     assert sorted_["counters"]["atomicAdd(float)"] == 0, sorted_["counters"]
     assert max(abs(a - b) for a, b in zip(atomic["gx"], sorted_["gx"])) < 1e-5
+
+
+def test_rasterize_takes_both_depth_passes_with_the_device_arithmetic(emulated_build):
+    """A small triangle is tested by one thread (depth_small), a large one and one crossing w = 0 go
+    through the block list (one atomicAdd(int) each, then depth_large); products and quotients are
+    the _rn intrinsics; the result equals the reference bit for bit."""
+    got = _run_emulated(emulated_build, """
+from pyengine.ops.rasterize import rasterize
+big = torch.tensor([[-0.9, -0.9, 0.2, 1.0], [0.9, -0.8, 0.1, 1.0], [0.0, 0.9, 0.3, 1.0]])
+small = torch.tensor([[0.60, -0.60, -0.99, 1.0], [0.66, -0.59, -0.99, 1.0], [0.62, -0.53, -0.99, 1.0]])
+crossing = torch.tensor([[-0.61, 0.3, -0.95, 1.0], [0.43, -0.17, -0.9, 1.1], [0.13, 0.52, 0.3, -0.4]])
+out = {}
+for dtype in (torch.float32, torch.float64):
+    pos = torch.cat([big, small, crossing])[None].to(dtype)
+    tri = torch.arange(9).reshape(3, 3)
+    lib.pe_emu_reset_counters()
+    r = rasterize(pos, tri, (48, 40), backend="cpu")
+    out[str(dtype)] = {"counters": counters(), "ids": sorted(set(r[..., 3].flatten().tolist())),
+                       "equal": bool(torch.equal(r, rasterize(pos, tri, (48, 40), backend="reference")))}
+print(json.dumps(out))
+""")
+    for dtype, res in got.items():
+        assert res["equal"], dtype
+        assert res["ids"] == [0.0, 1.0, 2.0, 3.0], (dtype, res["ids"])
+        assert res["counters"]["atomicAdd(int)"] == 2, (dtype, res["counters"])
+    assert got["torch.float32"]["counters"]["__fmul_rn"] > 0 and got["torch.float32"]["counters"]["__fdiv_rn"] > 0
+    assert got["torch.float64"]["counters"]["__dmul_rn"] > 0 and got["torch.float64"]["counters"]["__fmul_rn"] == 0
 
 
 def test_rn_intrinsics_round_like_separate_ieee_operations(emulated_build):
