@@ -10,8 +10,8 @@
 #   bash bench/gpu_check.sh --dry-run   # on a CPU machine: every step with CPU stand-ins (tests
 #                                       # collected, not run; benchmarks tiny), to prove the script
 #   STEPS=gpu_tests,bench_render bash bench/gpu_check.sh   # some steps only (a short rerun); the
-#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_attention bench_sds bench_inverse tests
-#       sanitizer
+#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_rasterize bench_attention bench_sds
+#       bench_inverse tests sanitizer
 #       (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ PY=${PYTHON:-python3}
 NCPU=$(nproc)
 export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 [ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
-STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_attention,bench_sds,bench_inverse,tests,sanitizer},"
+STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_rasterize,bench_attention,bench_sds,bench_inverse,tests,sanitizer},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 status=0
 failed=()
@@ -116,6 +116,8 @@ if [ $DRY = 0 ]; then
     --providers cuda triton tcnn --json "$L/bench_hash_encode_fp16.json"
   want bench_render && run bench_render 150 $PY bench/bench_render.py --device cuda --json "$L/bench_render.json"
   want bench_pvconv && run bench_pvconv 120 $PY bench/bench_pvconv.py --device cuda --json "$L/bench_pvconv.json"
+  want bench_rasterize && run bench_rasterize 60 $PY bench/bench_rasterize.py --device cuda \
+    --json "$L/bench_rasterize.json"
   want bench_attention && run bench_attention 180 $PY bench/bench_attention.py --device cuda \
     --json "$L/bench_attention.json"
   want bench_sds && run bench_sds 150 $PY bench/bench_sds.py --device cuda --render-size 0 128 --iters 30 \
@@ -131,6 +133,8 @@ else
     --size 2 8 256 8 --points-size 2 8 256 64 8 --step-batch 1 --json "$L/bench_pvconv.json"
   want bench_render && run bench_render 300 $PY bench/bench_render.py --device cpu --sizes 12 --reps 1 --skip step \
     --json "$L/bench_render.json"
+  want bench_rasterize && run bench_rasterize 120 $PY bench/bench_rasterize.py --device cpu --sizes 64 \
+    --sanity-size 16 --segments 20 --batch 2 --reps 1 --json "$L/bench_rasterize.json"
   want bench_attention && run bench_attention 300 $PY bench/bench_attention.py --device cpu --quick --reps 1 \
     --json "$L/bench_attention.json"
   want bench_sds && run bench_sds 120 $PY bench/bench_sds.py --device cpu --quick --json "$L/bench_sds.json"
@@ -183,7 +187,8 @@ tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 
 step "summary (status $status)"
 for f in gpu_tests tests; do [ -f "$L/$f.log" ] && echo "$f: $(tail -1 "$L/$f.log")"; done
-for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_attention bench_sds bench_inverse; do
+for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_rasterize bench_attention bench_sds \
+  bench_inverse; do
   [ -f "$L/$f.log" ] || continue
   grep -E '^\||^skipped|^composite fwd takes|^copy bandwidth|^MISMATCH|^render\+backward' "$L/$f.log" || tail -5 "$L/$f.log"
 done

@@ -1,5 +1,5 @@
 """Small CUDA run of every kernel (hash_encode with every table type, composite, ray marching, scans,
-the point-voxel ops; st_attention on Triton), for compute-sanitizer.
+the point-voxel ops, rasterize / interpolate; st_attention on Triton), for compute-sanitizer.
 
     compute-sanitizer --tool memcheck python bench/gpu_smoke.py [cuda|triton|cpu]
 
@@ -46,6 +46,35 @@ def point_voxel(backend, dev):
                 up = nearest_neighbor_interpolate(pts, centers, c_feats, deterministic=det, backend=backend)
                 (g.float().sum() + up.float().sum()).backward()
                 sync(dev)
+
+
+def raster(backend, dev):
+    """rasterize + interpolate forward and backward, float32 / float64: small triangles (one thread
+    each in the CUDA depth test) and large ones (the block-per-triangle list), one crossing w = 0,
+    one behind the camera, NaN positions, out-of-range indices unchecked, empty meshes and images."""
+    from pyengine.ops.rasterize import interpolate, rasterize
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        V, T = 300, 500
+        pos = torch.rand(3, V, 4, device=dev, generator=g, dtype=dtype) * 2 - 1
+        pos[..., 3] = pos[..., 3].abs() + 0.5
+        pos[0, :3, 3] = -0.2  # vertices behind the camera
+        pos[1, 5, 0] = float("nan")
+        tri = torch.randint(0, V, (T, 3), device=dev, generator=g)
+        tri[:10] = torch.arange(30, device=dev).reshape(10, 3)  # a few big triangles
+        pos.requires_grad_()
+        attr = torch.rand(V, 5, device=dev, generator=g, dtype=dtype, requires_grad=True)
+        for res in ((37, 61), (128, 96)):
+            rast = rasterize(pos, tri, res, backend=backend)
+            out = interpolate(attr, rast, tri, backend=backend)
+            (out.sum() + rast[..., :3].sum()).backward()
+            assert torch.isfinite(pos.grad[1:2, 6:]).all() and torch.isfinite(attr.grad).all()
+        bad = torch.cat([tri, torch.tensor([[0, 1, V + 7]], device=dev)])
+        rasterize(pos, bad, (17, 9), backend=backend, validate=False)
+        rasterize(pos, tri[:0], (5, 5), backend=backend)
+        rasterize(pos, tri, (0, 5), backend=backend)
+        interpolate(attr, rasterize(pos[:0], tri, (4, 4), backend=backend), tri, backend=backend)
 
 
 def attention(backend, dev):
@@ -136,6 +165,7 @@ def main(backend="cuda"):
         segment_scan(x[:0], packed[:0], backend=backend)
     if backend in ("cuda", "cpu"):
         point_voxel(backend, dev)
+        raster(backend, dev)
     if backend in ("triton", "cpu"):
         attention(backend, dev)
     sync(dev)

@@ -63,12 +63,14 @@ def test_vertex_attributes_are_reproduced_at_the_vertices_barycentrics(backend):
     assert_close(out[hit], torch.stack([u, v, 1 - u - v], -1)[hit], atol=1e-15, rtol=0)
 
 
-def test_cpu_forward_equals_the_reference_bit_for_bit():
+@pytest.mark.parametrize("backend,device", [pytest.param("cpu", "cpu", id="cpu"),
+                                            pytest.param("cuda", "cuda", id="cuda-gpu", marks=pytest.mark.gpu)])
+def test_kernel_forward_equals_the_reference_bit_for_bit(backend, device):
     g = torch.Generator().manual_seed(2)
     for dtype in (torch.float32, torch.float64):
         for shared in (False, True):
-            attr, rast, tri = make(g, B=3, H=21, W=19, C=5, shared=shared, dtype=dtype, crossing=True)
-            assert torch.equal(interpolate(attr, rast, tri, backend="cpu"),
+            attr, rast, tri = make(g, B=3, H=21, W=19, C=5, shared=shared, dtype=dtype, crossing=True, device=device)
+            assert torch.equal(interpolate(attr, rast, tri, backend=backend),
                                interpolate(attr, rast, tri, backend="reference"))
 
 

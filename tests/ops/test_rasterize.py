@@ -167,13 +167,20 @@ def test_shared_edge_pixel_goes_to_one_of_the_two_triangles(backend):
     assert (ids[torch.triu(torch.ones(4, 4, dtype=torch.bool), 1)] == 1).all()
 
 
-def test_cpu_forward_equals_the_reference_bit_for_bit():
+KERNELS = [pytest.param("cpu", "cpu", id="cpu"), pytest.param("cuda", "cuda", id="cuda-gpu", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_kernel_forward_equals_the_reference_bit_for_bit(backend, device):
+    """Ids and values, on the reference's device; a cuda run also equals the CPU reference."""
     g = torch.Generator().manual_seed(11)
     for dtype in (torch.float32, torch.float64):
-        for B, (H, W) in ((1, (17, 23)), (3, (31, 9)), (2, (64, 48))):
+        for B, (H, W) in ((1, (17, 23)), (3, (31, 9)), (2, (64, 48)), (2, (128, 97))):
             pos, tri = make_mesh(g, B=B, grid=(6, 7), n_free=8, behind=True, crossing=True, dtype=dtype)
             want = rasterize(pos, tri, (H, W), backend="reference")
-            got = rasterize(pos, tri, (H, W), backend="cpu")
+            pos, tri = pos.to(device), tri.to(device)
+            assert torch.equal(rasterize(pos, tri, (H, W), backend="reference").cpu(), want)
+            got = rasterize(pos, tri, (H, W), backend=backend).cpu()
             diff = (got != want).any(-1)
             assert not diff.any(), f"{dtype} B={B} {H}x{W}: {int(diff.sum())} pixels differ, e.g. " \
                                    f"{got[diff][:3].tolist()} vs {want[diff][:3].tolist()}"
@@ -194,19 +201,19 @@ def test_empty_inputs():
         assert (g == 0).all()
 
 
-@pytest.mark.parametrize("backend", ["cpu"])
-def test_kernels_mask_bad_indices_and_non_finite_positions(backend):
+@pytest.mark.parametrize("backend,device", KERNELS)
+def test_kernels_mask_bad_indices_and_non_finite_positions(backend, device):
     """Unchecked (validate=False), a triangle with an index out of range covers nothing and NaN
     or infinite positions cover nothing: no out-of-bounds access, the other triangles unchanged."""
-    pos, tri = make_mesh(torch.Generator().manual_seed(3), B=2)
+    pos, tri = make_mesh(torch.Generator().manual_seed(3), B=2, device=device)
     want = rasterize(pos, tri, (9, 11), backend=backend)
-    bad = torch.cat([tri, torch.tensor([[0, 1, 10**6], [-5, 1, 2]])])
+    bad = torch.cat([tri, torch.tensor([[0, 1, 10**6], [-5, 1, 2]], device=device)])
     assert torch.equal(rasterize(pos, bad, (9, 11), backend=backend, validate=False), want)
     V = pos.shape[1]
     extra = torch.tensor([[[float("nan"), 0, 0, 1], [0.5, 0, 0, 1], [0, 0.5, 0, 1]],
-                          [[float("inf"), 0, 0, 1], [-0.5, 0, 0, 1], [0, -0.5, 0, 1]]], dtype=pos.dtype)
+                          [[float("inf"), 0, 0, 1], [-0.5, 0, 0, 1], [0, -0.5, 0, 1]]], dtype=pos.dtype, device=device)
     pos2 = torch.cat([pos, extra.reshape(1, 6, 4).expand(2, 6, 4)], 1)
-    tri2 = torch.cat([tri, torch.tensor([[V, V + 1, V + 2], [V + 3, V + 4, V + 5]])])
+    tri2 = torch.cat([tri, torch.tensor([[V, V + 1, V + 2], [V + 3, V + 4, V + 5]], device=device)])
     assert torch.equal(rasterize(pos2, tri2, (9, 11), backend=backend), want)
 
 
@@ -225,6 +232,23 @@ def test_cpu_backward_is_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+
+
+@pytest.mark.gpu
+def test_cuda_backward_matches_the_cpu_kernel():
+    """grad_pos of rasterize + interpolate on the cuda kernels (atomics) against the cpu kernels."""
+    pos, tri = make_mesh(torch.Generator().manual_seed(8), B=3, grid=(9, 11), n_free=12, crossing=True)
+    colors = torch.randn(pos.shape[1], 4, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    up = torch.randn(3, 70, 83, 4, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    grads = []
+    for backend, device in (("cpu", "cpu"), ("cuda", "cuda")):
+        p, c = pos.to(device).requires_grad_(), colors.to(device).requires_grad_()
+        t = tri.to(device)
+        rast = rasterize(p, t, (70, 83), backend=backend)
+        out = interpolate(c, rast, t, backend=backend)
+        grads.append([x.cpu() for x in torch.autograd.grad((out * up.to(device)).sum() + rast.sum(), (p, c))])
+    for a, b, name in zip(grads[1], grads[0], ("pos", "colors")):
+        assert_close(a, b, atol=1e-10, rtol=1e-10, what=f"grad of {name}")
 
 
 def test_default_backend_is_cpu(monkeypatch):

@@ -20,11 +20,12 @@
 //
 // Work split (see csrc/cpu/rasterize.cpp and csrc/cuda/rasterize.cu): the forward tests each
 // triangle against the pixel centres of its screen bounding box only (rast_box: the projected
-// vertices' extent grown by a pixel each side; the whole image for a triangle that crosses w = 0,
-// whose projected vertices do not bound it; nothing for one wholly at w <= 0). The bounding box is
-// the one place where the kernels could in principle disagree with the reference: a pixel centre
-// more than a pixel outside a triangle's projection that rounding alone makes "covered", which
-// needs a triangle of near-zero screen area and is not seen in practice.
+// vertices' extent grown by half a pixel each side; the whole image for a triangle that crosses
+// w = 0, whose projected vertices do not bound it; nothing for one wholly at w <= 0). The bounding
+// box is the one place where the kernels could in principle disagree with the reference: a pixel
+// centre more than half a pixel outside a triangle's projection that rounding alone makes
+// "covered", which needs a triangle of near-zero screen area (a sliver whose edge functions cancel)
+// and is not seen in practice.
 //
 // Memory layout: pos [B, V, 4] row-major (x, y, z, w); tri [T, 3] int64; rast [B, H, W, 4]
 // (u, v, z/w, id + 1); attr [Ba, V, C] with Ba = 1 (shared by every image) or B; out [B, H, W, C].
@@ -121,11 +122,13 @@ template <typename T>
 PE_HD bool rast_eval(const T* p0, const T* p1, const T* p2, T X, T Y, T& u, T& v, T& zw) {
   const RastHom<T> h = rast_homogeneous(p0, p1, p2, X, Y);
   if (!(h.s != T(0))) return false;
+  // the tests one by one, so that most pixels outside the triangle skip the later divisions
   u = rast_div(h.b[0], h.s);
+  if (!(u >= T(0))) return false;
   v = rast_div(h.b[1], h.s);
+  if (!(v >= T(0)) || !(rast_div(h.b[2], h.s) >= T(0)) || !(rast_div(h.d, h.s) > T(0))) return false;
   zw = rast_div(h.n, h.d);
-  return u >= T(0) && v >= T(0) && rast_div(h.b[2], h.s) >= T(0) && rast_div(h.d, h.s) > T(0) &&
-         zw >= T(-1) && zw <= T(1);
+  return zw >= T(-1) && zw <= T(1);
 }
 
 // The depth test's float32 depth (z/w rounded to nearest, -0 as +0) and the 64-bit key that
@@ -191,24 +194,34 @@ struct RastBox {
   PE_HD int64_t area() const { return empty() ? 0 : int64_t(x1 - x0 + 1) * (y1 - y0 + 1); }
 };
 
-// The pixels i of n whose centre lies in [lo, hi] (NDC), grown by one pixel each side; false when
-// none (or NaN bounds). Infinite bounds clamp to the image.
+// Margin of the bounding boxes, in pixels. Rounding moves the coverage test's edges by about
+// eps * n pixels (float32 at n = 32768: 0.002 pixels), and the box's own x / w and scaling by as
+// little; half a pixel leaves a wide safety factor, and a box at most one pixel wider than the
+// projected triangle's extent (small triangles are most of a mesh: their boxes are most of the work).
+constexpr float kRastBoxMargin = 0.5f;
+
+// The pixels i of n whose centre, at ((ndc + 1) n - 1) / 2 in pixel units, lies in [lo, hi] (NDC)
+// grown by kRastBoxMargin pixels each side; false when none (or NaN bounds). Infinite bounds clamp
+// to the image.
 template <typename T>
 PE_HD bool rast_span(T lo, T hi, int32_t n, int32_t& i0, int32_t& i1) {
-  // centre(i) = (2 i + 1) / n - 1 >= lo  <=>  i >= ((lo + 1) n - 1) / 2
-  const T f0 = ((lo + T(1)) * T(n) - T(1)) * T(0.5) - T(1);
-  const T f1 = ((hi + T(1)) * T(n) - T(1)) * T(0.5) + T(1);
+  const T f0 = ((lo + T(1)) * T(n) - T(1)) * T(0.5) - T(kRastBoxMargin);
+  const T f1 = ((hi + T(1)) * T(n) - T(1)) * T(0.5) + T(kRastBoxMargin);
   if (!(f0 <= f1) || f1 < T(0) || f0 > T(n - 1)) return false;
-  i0 = f0 <= T(0) ? 0 : static_cast<int32_t>(f0);  // truncation: rounds down, one pixel more
-  i1 = f1 >= T(n - 1) ? n - 1 : static_cast<int32_t>(f1) + 1;
-  if (i1 > n - 1) i1 = n - 1;
+  if (f0 <= T(0)) {
+    i0 = 0;
+  } else {  // ceil(f0), f0 in (0, n - 1]
+    i0 = static_cast<int32_t>(f0);
+    if (static_cast<T>(i0) < f0) ++i0;
+  }
+  i1 = f1 >= T(n - 1) ? n - 1 : static_cast<int32_t>(f1);  // floor(f1), f1 in [0, n - 1)
   return i0 <= i1;
 }
 
 // The pixels triangle (i0, i1, i2) may cover in an H x W image: empty for a triangle with an
 // index outside [0, V) (the Python layer rejects those unless told not to check) or with no vertex
 // at w > 0; the whole image for one that crosses w = 0 (correct, not fast: its projected vertices
-// do not bound it); else the projected vertices' extent, one pixel wider each side.
+// do not bound it); else the projected vertices' extent, kRastBoxMargin wider each side.
 template <typename T>
 PE_HD RastBox rast_box(const T* pos, int64_t V, const int64_t* tri, int32_t H, int32_t W) {
   const RastBox none{0, -1, 0, -1};
