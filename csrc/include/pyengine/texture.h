@@ -41,19 +41,10 @@ PE_HD double tex_mul(double a, double b) {
   return a * b;
 #endif
 }
-PE_HD bool tex_finite(float a) {
-#if defined(__CUDA_ARCH__)
-  return isfinite(a);
-#else
-  return std::isfinite(a);
-#endif
-}
-PE_HD bool tex_finite(double a) {
-#if defined(__CUDA_ARCH__)
-  return isfinite(a);
-#else
-  return std::isfinite(a);
-#endif
+// Finite (not NaN, not infinite): a - a is 0 exactly then, NaN otherwise (no fast-math anywhere).
+template <typename T>
+PE_HD bool tex_finite(T a) {
+  return a - a == T(0);
 }
 
 template <typename T>
