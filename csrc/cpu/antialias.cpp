@@ -39,7 +39,7 @@ void antialias_fwd(const AntialiasPtrs<T>& p, T* out) {
   const int64_t rows = p.B * p.H;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t x = 0; x < p.W; ++x) aa_pixel_fwd(p, r * p.W + x, out);
+    for (int64_t x = 0; x < p.W; ++x) aa_pixel_fwd(p, r / p.H, r % p.H, x, out);
 }
 
 template <typename T>
@@ -50,7 +50,7 @@ void antialias_bwd(const AntialiasPtrs<T>& p, const T* grad_out, T* grad_color, 
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / p.H, y = r % p.H;
     for (int64_t x = 0; x < p.W; ++x) {
-      if (grad_color) aa_pixel_grad_color(p, grad_out, r * p.W + x, grad_color);
+      if (grad_color) aa_pixel_grad_color(p, grad_out, b, y, x, grad_color);
       if (!grad_pos) continue;
       for (int k = 0; k < 2; ++k) {  // the pairs this pixel is p0 of
         AAPair<T> pair;

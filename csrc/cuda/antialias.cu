@@ -21,7 +21,7 @@ template <typename T>
 __global__ void antialias_fwd_kernel(const AntialiasPtrs<T> p, int64_t n_pixels, T* out) {
   const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (q >= n_pixels) return;
-  aa_pixel_fwd(p, q, out);
+  aa_pixel_fwd(p, q / (p.W * p.H), (q / p.W) % p.H, q % p.W, out);
 }
 
 template <typename T>
@@ -29,9 +29,9 @@ __global__ void antialias_bwd_kernel(const AntialiasPtrs<T> p, int64_t n_pixels,
                                      T* grad_pos) {
   const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (q >= n_pixels) return;
-  if (grad_color) aa_pixel_grad_color(p, grad_out, q, grad_color);
-  if (!grad_pos) return;
   const int64_t x = q % p.W, y = (q / p.W) % p.H, b = q / (p.W * p.H);
+  if (grad_color) aa_pixel_grad_color(p, grad_out, b, y, x, grad_color);
+  if (!grad_pos) return;
   for (int k = 0; k < 2; ++k) {  // the pairs this pixel is p0 of
     AAPair<T> pair;
     T g_s[3], g_e[3];

@@ -20,7 +20,7 @@ OP_TESTS = ["tests/ops/test_hash_encode.py", "tests/ops/test_composite.py", "tes
             "tests/ops/test_trilinear_devoxelize.py", "tests/ops/test_furthest_point_sample.py",
             "tests/ops/test_ball_query.py", "tests/ops/test_gather.py", "tests/ops/test_grouping.py",
             "tests/ops/test_nearest_neighbor_interpolate.py", "tests/ops/test_rasterize.py",
-            "tests/ops/test_interpolate.py"]
+            "tests/ops/test_interpolate.py", "tests/ops/test_antialias.py", "tests/ops/test_texture.py"]
 
 
 @pytest.fixture(scope="module")

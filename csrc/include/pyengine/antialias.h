@@ -141,8 +141,11 @@ template <typename T>
 PE_HD bool aa_pair(const AntialiasPtrs<T>& p, int64_t b, int64_t y, int64_t x, bool down, AAPair<T>& r) {
   const int64_t p0 = (b * p.H + y) * p.W + x;
   const int64_t p1 = p0 + (down ? p.W : 1);
-  // 1. a discontinuity between valid ids (NaN fails the range test)
-  const T id0 = aa_rint(p.rast[4 * p0 + 3]), id1 = aa_rint(p.rast[4 * p1 + 3]);
+  // 1. a discontinuity between valid ids (NaN fails the range test); equal raw values round alike,
+  // which settles nearly every pair before any rounding
+  const T raw0 = p.rast[4 * p0 + 3], raw1 = p.rast[4 * p1 + 3];
+  if (raw0 == raw1) return false;
+  const T id0 = aa_rint(raw0), id1 = aa_rint(raw1);
   const T n_tri = static_cast<T>(p.NT);
   if (id0 == id1 || !(id0 >= T(0) && id0 <= n_tri && id1 >= T(0) && id1 <= n_tri)) return false;
   // 2. the nearer pixel's triangle (ties to p1's) and its vertices
@@ -240,10 +243,10 @@ PE_HD bool aa_pixel_pair(const AntialiasPtrs<T>& p, int64_t b, int64_t y, int64_
 // ---------------------------------------------------------------------------------------------
 // Per pixel: forward and colour gradient.
 
-// out[q] = color[q] + the blends of q's pairs that target q (in the order k = 0..3).
+// out[q] = color[q] + the blends of q's pairs that target q (in the order k = 0..3); q = (b, y, x).
 template <typename T>
-PE_HD void aa_pixel_fwd(const AntialiasPtrs<T>& p, int64_t q, T* out) {
-  const int64_t x = q % p.W, y = (q / p.W) % p.H, b = q / (p.W * p.H);
+PE_HD void aa_pixel_fwd(const AntialiasPtrs<T>& p, int64_t b, int64_t y, int64_t x, T* out) {
+  const int64_t q = (b * p.H + y) * p.W + x;
   const int64_t C = p.C;
   for (int64_t c = 0; c < C; ++c) out[q * C + c] = p.color[q * C + c];
   for (int k = 0; k < 4; ++k) {
@@ -257,10 +260,11 @@ PE_HD void aa_pixel_fwd(const AntialiasPtrs<T>& p, int64_t q, T* out) {
 }
 
 // grad_color[q] = g[q] + sum over q's blended pairs of -alpha g[target] (q = p0) or +alpha
-// g[target] (q = p1).
+// g[target] (q = p1); q = (b, y, x).
 template <typename T>
-PE_HD void aa_pixel_grad_color(const AntialiasPtrs<T>& p, const T* g, int64_t q, T* grad_color) {
-  const int64_t x = q % p.W, y = (q / p.W) % p.H, b = q / (p.W * p.H);
+PE_HD void aa_pixel_grad_color(const AntialiasPtrs<T>& p, const T* g, int64_t b, int64_t y, int64_t x,
+                               T* grad_color) {
+  const int64_t q = (b * p.H + y) * p.W + x;
   const int64_t C = p.C;
   T* gc = grad_color + q * C;
   for (int64_t c = 0; c < C; ++c) gc[c] = g[q * C + c];

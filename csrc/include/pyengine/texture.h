@@ -41,19 +41,10 @@ PE_HD double tex_mul(double a, double b) {
   return a * b;
 #endif
 }
-PE_HD bool tex_finite(float a) {
-#if defined(__CUDA_ARCH__)
-  return isfinite(a);
-#else
-  return std::isfinite(a);
-#endif
-}
-PE_HD bool tex_finite(double a) {
-#if defined(__CUDA_ARCH__)
-  return isfinite(a);
-#else
-  return std::isfinite(a);
-#endif
+// Finite (not NaN, not infinite): a - a is 0 exactly then, NaN otherwise (no fast-math anywhere).
+template <typename T>
+PE_HD bool tex_finite(T a) {
+  return a - a == T(0);
 }
 
 template <typename T>
@@ -120,8 +111,8 @@ PE_HD bool tex_lookup(const TexturePtrs<T>& p, int64_t q, int64_t off[4], bool o
   if (!(tex_finite(u) && tex_finite(v))) return false;
   const TexAxis<T> au = tex_axis<T, LINEAR, BOUNDARY>(u, p.Wt);
   const TexAxis<T> av = tex_axis<T, LINEAR, BOUNDARY>(v, p.Ht);
-  const int64_t b = q / (p.h * p.w);
-  const int64_t base = (p.Bt == p.B ? b : 0) * p.Ht * p.Wt;
+  // the image's own texture, or the shared one (no division then)
+  const int64_t base = p.Bt > 1 ? q / (p.h * p.w) * p.Ht * p.Wt : 0;
   off[0] = (base + av.i0 * p.Wt + au.i0) * p.C;  // a00
   off[1] = (base + av.i0 * p.Wt + au.i1) * p.C;  // a10
   off[2] = (base + av.i1 * p.Wt + au.i0) * p.C;  // a01
