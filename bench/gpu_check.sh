@@ -10,8 +10,8 @@
 #   bash bench/gpu_check.sh --dry-run   # on a CPU machine: every step with CPU stand-ins (tests
 #                                       # collected, not run; benchmarks tiny), to prove the script
 #   STEPS=gpu_tests,bench_render bash bench/gpu_check.sh   # some steps only (a short rerun); the
-#       steps: gpu_tests bench_hash bench_render bench_pvconv bench_rasterize bench_attention bench_sds
-#       bench_inverse tests sanitizer
+#       steps: gpu_tests tests sanitizer bench_rasterize bench_antialias bench_attention bench_hash
+#       bench_render bench_pvconv bench_sds bench_inverse
 #       (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ PY=${PYTHON:-python3}
 NCPU=$(nproc)
 export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 [ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
-STEPS=",${STEPS:-gpu_tests,bench_hash,bench_render,bench_pvconv,bench_rasterize,bench_attention,bench_sds,bench_inverse,tests,sanitizer},"
+STEPS=",${STEPS:-gpu_tests,tests,sanitizer,bench_rasterize,bench_antialias,bench_attention,bench_hash,bench_render,bench_pvconv,bench_sds,bench_inverse},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 status=0
 failed=()
@@ -39,6 +39,7 @@ run() {  # run NAME TIMEOUT CMD...: log to $L/NAME.log, remember a failure
   timeout "$t" "$@" >"$L/$name.log" 2>&1
   local rc=$?
   if [ $rc != 0 ]; then status=1; failed+=("$name(rc=$rc)"); fi
+  tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs 2>/dev/null  # in case the time limit cuts in
   return $rc
 }
 
@@ -83,43 +84,65 @@ echo "built in $(( $(date +%s) - start )) s"
 $PY -m pyengine doctor 2>&1 | tee "$L/doctor.txt"
 
 XDIST=()
-if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "$(( NCPU > 8 ? 8 : NCPU ))" --dist loadfile); fi
-if ! want gpu_tests; then :
-elif [ $DRY = 0 ]; then
-  step "GPU tests (${XDIST[*]:-one process})"
+if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "$(( NCPU > 12 ? 6 : (NCPU + 1) / 2 ))" --dist loadfile); fi
+if [ $DRY = 0 ]; then
+  # Nothing here is timed, so the GPU tests, the CPU half of the suite, the memcheck pass and the
+  # Triton smoke run share the machine (16 cores: 6 + 6 workers); the benchmarks then run alone.
+  step "tests: GPU tests (${XDIST[*]:-one process}), CPU half, memcheck, Triton smoke, side by side"
+  pids=()
   # -v: each result is logged as it comes, so a step cut by its time limit still names its failures
-  OMP_NUM_THREADS=2 run gpu_tests 200 $PY -m pytest -v -p no:cacheprovider -m gpu "${XDIST[@]}" tests
-  grep -E "\] (FAILED|ERROR) tests/" "$L/gpu_tests.log" | head -20
-  tail -1 "$L/gpu_tests.log"
+  want gpu_tests && { OMP_NUM_THREADS=2 run gpu_tests 180 $PY -m pytest -v -p no:cacheprovider -m gpu \
+    "${XDIST[@]}" tests & pids+=($!); }
+  want tests && { OMP_NUM_THREADS=1 run tests 180 $PY -m pytest -q -p no:cacheprovider -m "not gpu" \
+    "${XDIST[@]}" tests & pids+=($!); }
+  if want sanitizer; then
+    if command -v compute-sanitizer >/dev/null; then
+      run sanitizer 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda &
+      pids+=($!)
+    else
+      echo "compute-sanitizer not found"; failed+=("sanitizer(missing)")
+    fi
+    run triton_smoke 150 $PY bench/gpu_smoke.py triton & pids+=($!)
+  fi
+  for p in "${pids[@]}"; do wait "$p" || status=1; done
+  # run() sets failed[] in the subshells, which is lost: name the failures from the logs
+  for f in gpu_tests tests sanitizer triton_smoke; do
+    [ -f "$L/$f.log" ] || continue
+    echo "$f: $(tail -1 "$L/$f.log")"
+    grep -qE "(passed|ran clean|ERROR SUMMARY: 0 errors)" "$L/$f.log" || failed+=("$f")
+    grep -qE "[1-9][0-9]* (failed|errors?)" "$L/$f.log" && failed+=("$f(failures)")
+  done
+  grep -E "\] (FAILED|ERROR) tests/" "$L/gpu_tests.log" 2>/dev/null | head -20
+  grep -E "^(FAILED|ERROR) " "$L/tests.log" 2>/dev/null | head -20
+  grep -E "ERROR SUMMARY" "$L/sanitizer.log" 2>/dev/null
 else
   step "tests (dry run: collected only)"
-  run gpu_tests 120 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests
-  tail -1 "$L/gpu_tests.log"
-fi
-
-if [ $DRY = 0 ] && want sanitizer; then  # the CUDA kernels under memcheck before any timing
-  step "compute-sanitizer memcheck (bench/gpu_smoke.py cuda)"
-  if command -v compute-sanitizer >/dev/null; then
-    run sanitizer 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_smoke.py cuda
-    tail -3 "$L/sanitizer.log"
-  else
-    echo "compute-sanitizer not found"; failed+=("sanitizer(missing)")
+  want gpu_tests && run gpu_tests 120 $PY -m pytest -q -p no:cacheprovider -m gpu --collect-only tests
+  want gpu_tests && tail -1 "$L/gpu_tests.log"
+  want tests && run tests 120 $PY -m pytest -q -p no:cacheprovider -m "not gpu" --collect-only tests
+  want tests && tail -1 "$L/tests.log"
+  if want sanitizer; then
+    echo "dry run: compute-sanitizer not run; the smoke script on the CPU instead"
+    run sanitizer 120 $PY bench/gpu_smoke.py cpu
+    tail -1 "$L/sanitizer.log"
   fi
 fi
 
 step "benchmarks"
 if [ $DRY = 0 ]; then
   if [ -n "$NERFACC_PID" ]; then wait "$NERFACC_PID"; tail -2 "$L/nerfacc_build.log"; fi
+  want bench_rasterize && run bench_rasterize 60 $PY bench/bench_rasterize.py --device cuda \
+    --json "$L/bench_rasterize.json"
+  want bench_antialias && run bench_antialias 45 $PY bench/bench_antialias.py --device cuda \
+    --json "$L/bench_antialias.json"
+  want bench_attention && run bench_attention 150 $PY bench/bench_attention.py --device cuda \
+    --json "$L/bench_attention.json"
   want bench_hash && run bench_hash_fp32 75 $PY bench/bench_hash_encode.py --device cuda --sizes 18 20 \
     --providers reference cuda triton tcnn --json "$L/bench_hash_encode_fp32.json"
   want bench_hash && run bench_hash_fp16 45 $PY bench/bench_hash_encode.py --device cuda --sizes 20 --dtype float16 \
     --providers cuda triton tcnn --json "$L/bench_hash_encode_fp16.json"
   want bench_render && run bench_render 150 $PY bench/bench_render.py --device cuda --json "$L/bench_render.json"
   want bench_pvconv && run bench_pvconv 120 $PY bench/bench_pvconv.py --device cuda --json "$L/bench_pvconv.json"
-  want bench_rasterize && run bench_rasterize 60 $PY bench/bench_rasterize.py --device cuda \
-    --json "$L/bench_rasterize.json"
-  want bench_attention && run bench_attention 180 $PY bench/bench_attention.py --device cuda \
-    --json "$L/bench_attention.json"
   want bench_sds && run bench_sds 150 $PY bench/bench_sds.py --device cuda --render-size 0 128 --iters 30 \
     --json "$L/bench_sds.json"
   want bench_inverse && run bench_inverse 90 $PY bench/bench_inverse.py --device cuda --images 32 --steps-scale 0.1 \
@@ -135,36 +158,13 @@ else
     --json "$L/bench_render.json"
   want bench_rasterize && run bench_rasterize 120 $PY bench/bench_rasterize.py --device cpu --sizes 64 \
     --sanity-size 16 --segments 20 --batch 2 --reps 1 --json "$L/bench_rasterize.json"
+  want bench_antialias && run bench_antialias 120 $PY bench/bench_antialias.py --device cpu --size 1 64 64 \
+    --sphere 16 32 --tex-size 64 --reps 1 --json "$L/bench_antialias.json"
   want bench_attention && run bench_attention 300 $PY bench/bench_attention.py --device cpu --quick --reps 1 \
     --json "$L/bench_attention.json"
   want bench_sds && run bench_sds 120 $PY bench/bench_sds.py --device cpu --quick --json "$L/bench_sds.json"
   want bench_inverse && run bench_inverse 120 $PY bench/bench_inverse.py --device cpu --images 2 --steps-scale 0.01 \
     --methods ddrm dps --json "$L/bench_inverse.json"
-fi
-
-step "the rest of the suite, beside the Triton smoke run"
-TESTS_PID=""
-if [ $DRY = 0 ]; then
-  if want tests; then
-    OMP_NUM_THREADS=1 run tests 240 $PY -m pytest -q -p no:cacheprovider -m "not gpu" "${XDIST[@]}" tests &
-    TESTS_PID=$!
-  fi
-  if want sanitizer; then
-    run triton_smoke 150 $PY bench/gpu_smoke.py triton
-    tail -1 "$L/triton_smoke.log"
-  fi
-  if [ -n "$TESTS_PID" ]; then
-    wait $TESTS_PID || { status=1; failed+=("tests"); }
-    tail -3 "$L/tests.log"
-  fi
-else
-  want tests && run tests 120 $PY -m pytest -q -p no:cacheprovider -m "not gpu" --collect-only tests
-  want tests && tail -1 "$L/tests.log"
-  if want sanitizer; then
-    echo "dry run: compute-sanitizer not run; the smoke script on the CPU instead"
-    run sanitizer 120 $PY bench/gpu_smoke.py cpu
-    tail -1 "$L/sanitizer.log"
-  fi
 fi
 
 step "results"
@@ -187,8 +187,8 @@ tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 
 step "summary (status $status)"
 for f in gpu_tests tests; do [ -f "$L/$f.log" ] && echo "$f: $(tail -1 "$L/$f.log")"; done
-for f in bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv bench_rasterize bench_attention bench_sds \
-  bench_inverse; do
+for f in bench_rasterize bench_antialias bench_attention bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv \
+  bench_sds bench_inverse; do
   [ -f "$L/$f.log" ] || continue
   grep -E '^\||^skipped|^composite fwd takes|^copy bandwidth|^MISMATCH|^render\+backward' "$L/$f.log" || tail -5 "$L/$f.log"
 done

@@ -1,5 +1,5 @@
 """Small CUDA run of every kernel (hash_encode with every table type, composite, ray marching, scans,
-the point-voxel ops, rasterize / interpolate; st_attention on Triton), for compute-sanitizer.
+the point-voxel ops, rasterize / interpolate / antialias / texture; st_attention on Triton), for compute-sanitizer.
 
     compute-sanitizer --tool memcheck python bench/gpu_smoke.py [cuda|triton|cpu]
 
@@ -75,6 +75,37 @@ def raster(backend, dev):
         rasterize(pos, tri[:0], (5, 5), backend=backend)
         rasterize(pos, tri, (0, 5), backend=backend)
         interpolate(attr, rasterize(pos[:0], tri, (4, 4), backend=backend), tri, backend=backend)
+        antialias_texture(backend, dev, pos, tri, dtype)
+
+
+def antialias_texture(backend, dev, pos, tri, dtype):
+    """antialias (with and without precomputed topology, a gradient boost, an empty image) and
+    texture (both filters, every boundary mode, uv far outside [0, 1] and NaN, odd texture sizes,
+    an empty batch), forward and backward."""
+    from pyengine.ops.antialias import antialias, antialias_topology
+    from pyengine.ops.rasterize import rasterize
+    from pyengine.ops.texture import texture
+
+    g = torch.Generator(device=dev).manual_seed(1)
+    pos = pos.detach().clone()
+    pos[1, 5, 0] = 0.3  # antialias needs finite positions where triangles are drawn
+    pos.requires_grad_()
+    rast = rasterize(pos.detach(), tri, (41, 67), backend=backend)
+    color = torch.rand(3, 41, 67, 4, device=dev, generator=g, dtype=dtype, requires_grad=True)
+    topo = antialias_topology(tri)
+    for t, boost in ((None, 1.0), (topo, 3.0)):
+        out = antialias(color, rast, pos, tri, t, pos_gradient_boost=boost, backend=backend)
+        out.square().sum().backward()
+    antialias(color[:, :0], rast[:, :0], pos, tri, backend=backend)
+    tex = torch.rand(2, 13, 29, 3, device=dev, generator=g, dtype=dtype, requires_grad=True)
+    uv = torch.rand(2, 17, 23, 2, device=dev, generator=g, dtype=dtype) * 3 - 1
+    uv[0, 0, 0, 0] = float("nan")
+    uv.requires_grad_()
+    for filt in ("nearest", "linear"):
+        for bound in ("wrap", "clamp", "zero"):
+            texture(tex, uv, filt, bound, backend=backend).sum().backward()
+    texture(tex[:0], uv[:0], backend=backend)
+    sync(dev)
 
 
 def attention(backend, dev):
