@@ -84,14 +84,14 @@ echo "built in $(( $(date +%s) - start )) s"
 $PY -m pyengine doctor 2>&1 | tee "$L/doctor.txt"
 
 XDIST=()
-if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "$(( NCPU > 12 ? 6 : (NCPU + 1) / 2 ))" --dist loadfile); fi
+if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "${XDIST_N:-$(( NCPU > 12 ? 6 : (NCPU + 1) / 2 ))}" --dist loadfile); fi
 if [ $DRY = 0 ]; then
   # Nothing here is timed, so the GPU tests, the CPU half of the suite, the memcheck pass and the
   # Triton smoke run share the machine (16 cores: 6 + 6 workers); the benchmarks then run alone.
   step "tests: GPU tests (${XDIST[*]:-one process}), CPU half, memcheck, Triton smoke, side by side"
   pids=()
   # -v: each result is logged as it comes, so a step cut by its time limit still names its failures
-  want gpu_tests && { OMP_NUM_THREADS=2 run gpu_tests 180 $PY -m pytest -v -p no:cacheprovider -m gpu \
+  want gpu_tests && { OMP_NUM_THREADS=2 run gpu_tests "${GPU_TESTS_TIMEOUT:-180}" $PY -m pytest -v -p no:cacheprovider -m gpu \
     "${XDIST[@]}" tests & pids+=($!); }
   want tests && { OMP_NUM_THREADS=1 run tests 180 $PY -m pytest -q -p no:cacheprovider -m "not gpu" \
     "${XDIST[@]}" tests & pids+=($!); }

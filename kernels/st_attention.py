@@ -73,7 +73,8 @@ Block sizes (``_config``; chosen by reasoning about the GPU, none of it timed on
   dQ kernel 64 queries x 64 keys (32 keys for D > 64). The same rules serve temporal attention
   with ``T > 64``. All blocks shrink to the sequence length (at least 16). ``num_stages`` is
   left to Triton's default.
-* dbias: one program per tile and share; the number of shares targets ~512 programs in all and
+* dbias: 16 x 16 tiles and no pipelining for D > 128 (the shared memory of four 256-wide
+  tiles); one program per tile and share; the number of shares targets ~512 programs in all and
   at most 2^24 partial values, and never exceeds the number of sequences.
 
 No autograd here: ``pyengine/ops/st_attention.py`` wires these functions into the registered op.
@@ -511,6 +512,11 @@ def _config(kind: str, temporal: bool, L: int, block_d: int) -> tuple[int, int, 
     elif kind == "dkdv":
         bm, bn = (64, 64) if block_d <= 128 else (32, 32)
         warps = 4 if block_d <= 64 else 8
+    elif kind == "dbias" and block_d > 128:
+        # four [rows, BLOCK_D] tiles per head step; at 32 x 32 and fp32 Triton's pipelining of
+        # the head loop asked for 260 KiB of shared memory on an H200 (227 KiB there): 16 x 16,
+        # launched with num_stages = 1 (see the launch)
+        bm, bn, warps = 16, 16, 4
     else:  # dq, dbias
         bm, bn = (64, 64 if block_d <= 64 else 32)
         warps = 4 if block_d <= 64 else 8
@@ -706,7 +712,7 @@ def st_attention_bwd(g_out, g_lse, q, k, v, kv_frames, bias, pos, out, lse, head
                 q, k, v, kvf, bias_c, pos_c, g_out, lse, delta, part,
                 *common, *sizes, Hb, heads if Hb == 1 else 1, Lk, float(scale), n_qb, n_kb, n_parts,
                 TEMPORAL=bool(temporal), HAS_POS=has_pos, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=block_d,
-                UPCAST=upcast, num_warps=warps,
+                UPCAST=upcast, num_warps=warps, **({"num_stages": 1} if block_d > 128 else {}),
             )  # fmt: skip
             db = part[0] if n_parts == 1 else part.sum(0)
     return dq, dk, dv, db

@@ -180,7 +180,7 @@ class OpSuite:
         def test_custom_op_path_matches_eager(backend, device):
             """Eager calls run the kernels from an autograd.Function; torch.compile and the
             functorch transforms go through the registered custom ops: both give the same
-            outputs and gradients, bit for bit."""
+            outputs and gradients (bit for bit on the CPU)."""
             case = next((c for c in suite.cases if c.cpu and (c.triton or backend != "triton")), None)
             if case is None:
                 pytest.skip("no case small enough")
@@ -190,10 +190,13 @@ class OpSuite:
             with _define.custom_op_only():
                 custom = suite._run(backend, args, kwargs, case.seed + 1)
             what = f"{suite.op} backend={backend} case={case.name}: custom op path against eager"
+            # bit for bit on the CPU; on a GPU, backward kernels that sum with atomics round in
+            # whatever order the threads arrive, so two runs of either path differ in the last bits
+            atol, rtol = (0, 0) if device == "cpu" else suite.tol.get(dtype, (1e-5, 1e-4))
             for name, a, b in zip(_names(eager), _items(eager), _items(custom)):
                 assert (a is None) == (b is None), f"{what} {name}"
                 if a is not None:
-                    _close(a, b, 0, 0, f"{what} {name}")
+                    _close(a, b, atol, rtol, f"{what} {name}")
 
         tests["test_custom_op_path_matches_eager"] = test_custom_op_path_matches_eager
 

@@ -146,6 +146,8 @@ CASES = [
     _case("temporal-T19-D40", 1, 19, 2, 2, 2, 40, "temporal", dtypes=LOW, triton=False),
     _case("spatial-HW80-D72", 1, 2, 8, 10, 1, 72, "spatial", dtypes=LOW, triton=False),
     _case("temporal-T24-D160-bias", 1, 24, 1, 2, 1, 160, "temporal", bias=True, triton=False),
+    # D > 128 with a bias: the bias gradient's own block sizes (an H200 ran out of shared memory)
+    _case("spatial-HW6-D136-bias", 1, 2, 2, 3, 1, 136, "spatial", bias=True, dtypes=(torch.float32,)),
 ]
 
 
