@@ -84,16 +84,16 @@ echo "built in $(( $(date +%s) - start )) s"
 $PY -m pyengine doctor 2>&1 | tee "$L/doctor.txt"
 
 XDIST=()
-if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "${XDIST_N:-$(( NCPU > 12 ? 6 : (NCPU + 1) / 2 ))}" --dist loadfile); fi
+if $PY -c "import xdist" 2>/dev/null; then XDIST=(-n "${XDIST_N:-$(( NCPU > 12 ? 8 : (NCPU + 1) / 2 ))}" --dist loadfile); fi
 if [ $DRY = 0 ]; then
   # Nothing here is timed, so the GPU tests, the CPU half of the suite, the memcheck pass and the
-  # Triton smoke run share the machine (16 cores: 6 + 6 workers); the benchmarks then run alone.
+  # Triton smoke run share the machine (16 cores: 8 + 8 workers); the benchmarks then run alone.
   step "tests: GPU tests (${XDIST[*]:-one process}), CPU half, memcheck, Triton smoke, side by side"
   pids=()
   # -v: each result is logged as it comes, so a step cut by its time limit still names its failures
-  want gpu_tests && { OMP_NUM_THREADS=2 run gpu_tests "${GPU_TESTS_TIMEOUT:-180}" $PY -m pytest -v -p no:cacheprovider -m gpu \
+  want gpu_tests && { OMP_NUM_THREADS=2 run gpu_tests "${GPU_TESTS_TIMEOUT:-240}" $PY -m pytest -v -p no:cacheprovider -m gpu \
     "${XDIST[@]}" tests & pids+=($!); }
-  want tests && { OMP_NUM_THREADS=1 run tests 180 $PY -m pytest -q -p no:cacheprovider -m "not gpu" \
+  want tests && { OMP_NUM_THREADS=1 run tests 240 $PY -m pytest -v -p no:cacheprovider -m "not gpu" \
     "${XDIST[@]}" tests & pids+=($!); }
   if want sanitizer; then
     if command -v compute-sanitizer >/dev/null; then
@@ -113,7 +113,7 @@ if [ $DRY = 0 ]; then
     grep -qE "[1-9][0-9]* (failed|errors?)" "$L/$f.log" && failed+=("$f(failures)")
   done
   grep -E "\] (FAILED|ERROR) tests/" "$L/gpu_tests.log" 2>/dev/null | head -20
-  grep -E "^(FAILED|ERROR) " "$L/tests.log" 2>/dev/null | head -20
+  grep -E "(^(FAILED|ERROR) |\] (FAILED|ERROR) tests/)" "$L/tests.log" 2>/dev/null | head -20
   grep -E "ERROR SUMMARY" "$L/sanitizer.log" 2>/dev/null
 else
   step "tests (dry run: collected only)"
