@@ -6,7 +6,8 @@ The C++/OpenMP sources always build. CUDA sources are added when PYENGINE_CUDA a
   PYENGINE_CUDA=0               CPU only
 Other knobs: TORCH_CUDA_ARCH_LIST (e.g. "9.0"), MAX_JOBS (parallel compile jobs),
 PYENGINE_NO_EXT=1 (skip the extension entirely; ops then run on Triton / PyTorch),
-PYENGINE_BUILD_DIR (where object files are kept between builds; default build/ in the checkout).
+PYENGINE_BUILD_DIR (where object files are kept between builds; default build/ in the checkout),
+PYENGINE_DEBUG=1 (keep debug information in the C++ objects).
 
 Object files persist in build/temp.<platform>-<python>-torch<version>/, also for editable
 installs (whose own build folder is a fresh temporary one each time), so ninja recompiles only
@@ -37,7 +38,9 @@ def _read_flags(path):
 
 
 NVCC_FLAGS = _read_flags(os.path.join(ROOT, "csrc", "nvcc_flags.txt"))
-CXX_FLAGS = ["-O3", "-fopenmp"]  # the C++ standard is the one torch asks for
+# the C++ standard is the one torch asks for. -g0 overrides the -g of Python's own flags: debug
+# information for torch's headers doubled the host files' compile time (PYENGINE_DEBUG=1 keeps it)
+CXX_FLAGS = ["-O3", "-fopenmp"] + ([] if os.environ.get("PYENGINE_DEBUG") == "1" else ["-g0"])
 
 
 def _build_temp(torch_mod):

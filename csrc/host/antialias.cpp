@@ -28,9 +28,9 @@ struct Args {
     Bp = pos.size(0), V = pos.size(1);
     TORCH_CHECK_VALUE(Bp == B || Bp == 1, op, ": pos must be [1, V, 4] or [B, V, 4] with B = ", std::to_string(B),
                       ", got ", shape_str(pos.sizes()));
-    tri = in(tri_in, "tri", torch::kInt64, {-1, 3});
+    tri = in(tri_in, "tri", at::kLong, {-1, 3});
     T = tri.size(0);
-    topology = in(topology_in, "topology", torch::kInt64, {T, 3});
+    topology = in(topology_in, "topology", at::kLong, {T, 3});
   }
 
   template <typename S>
@@ -46,7 +46,7 @@ Tensor antialias_fwd(const Tensor& color, const Tensor& rast, const Tensor& pos,
                      const Tensor& topology, double pos_grad_eps) {
   const Args a("antialias_fwd", color, rast, pos, tri, topology);
   if (a.color.numel() == 0 || a.T == 0 || a.V == 0) return a.color.clone();
-  Tensor out = torch::empty_like(a.color);
+  Tensor out = at::empty_like(a.color);
   dispatch_float(a.color.scalar_type(), a.in.op, [&](auto z) {
     using S = decltype(z);
     const AntialiasPtrs<S> p = a.ptrs<S>(pos_grad_eps);
@@ -62,8 +62,8 @@ std::tuple<Tensor, Tensor> antialias_bwd(const Tensor& grad_out, const Tensor& c
   const Args a("antialias_bwd", color, rast, pos, tri, topology);
   const auto dt = a.color.scalar_type();
   const Tensor g = a.in(grad_out.to(dt), "grad_out", dt, {a.B, a.H, a.W, a.C});
-  Tensor gc = need_color ? torch::empty_like(a.color) : Tensor();
-  Tensor gp = need_pos ? torch::zeros_like(a.pos) : Tensor();
+  Tensor gc = need_color ? at::empty_like(a.color) : Tensor();
+  Tensor gp = need_pos ? at::zeros_like(a.pos) : Tensor();
   if (a.color.numel() == 0 || a.T == 0 || a.V == 0) {
     if (need_color) gc.copy_(g);
     return {gc, gp};

@@ -1,13 +1,13 @@
 // antialias host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // color [B, H, W, C], rast [B, H, W, 4], pos [Bp, V, 4] (Bp = 1 or B), all float32 or all float64;
 // tri, topology [T, 3] int64; pos_grad_eps, the position gradient's regulariser (only the backward

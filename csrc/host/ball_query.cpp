@@ -19,7 +19,7 @@ Tensor ball_query(const Tensor& centers_coords, const Tensor& points_coords, dou
   const int64_t N = points.size(2);
   TORCH_CHECK_VALUE(K >= 1, in.op, ": num_neighbors must be >= 1, got ", std::to_string(K));
   TORCH_CHECK_VALUE(N <= std::numeric_limits<int32_t>::max(), in.op, ": too many points for int32 indices");
-  Tensor out = torch::empty({B, M, K}, centers.options().dtype(torch::kInt32));
+  Tensor out = at::empty({B, M, K}, centers.options().dtype(at::kInt));
   if (B * M == 0) return out;
   dispatch_float(dt, in.op, [&](auto z) {
     using T = decltype(z);

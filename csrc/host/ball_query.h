@@ -1,11 +1,11 @@
 // ball_query host function, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // centers_coords [B, 3, M], points_coords [B, 3, N] (one dtype, float32 / float64), radius,
 // num_neighbors K >= 1 -> [B, M, K] int32 neighbour indices.

@@ -18,7 +18,7 @@
 //   5. csrc/ext.cpp: one m.def per host function.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <string>
 
@@ -32,7 +32,7 @@
 namespace pe {
 namespace host {
 
-using torch::Tensor;
+using at::Tensor;
 
 // True when the CUDA launchers should run for this tensor. Under PE_EMULATE_CUDA (tests only:
 // tests/cuda_emu builds the CUDA sources for the CPU, one thread at a time) every tensor takes
@@ -72,18 +72,18 @@ void run_on_device(const Tensor& t, const char* op, Cuda&& cuda, Cpu&& cpu) {
 
 // fn(T()) with T = float or double for a float32 / float64 dtype.
 template <typename Fn>
-void dispatch_float(torch::ScalarType s, const char* op, Fn&& fn) {
-  if (s == torch::kFloat64) return fn(double());
-  TORCH_CHECK_TYPE(s == torch::kFloat32, op, ": expected float32 or float64, got ", s);
+void dispatch_float(at::ScalarType s, const char* op, Fn&& fn) {
+  if (s == at::kDouble) return fn(double());
+  TORCH_CHECK_TYPE(s == at::kFloat, op, ": expected float32 or float64, got ", s);
   fn(float());
 }
 
 // fn(T(), P()) for a table stored in dtype s: P is the storage type and T the compute type,
 // T = P = float / double, or T = float with P = F16Storage / BF16Storage for float16 / bfloat16.
 template <typename Fn>
-void dispatch_storage(torch::ScalarType s, const char* op, Fn&& fn) {
-  if (s == torch::kFloat16) return fn(float(), F16Storage());
-  if (s == torch::kBFloat16) return fn(float(), BF16Storage());
+void dispatch_storage(at::ScalarType s, const char* op, Fn&& fn) {
+  if (s == at::kHalf) return fn(float(), F16Storage());
+  if (s == at::kBFloat16) return fn(float(), BF16Storage());
   dispatch_float(s, op, [&](auto t) { fn(t, t); });
 }
 
@@ -109,8 +109,8 @@ inline std::string shape_str(c10::IntArrayRef s) {
 // device of the first tensor; returns each contiguous.
 struct Inputs {
   const char* op;
-  torch::Device device;
-  Tensor operator()(const Tensor& t, const char* name, torch::ScalarType dtype,
+  at::Device device;
+  Tensor operator()(const Tensor& t, const char* name, at::ScalarType dtype,
                     c10::IntArrayRef sizes) const {
     TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must be ",
                      c10::getDtypeNames(dtype).first, ", got ",

@@ -22,7 +22,7 @@ struct Samples {
       : in{op, t_starts.device()},
         t0(in(t_starts, "t_starts", t_starts.scalar_type(), {-1})),
         v(in(values, "values", t0.scalar_type(), {t0.size(0), -1})),
-        pi(in(packed_info, "packed_info", torch::kInt64, {-1, 2})),
+        pi(in(packed_info, "packed_info", at::kLong, {-1, 2})),
         t1(in(t_ends, "t_ends", t0.scalar_type(), {t0.size(0)})),
         x(in(x_, "x", t0.scalar_type(), {t0.size(0)})),
         R(pi.size(0)), S(t0.size(0)), C(static_cast<int>(v.size(1))) {
@@ -38,9 +38,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> composite_fwd(
   const Samples s("composite_fwd", packed_info, t_starts, t_ends, x, values);
   const auto o = s.t0.options();
   // covered samples are overwritten; uncovered ones keep weight = alpha = 0, transmittance = 1
-  Tensor w = torch::zeros({s.S}, o), tr = torch::ones({s.S}, o), a = torch::zeros({s.S}, o);
-  Tensor acc = torch::empty({s.R, s.C}, o), op = torch::empty({s.R}, o),
-         dep = torch::empty({s.R}, o);
+  Tensor w = at::zeros({s.S}, o), tr = at::ones({s.S}, o), a = at::zeros({s.S}, o);
+  Tensor acc = at::empty({s.R, s.C}, o), op = at::empty({s.R}, o),
+         dep = at::empty({s.R}, o);
   dispatch_float(s.t0.scalar_type(), s.in.op, [&](auto z) {
     using T = decltype(z);
     const CompositeFwdPtrs<T> p{ptr<const int64_t>(s.pi), ptr<const T>(s.t0), ptr<const T>(s.t1),
@@ -67,8 +67,8 @@ std::tuple<Tensor, Tensor> composite_bwd(
                gacc = in(g_acc, "g_acc", {s.R, s.C}), gop = in(g_opacity, "g_opacity", {s.R}),
                gdep = in(g_depth, "g_depth", {s.R});
   need_values = need_values && s.C > 0;
-  Tensor gx = need_x ? torch::zeros({s.S}, s.t0.options()) : Tensor();
-  Tensor gv = need_values ? torch::zeros({s.S, s.C}, s.t0.options()) : Tensor();
+  Tensor gx = need_x ? at::zeros({s.S}, s.t0.options()) : Tensor();
+  Tensor gv = need_values ? at::zeros({s.S, s.C}, s.t0.options()) : Tensor();
   if (!need_x && !need_values) return {gx, gv};
   dispatch_float(dt, s.in.op, [&](auto z) {
     using T = decltype(z);

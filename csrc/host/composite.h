@@ -1,13 +1,13 @@
 // composite host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // packed_info [R, 2] int64, t_starts / t_ends / x [S], values [S, C] (C may be 0), all floating
 // tensors float32 or all float64. x is sigma (alpha_mode false) or alpha (alpha_mode true).

@@ -17,13 +17,13 @@ Tensor furthest_point_sample(const Tensor& coords_in, int64_t num_samples) {
   TORCH_CHECK_VALUE(M >= 0 && M <= N, in.op, ": num_samples must be in [0, N] = [0, ", std::to_string(N),
                     "], got ", std::to_string(M));
   TORCH_CHECK_VALUE(N <= std::numeric_limits<int32_t>::max(), in.op, ": too many points for int32 indices");
-  Tensor idx = torch::empty({B, M}, coords.options().dtype(torch::kInt32));
+  Tensor idx = at::empty({B, M}, coords.options().dtype(at::kInt));
   if (B * M == 0) return idx;
   dispatch_float(coords.scalar_type(), in.op, [&](auto z) {
     using T = decltype(z);
     run_on_device(coords, in.op, PE_CUDA([&] {
-                    Tensor dist = torch::full({B, N}, std::numeric_limits<T>::infinity(), coords.options());
-                    Tensor keys = torch::zeros({B, M}, coords.options().dtype(torch::kInt64));
+                    Tensor dist = at::full({B, N}, std::numeric_limits<T>::infinity(), coords.options());
+                    Tensor keys = at::zeros({B, M}, coords.options().dtype(at::kLong));
                     idx.fill_(std::numeric_limits<int32_t>::max());
                     return cuda::furthest_point_sample<T>(B, N, M, ptr<const T>(coords), ptr<T>(dist),
                                                           ptr<unsigned long long>(keys), ptr<int32_t>(idx), stream);

@@ -1,11 +1,11 @@
 // furthest_point_sample host function, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // coords [B, 3, N] float32 / float64, 0 <= num_samples <= N -> idx [B, num_samples] int32
 // (sample 0 is point 0).

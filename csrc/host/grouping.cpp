@@ -15,9 +15,9 @@ Tensor gather_fwd(const Tensor& features_in, const Tensor& indices_in, bool dete
   const Inputs in{"gather_fwd", features_in.device()};
   const Tensor f = in(features_in, "features", features_in.scalar_type(), {-1, -1, -1});
   const int64_t B = f.size(0), C = f.size(1), N = f.size(2);
-  const Tensor idx = in(indices_in, "indices", torch::kInt32, {B, -1});
+  const Tensor idx = in(indices_in, "indices", at::kInt, {B, -1});
   const int64_t L = idx.size(1);
-  Tensor out = torch::empty({B, C, L}, f.options());
+  Tensor out = at::empty({B, C, L}, f.options());
   if (B * C * L == 0) return out;
   dispatch_float(f.scalar_type(), in.op, [&](auto z) {
     using T = decltype(z);
@@ -36,10 +36,10 @@ Tensor gather_bwd(const Tensor& g_out, const Tensor& features, const Tensor& ind
   const auto dt = features.scalar_type();
   TORCH_CHECK_VALUE(features.dim() == 3, in.op, ": features must be [B, C, N], got ", shape_str(features.sizes()));
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2);
-  const Tensor idx = in(indices_in, "indices", torch::kInt32, {B, -1});
+  const Tensor idx = in(indices_in, "indices", at::kInt, {B, -1});
   const int64_t L = idx.size(1);
   const Tensor go = in(g_out.to(dt), "g_out", dt, {B, C, L});
-  Tensor gf = torch::zeros({B, C, N}, features.options());
+  Tensor gf = at::zeros({B, C, N}, features.options());
   if (B * C * N * L == 0) return gf;
   dispatch_float(dt, in.op, [&](auto z) {
     using T = decltype(z);

@@ -1,11 +1,11 @@
 // gather and grouping host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // features [B, C, N] float32 / float64, indices [B, L] int32 -> [B, C, L].
 Tensor gather_fwd(const Tensor& features, const Tensor& indices, bool deterministic);

@@ -39,9 +39,9 @@ struct Hash {
     }
     lv.n_levels = static_cast<int>(L);
     lv.hashed_mask = static_cast<uint32_t>(mask);
-    const auto T = x_in.scalar_type() == torch::kFloat64 || params.scalar_type() == torch::kFloat64
-                       ? torch::kFloat64 : torch::kFloat32;
-    const Tensor tab = T == torch::kFloat64 || !on_device(x_in) ? params.to(T) : params;
+    const auto T = x_in.scalar_type() == at::kDouble || params.scalar_type() == at::kDouble
+                       ? at::kDouble : at::kFloat;
+    const Tensor tab = T == at::kDouble || !on_device(x_in) ? params.to(T) : params;
     x = in(x_in.to(T), "x", T, {-1, -1});
     table = in(tab, "params", tab.scalar_type(), {offsets[L] * F});
   }
@@ -64,7 +64,7 @@ Tensor hash_encode_fwd(const Tensor& x, const Tensor& params, std::vector<int64_
                        std::vector<double> scales, std::vector<int64_t> resolutions,
                        int64_t hashed_mask, int64_t F, int64_t interp) {
   const Hash h("hash_encode_fwd", x, params, offsets, scales, resolutions, hashed_mask, F, interp);
-  Tensor out = torch::empty({h.x.size(0), h.lv.n_levels * F}, h.table.options());
+  Tensor out = at::empty({h.x.size(0), h.lv.n_levels * F}, h.table.options());
   dispatch_storage(h.table.scalar_type(), h.in.op, [&](auto t, auto p) {
     const auto a = h.args(t, p, {}, {}, out, {}, {});
     run_on_device(h.x, h.in.op, PE_CUDA(cuda::hash_encode_fwd(h.lv, a, stream)), [&] {
@@ -80,8 +80,8 @@ std::tuple<Tensor, Tensor> hash_encode_bwd(
     int64_t interp, bool need_params, bool need_x) {
   const Hash h("hash_encode_bwd", x, params, offsets, scales, resolutions, hashed_mask, F, interp);
   const Tensor go = h.grad_out(grad_out);
-  Tensor gp = need_params ? torch::zeros({params.numel()}, h.x.options()) : Tensor();
-  Tensor gx = need_x ? torch::zeros_like(h.x) : Tensor();
+  Tensor gp = need_params ? at::zeros({params.numel()}, h.x.options()) : Tensor();
+  Tensor gx = need_x ? at::zeros_like(h.x) : Tensor();
   dispatch_storage(h.table.scalar_type(), h.in.op, [&](auto t, auto p) {
     const auto a = h.args(t, p, go, {}, {}, gx, gp);
     run_on_device(h.x, h.in.op, PE_CUDA(cuda::hash_encode_bwd(h.lv, a, stream)), [&] {
@@ -101,9 +101,9 @@ std::tuple<Tensor, Tensor, Tensor> hash_encode_bwd_bwd(
                interp);
   const Tensor go = h.grad_out(grad_out);
   const Tensor gg = h.in(gg_x.to(h.x.scalar_type()), "gg_x", h.x.scalar_type(), h.x.sizes());
-  Tensor gp = need_params ? torch::zeros({params.numel()}, h.x.options()) : Tensor();
-  Tensor dgo = need_grad_out ? torch::zeros_like(go) : Tensor();
-  Tensor gx = need_x ? torch::zeros_like(h.x) : Tensor();
+  Tensor gp = need_params ? at::zeros({params.numel()}, h.x.options()) : Tensor();
+  Tensor dgo = need_grad_out ? at::zeros_like(go) : Tensor();
+  Tensor gx = need_x ? at::zeros_like(h.x) : Tensor();
   dispatch_storage(h.table.scalar_type(), h.in.op, [&](auto t, auto p) {
     const auto a = h.args(t, p, go, gg, dgo, gx, gp);
     run_on_device(h.x, h.in.op, PE_CUDA(cuda::hash_encode_bwd_bwd(h.lv, a, stream)), [&] {

@@ -1,14 +1,14 @@
 // hash_encode host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 #include <vector>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // x [N, D], params [n_entries * F] and the grid layout -> [N, L * F] in params' dtype.
 Tensor hash_encode_fwd(const Tensor& x, const Tensor& params, std::vector<int64_t> offsets,

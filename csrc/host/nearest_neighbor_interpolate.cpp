@@ -23,9 +23,9 @@ std::tuple<Tensor, Tensor, Tensor> nearest_neighbor_interpolate_fwd(const Tensor
   const Tensor c = in(centers_coords, "centers_coords", dt, {B, 3, M});
   const int64_t N = p.size(2);
   TORCH_CHECK_VALUE(M <= std::numeric_limits<int32_t>::max(), in.op, ": too many centres for int32 indices");
-  Tensor out = torch::zeros({B, C, N}, f.options());
-  Tensor idx = torch::zeros({B, 3, N}, f.options().dtype(torch::kInt32));
-  Tensor w = torch::zeros({B, 3, N}, f.options());
+  Tensor out = at::zeros({B, C, N}, f.options());
+  Tensor idx = at::zeros({B, 3, N}, f.options().dtype(at::kInt));
+  Tensor w = at::zeros({B, 3, N}, f.options());
   if (B * N == 0 || M == 0) return {out, idx, w};
   dispatch_float(dt, in.op, [&](auto z) {
     using T = decltype(z);
@@ -54,9 +54,9 @@ Tensor nearest_neighbor_interpolate_bwd(const Tensor& g_out, const Tensor& g_ind
   const int64_t B = centers_features.size(0), C = centers_features.size(1), M = centers_features.size(2),
                 N = points_coords.size(2);
   const Tensor go = in(g_out.to(dt), "g_out", dt, {B, C, N});
-  const Tensor idx = in(indices, "indices", torch::kInt32, {B, 3, N});
+  const Tensor idx = in(indices, "indices", at::kInt, {B, 3, N});
   const Tensor w = in(weights.to(dt), "weights", dt, {B, 3, N});
-  Tensor gf = torch::zeros({B, C, M}, centers_features.options());
+  Tensor gf = at::zeros({B, C, M}, centers_features.options());
   if (B * C * M * N == 0) return gf;
   dispatch_float(dt, in.op, [&](auto z) {
     using T = decltype(z);

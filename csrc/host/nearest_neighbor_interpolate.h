@@ -1,13 +1,13 @@
 // nearest_neighbor_interpolate host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // points_coords [B, 3, N], centers_coords [B, 3, M], centers_features [B, C, M], one dtype
 // (float32 / float64) -> (out [B, C, N], indices [B, 3, N] int32, weights [B, 3, N]).

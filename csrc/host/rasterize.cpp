@@ -27,7 +27,7 @@ struct Mesh {
   Mesh(const char* op, const Tensor& pos_, const Tensor& tri_)
       : in{op, pos_.device()},
         pos(in(pos_, "pos", pos_.scalar_type(), {-1, -1, 4})),
-        tri(in(tri_, "tri", torch::kInt64, {-1, 3})),
+        tri(in(tri_, "tri", at::kLong, {-1, 3})),
         B(pos.size(0)), V(pos.size(1)), T(tri.size(0)) {
     TORCH_CHECK_VALUE(B * T < (int64_t(1) << 31), op, ": at most 2^31 - 1 (image, triangle) pairs, got ",
                       std::to_string(B * T));
@@ -39,14 +39,14 @@ struct Mesh {
 Tensor rasterize_fwd(const Tensor& pos, const Tensor& tri, int64_t height, int64_t width) {
   const Mesh m("rasterize_fwd", pos, tri);
   const int32_t H = check_size(m.in.op, "height", height), W = check_size(m.in.op, "width", width);
-  Tensor rast = torch::empty({m.B, H, W, 4}, m.pos.options());
+  Tensor rast = at::empty({m.B, H, W, 4}, m.pos.options());
   dispatch_float(m.pos.scalar_type(), m.in.op, [&](auto z) {
     using T = decltype(z);
     run_on_device(m.pos, m.in.op, PE_CUDA([&] {
-                    const auto i64 = m.pos.options().dtype(torch::kInt64);
-                    Tensor keys = torch::full({m.B * H * W}, -1, i64);  // kRastEmpty: all bits set
-                    Tensor large = torch::empty({m.B * m.T}, i64);
-                    Tensor n_large = torch::zeros({1}, m.pos.options().dtype(torch::kInt32));
+                    const auto i64 = m.pos.options().dtype(at::kLong);
+                    Tensor keys = at::full({m.B * H * W}, -1, i64);  // kRastEmpty: all bits set
+                    Tensor large = at::empty({m.B * m.T}, i64);
+                    Tensor n_large = at::zeros({1}, m.pos.options().dtype(at::kInt));
                     return cuda::rasterize_fwd<T>(m.B, m.V, m.T, H, W, ptr<const T>(m.pos),
                                                   ptr<const int64_t>(m.tri), ptr<T>(rast),
                                                   reinterpret_cast<uint64_t*>(ptr<int64_t>(keys)),
@@ -68,7 +68,7 @@ Tensor rasterize_bwd(const Tensor& g_rast, const Tensor& pos, const Tensor& tri,
   const auto dt = m.pos.scalar_type();
   const Tensor rast = m.in(rast_.to(dt), "rast", dt, {m.B, H, W, 4});
   const Tensor g = m.in(g_rast.to(dt), "g_rast", dt, {m.B, H, W, 4});
-  Tensor grad_pos = torch::zeros_like(m.pos);
+  Tensor grad_pos = at::zeros_like(m.pos);
   dispatch_float(dt, m.in.op, [&](auto z) {
     using T = decltype(z);
     run_on_device(m.pos, m.in.op,
@@ -94,7 +94,7 @@ struct Interp {
       : in{op, attr_.device()},
         attr(in(attr_, "attr", attr_.scalar_type(), {-1, -1, -1})),
         rast(in(rast_, "rast", attr.scalar_type(), {-1, -1, -1, 4})),
-        tri(in(tri_, "tri", torch::kInt64, {-1, 3})),
+        tri(in(tri_, "tri", at::kLong, {-1, 3})),
         Ba(attr.size(0)), V(attr.size(1)), C(attr.size(2)), B(rast.size(0)), H(rast.size(1)), W(rast.size(2)),
         T(tri.size(0)) {
     TORCH_CHECK_VALUE(Ba == 1 || Ba == B, op, ": attr has ", std::to_string(Ba), " batches, rast ",
@@ -106,7 +106,7 @@ struct Interp {
 
 Tensor interpolate_fwd(const Tensor& attr, const Tensor& rast, const Tensor& tri) {
   const Interp s("interpolate_fwd", attr, rast, tri);
-  Tensor out = torch::empty({s.B, s.H, s.W, s.C}, s.attr.options());
+  Tensor out = at::empty({s.B, s.H, s.W, s.C}, s.attr.options());
   dispatch_float(s.attr.scalar_type(), s.in.op, [&](auto z) {
     using T = decltype(z);
     run_on_device(s.attr, s.in.op,
@@ -127,8 +127,8 @@ std::tuple<Tensor, Tensor> interpolate_bwd(const Tensor& g_out, const Tensor& at
   const Interp s("interpolate_bwd", attr, rast, tri);
   const auto dt = s.attr.scalar_type();
   const Tensor g = s.in(g_out.to(dt), "g_out", dt, {s.B, s.H, s.W, s.C});
-  Tensor ga = need_attr ? torch::zeros_like(s.attr) : Tensor();
-  Tensor gr = need_rast ? torch::empty_like(s.rast) : Tensor();
+  Tensor ga = need_attr ? at::zeros_like(s.attr) : Tensor();
+  Tensor gr = need_rast ? at::empty_like(s.rast) : Tensor();
   dispatch_float(dt, s.in.op, [&](auto z) {
     using T = decltype(z);
     run_on_device(s.attr, s.in.op,

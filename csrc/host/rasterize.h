@@ -1,13 +1,13 @@
 // rasterize and interpolate host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // pos [B, V, 4] float32 / float64 clip-space positions, tri [T, 3] int64, an H x W image
 // -> rast [B, H, W, 4] (u, v, z/w, triangle id + 1), zeros where nothing covers.

@@ -21,8 +21,8 @@ std::tuple<Tensor, Tensor, Tensor> ray_aabb_intersect(const Tensor& rays_o, cons
   const Tensor d = in(rays_d, "rays_d", dt, {o.size(0), 3});
   const Tensor boxes = in(aabbs, "aabbs", dt, {-1, 6});
   const int64_t N = o.size(0), M = boxes.size(0);
-  Tensor t_mins = torch::empty({N, M}, o.options()), t_maxs = torch::empty({N, M}, o.options());
-  Tensor hits = torch::empty({N, M}, o.options().dtype(torch::kBool));
+  Tensor t_mins = at::empty({N, M}, o.options()), t_maxs = at::empty({N, M}, o.options());
+  Tensor hits = at::empty({N, M}, o.options().dtype(at::kBool));
   dispatch_float(dt, op, [&](auto z) {
     using T = decltype(z);  // the planes and miss_value are rounded to T once, as the reference
     const T lo = static_cast<T>(near_plane), hi = static_cast<T>(far_plane);
@@ -44,12 +44,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
     const std::optional<Tensor>& jitter, int64_t max_steps) {
   const char* op = "ray_march";
   const Inputs in{op, rays_o.device()};
-  const auto f32 = torch::kFloat32;
+  const auto f32 = at::kFloat;
   const Tensor o = in(rays_o, "rays_o", f32, {-1, 3});
   const int64_t R = o.size(0);
   const Tensor d = in(rays_d, "rays_d", f32, {R, 3}), t0 = in(t_min, "t_min", f32, {R}),
                t1 = in(t_max, "t_max", f32, {R}), roi = in(roi_aabb, "roi_aabb", f32, {6}),
-               bins = in(binaries, "binaries", torch::kBool, {-1, -1, -1, -1});
+               bins = in(binaries, "binaries", at::kBool, {-1, -1, -1, -1});
   const bool jittered = jitter.has_value() && jitter->defined();
   const Tensor jit = jittered ? in(*jitter, "jitter", f32, {R}) : Tensor();
   for (int a = 0; a < 4; ++a)
@@ -65,14 +65,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
   const MarchRays rays{ptr<const float>(o), ptr<const float>(d), ptr<const float>(t0),
                        ptr<const float>(t1), ptr<const float>(jit)};
 
-  Tensor counts = torch::empty({R}, o.options().dtype(torch::kInt64));
+  Tensor counts = at::empty({R}, o.options().dtype(at::kLong));
   int64_t* n = ptr<int64_t>(counts);
   run_on_device(o, op, PE_CUDA(cuda::ray_march_count(R, g, rays, n, stream)),
                 [&] { cpu::ray_march_count(R, g, rays, n); });
   const Tensor ends = counts.cumsum(0), starts = ends - counts;
   const int64_t S = R > 0 ? ends[R - 1].item<int64_t>() : 0;  // the one device sync
-  Tensor ray_indices = torch::empty({S}, counts.options());
-  Tensor t_starts = torch::empty({S}, o.options()), t_ends = torch::empty({S}, o.options());
+  Tensor ray_indices = at::empty({S}, counts.options());
+  Tensor t_starts = at::empty({S}, o.options()), t_ends = at::empty({S}, o.options());
   if (S > 0) {
     const int64_t* s0 = ptr<const int64_t>(starts);
     int64_t* idx = ptr<int64_t>(ray_indices);
@@ -80,7 +80,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
     run_on_device(o, op, PE_CUDA(cuda::ray_march_fill(R, g, rays, s0, n, idx, ts, te, stream)),
                   [&] { cpu::ray_march_fill(R, g, rays, s0, n, idx, ts, te); });
   }
-  return {torch::stack({starts, counts}, 1), ray_indices, t_starts, t_ends};
+  return {at::stack({starts, counts}, 1), ray_indices, t_starts, t_ends};
 }
 
 }  // namespace host

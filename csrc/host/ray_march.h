@@ -1,14 +1,14 @@
 // ray_aabb_intersect and ray_march host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <optional>
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // rays_o, rays_d [N, 3], aabbs [M, 6] (float32 or float64, one dtype)
 //   -> (t_mins [N, M], t_maxs [N, M], hits [N, M] bool)

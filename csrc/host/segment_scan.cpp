@@ -11,9 +11,9 @@ namespace host {
 Tensor segment_scan_fwd(const Tensor& x_in, const Tensor& packed_info, bool prod, bool exclusive) {
   const Inputs in{"segment_scan_fwd", x_in.device()};
   const Tensor x = in(x_in, "x", x_in.scalar_type(), {-1});
-  const Tensor pi = in(packed_info, "packed_info", torch::kInt64, {-1, 2});
+  const Tensor pi = in(packed_info, "packed_info", at::kLong, {-1, 2});
   const int64_t R = pi.size(0), S = x.size(0);
-  Tensor y = prod ? torch::ones_like(x) : torch::zeros_like(x);
+  Tensor y = prod ? at::ones_like(x) : at::zeros_like(x);
   if (R == 0 || S == 0) return y;
   dispatch_float(x.scalar_type(), in.op, [&](auto z) {
     using T = decltype(z);
@@ -31,9 +31,9 @@ Tensor segment_scan_bwd(const Tensor& grad, const Tensor& x_in, const Tensor& pa
   const Inputs in{"segment_scan_bwd", x_in.device()};
   const Tensor x = in(x_in, "x", x_in.scalar_type(), {-1});
   const Tensor g = in(grad.to(x.scalar_type()), "grad", x.scalar_type(), {x.size(0)});
-  const Tensor pi = in(packed_info, "packed_info", torch::kInt64, {-1, 2});
+  const Tensor pi = in(packed_info, "packed_info", at::kLong, {-1, 2});
   const int64_t R = pi.size(0), S = x.size(0);
-  Tensor dx = torch::zeros_like(x);
+  Tensor dx = at::zeros_like(x);
   if (R == 0 || S == 0) return dx;
   dispatch_float(x.scalar_type(), in.op, [&](auto z) {
     using T = decltype(z);

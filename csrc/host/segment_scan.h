@@ -1,11 +1,11 @@
 // segment_scan host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // x [S] float32 / float64, packed_info [R, 2] int64 -> y [S] (identity where no segment covers).
 Tensor segment_scan_fwd(const Tensor& x, const Tensor& packed_info, bool prod, bool exclusive);

@@ -4,7 +4,7 @@
 // target's segment starts. A thread per target then adds its segment in order.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <utility>
 
@@ -12,10 +12,10 @@ namespace pe {
 namespace host {
 
 // keys [B, L] int32 in [0, n) -> (order [B, L] int64, start [B, n + 1] int64).
-inline std::pair<torch::Tensor, torch::Tensor> key_segments(const torch::Tensor& keys, int64_t n) {
+inline std::pair<at::Tensor, at::Tensor> key_segments(const at::Tensor& keys, int64_t n) {
   const auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false);
-  const torch::Tensor targets = torch::arange(n + 1, keys.options()).expand({keys.size(0), n + 1}).contiguous();
-  return {order.contiguous(), torch::searchsorted(sorted.contiguous(), targets).contiguous()};
+  const at::Tensor targets = at::arange(n + 1, keys.options()).expand({keys.size(0), n + 1}).contiguous();
+  return {order.contiguous(), at::searchsorted(sorted.contiguous(), targets).contiguous()};
 }
 
 }  // namespace host

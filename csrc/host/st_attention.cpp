@@ -20,7 +20,7 @@ namespace {
 struct Call {
   const char* op;
   StDims d{};
-  torch::ScalarType acc;
+  at::ScalarType acc;
   Tensor kv, bias, pos;
 
   Call(const char* op_, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& kv_frames,
@@ -28,8 +28,8 @@ struct Call {
       : op(op_) {
     TORCH_CHECK(!q.is_cuda(), op, ": st_attention has no CUDA kernel; use backend='triton' or 'reference'");
     const auto dt = q.scalar_type();
-    TORCH_CHECK_TYPE(dt == torch::kFloat16 || dt == torch::kBFloat16 || dt == torch::kFloat32 ||
-                         dt == torch::kFloat64,
+    TORCH_CHECK_TYPE(dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat ||
+                         dt == at::kDouble,
                      op, ": q must be float16, bfloat16, float32 or float64, got ", c10::getDtypeNames(dt).first);
     TORCH_CHECK_VALUE(q.dim() == 5, op, ": q must be [B, T, H, W, C], got ", shape_str(q.sizes()));
     for (const auto& [t, name] : {std::pair{&k, "k"}, std::pair{&v, "v"}}) {
@@ -43,7 +43,7 @@ struct Call {
     TORCH_CHECK_VALUE(heads >= 1 && C % heads == 0 && C / heads <= kStMaxHeadDim, op,
                       ": heads must divide C with C / heads <= ", std::to_string(kStMaxHeadDim), ", got heads ",
                       std::to_string(heads), " and C ", std::to_string(C));
-    acc = dt == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    acc = dt == at::kDouble ? at::kDouble : at::kFloat;
     d.B = q.size(0);
     d.T = q.size(1);
     d.H = q.size(2);
@@ -54,11 +54,11 @@ struct Call {
     d.n_src = 1;
     const Inputs in{op, q.device()};
     if (!temporal) {
-      kv = in(kv_frames, "kv_frames", torch::kInt32, {d.T, -1});
+      kv = in(kv_frames, "kv_frames", at::kInt, {d.T, -1});
       TORCH_CHECK_VALUE(kv.size(1) >= 1 && kv.size(1) <= INT32_MAX, op, ": kv_frames needs at least one column");
       d.n_src = static_cast<int>(kv.size(1));
       if (kv.numel()) {
-        const auto [lo, hi] = torch::aminmax(kv);
+        const auto [lo, hi] = at::aminmax(kv);
         TORCH_CHECK_VALUE(lo.item<int32_t>() >= 0 && hi.item<int32_t>() < d.T, op,
                           ": kv_frames must hold frame indices in [0, T)");
       }
@@ -105,8 +105,8 @@ std::tuple<Tensor, Tensor> st_attention_fwd(const Tensor& q, const Tensor& k, co
                                             int64_t heads, bool temporal, double scale) {
   const Call c("st_attention_fwd", q, k, v, kv_frames, bias, pos, heads, temporal);
   const StDims& d = c.d;
-  Tensor out = torch::empty({d.B, d.T, d.H, d.W, q.size(4)}, q.options());
-  Tensor lse = torch::empty({d.B, d.T, d.H, d.W, heads}, q.options().dtype(c.acc));
+  Tensor out = at::empty({d.B, d.T, d.H, d.W, q.size(4)}, q.options());
+  Tensor lse = at::empty({d.B, d.T, d.H, d.W, heads}, q.options().dtype(c.acc));
   dispatch_storage(q.scalar_type(), c.op, [&](auto za, auto zs) {
     using A = decltype(za);
     using S = decltype(zs);
@@ -137,10 +137,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> st_attention_bwd(
   const Tensor go = same(g_out, "g_out"), o = same(out, "out");
   const Tensor gl = in(g_lse.to(c.acc), "g_lse", c.acc, lse_shape), ls = in(lse.to(c.acc), "lse", c.acc, lse_shape);
   // like q, k, v (their strides when dense, as the op's fake backward allocates them)
-  const auto grad = [&](bool need, const Tensor& like) { return need ? torch::empty_like(like) : Tensor(); };
+  const auto grad = [&](bool need, const Tensor& like) { return need ? at::empty_like(like) : Tensor(); };
   Tensor dq = grad(need_q, q), dk = grad(need_k, k), dv = grad(need_v, v);
   const auto strides_or_none = [](const Tensor& t) { return t.defined() ? strides_of(t) : StStrides{}; };
-  Tensor dbias = need_bias && c.bias.defined() ? torch::zeros_like(c.bias) : Tensor();
+  Tensor dbias = need_bias && c.bias.defined() ? at::zeros_like(c.bias) : Tensor();
   if (!dq.defined() && !dk.defined() && !dv.defined() && !dbias.defined()) return {dq, dk, dv, dbias};
   dispatch_storage(q.scalar_type(), c.op, [&](auto za, auto zs) {
     using A = decltype(za);

@@ -1,13 +1,13 @@
 // st_attention host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // q, k, v [B, T, H, W, C] (any strides; one dtype: float16, bfloat16, float32 or float64),
 // kv_frames int32 [T, n_src] (spatial mode; ignored in temporal mode), bias [Hb, Lq, Lk] and pos

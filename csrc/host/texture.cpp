@@ -44,8 +44,8 @@ struct Args {
 
 Tensor texture_fwd(const Tensor& tex, const Tensor& uv, int64_t filter_mode, int64_t boundary_mode) {
   const Args a("texture_fwd", tex, uv, filter_mode, boundary_mode);
-  if (a.empty()) return torch::zeros({a.B, a.h, a.w, a.C}, a.tex.options());
-  Tensor out = torch::empty({a.B, a.h, a.w, a.C}, a.tex.options());
+  if (a.empty()) return at::zeros({a.B, a.h, a.w, a.C}, a.tex.options());
+  Tensor out = at::empty({a.B, a.h, a.w, a.C}, a.tex.options());
   dispatch_float(a.tex.scalar_type(), a.in.op, [&](auto z) {
     using S = decltype(z);
     const TexturePtrs<S> p = a.ptrs<S>();
@@ -60,8 +60,8 @@ std::tuple<Tensor, Tensor> texture_bwd(const Tensor& grad_out, const Tensor& tex
   const Args a("texture_bwd", tex, uv, filter_mode, boundary_mode);
   const auto dt = a.tex.scalar_type();
   const Tensor g = a.in(grad_out.to(dt), "grad_out", dt, {a.B, a.h, a.w, a.C});
-  Tensor gt = need_tex ? torch::zeros_like(a.tex) : Tensor();
-  Tensor gu = need_uv ? torch::zeros_like(a.uv) : Tensor();
+  Tensor gt = need_tex ? at::zeros_like(a.tex) : Tensor();
+  Tensor gu = need_uv ? at::zeros_like(a.uv) : Tensor();
   if (a.empty() || (!need_tex && !need_uv)) return {gt, gu};
   dispatch_float(dt, a.in.op, [&](auto z) {
     using S = decltype(z);

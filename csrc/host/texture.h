@@ -1,13 +1,13 @@
 // texture host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // tex [Bt, Ht, Wt, C] (Bt = 1 or B), uv [B, h, w, 2] of tex's dtype (float32 / float64);
 // filter_mode 0 nearest / 1 linear, boundary_mode 0 wrap / 1 clamp / 2 zero -> [B, h, w, C].

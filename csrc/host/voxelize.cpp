@@ -24,8 +24,8 @@ int check_resolution(const char* op, int64_t resolution) {
 // order of each batch's keys and where voxel v's keys begin in it.
 [[maybe_unused]] std::pair<Tensor, Tensor> sorted_segments(const Tensor& keys, int64_t V) {
   const auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false);
-  const Tensor voxels = torch::arange(V + 1, keys.options()).expand({keys.size(0), V + 1}).contiguous();
-  return {order.contiguous(), torch::searchsorted(sorted, voxels).contiguous()};
+  const Tensor voxels = at::arange(V + 1, keys.options()).expand({keys.size(0), V + 1}).contiguous();
+  return {order.contiguous(), at::searchsorted(sorted, voxels).contiguous()};
 }
 
 }  // namespace
@@ -36,9 +36,9 @@ std::tuple<Tensor, Tensor, Tensor> avg_voxelize_fwd(const Tensor& features, cons
   const int R = check_resolution(in.op, resolution);
   const Tensor f = in(features, "features", features.scalar_type(), {-1, -1, -1});
   const int64_t B = f.size(0), C = f.size(1), N = f.size(2), V = int64_t(R) * R * R;
-  const Tensor c = in(coords, "coords", torch::kInt32, {B, 3, N});
-  Tensor grid = torch::zeros({B, C, R, R, R}, f.options());
-  Tensor idx = torch::empty({B, N}, c.options()), counts = torch::zeros({B, V}, c.options());
+  const Tensor c = in(coords, "coords", at::kInt, {B, 3, N});
+  Tensor grid = at::zeros({B, C, R, R, R}, f.options());
+  Tensor idx = at::empty({B, N}, c.options()), counts = at::zeros({B, V}, c.options());
   if (B * N == 0) return {grid, idx, counts};
   dispatch_float(f.scalar_type(), in.op, [&](auto z) {
     using T = decltype(z);
@@ -71,9 +71,9 @@ Tensor avg_voxelize_bwd(const Tensor& g_grid, const Tensor& g_idx, const Tensor&
   const auto dt = features.scalar_type();
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2), V = int64_t(R) * R * R;
   const Tensor g = in(g_grid.to(dt), "g_grid", dt, {B, C, R, R, R});
-  const Tensor idx = in(idx_in, "idx", torch::kInt32, {B, N});
-  const Tensor counts = in(counts_in, "counts", torch::kInt32, {B, V});
-  Tensor gf = torch::empty({B, C, N}, features.options());
+  const Tensor idx = in(idx_in, "idx", at::kInt, {B, N});
+  const Tensor counts = in(counts_in, "counts", at::kInt, {B, V});
+  Tensor gf = at::empty({B, C, N}, features.options());
   if (B * C * N == 0) return gf;
   dispatch_float(dt, in.op, [&](auto z) {
     using T = decltype(z);
@@ -112,7 +112,7 @@ struct Lookup {
 Tensor trilinear_devoxelize_fwd(const Tensor& grid, const Tensor& coords, bool deterministic) {
   (void)deterministic;  // a gather: no reduction
   const Lookup s("trilinear_devoxelize_fwd", grid, coords);
-  Tensor out = torch::empty({s.B, s.C, s.N}, s.grid.options());
+  Tensor out = at::empty({s.B, s.C, s.N}, s.grid.options());
   if (s.B * s.C * s.N == 0) return out;
   dispatch_float(s.grid.scalar_type(), s.in.op, [&](auto z) {
     using T = decltype(z);
@@ -130,8 +130,8 @@ std::tuple<Tensor, Tensor> trilinear_devoxelize_bwd(const Tensor& g_out, const T
   const Lookup s("trilinear_devoxelize_bwd", grid, coords);
   const auto dt = s.grid.scalar_type();
   const Tensor go = s.in(g_out.to(dt), "g_out", dt, {s.B, s.C, s.N});
-  Tensor gg = need_grid ? torch::zeros_like(s.grid) : Tensor();
-  Tensor gc = need_coords ? torch::zeros_like(s.coords) : Tensor();
+  Tensor gg = need_grid ? at::zeros_like(s.grid) : Tensor();
+  Tensor gc = need_coords ? at::zeros_like(s.coords) : Tensor();
   if (s.B * s.C * s.N == 0 || (!need_grid && !need_coords)) return {gg, gc};
   dispatch_float(dt, s.in.op, [&](auto z) {
     using T = decltype(z);
@@ -139,7 +139,7 @@ std::tuple<Tensor, Tensor> trilinear_devoxelize_bwd(const Tensor& g_out, const T
     run_on_device(s.grid, s.in.op, PE_CUDA([&] {
                     Tensor order, start;
                     if (need_grid && deterministic) {
-                      Tensor keys = torch::empty({s.B, s.N * 8}, s.grid.options().dtype(torch::kInt32));
+                      Tensor keys = at::empty({s.B, s.N * 8}, s.grid.options().dtype(at::kInt));
                       if (const int err = cuda::trilinear_devoxelize_keys<T>(s.B, s.N, s.R, c, ptr<int32_t>(keys),
                                                                              stream))
                         return err;

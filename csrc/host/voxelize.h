@@ -1,13 +1,13 @@
 // avg_voxelize and trilinear_devoxelize host functions, bound to Python in csrc/ext.cpp.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <tuple>
 
 namespace pe {
 namespace host {
-using torch::Tensor;
+using at::Tensor;
 
 // The largest resolution whose R^3 voxel indices fit int32.
 constexpr int64_t kMaxVoxelResolution = 1290;
