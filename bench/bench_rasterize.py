@@ -1,16 +1,18 @@
-"""Benchmark triangle rasterization: ``rasterize`` forward, and ``rasterize`` + ``interpolate``
-forward and backward (the differentiable-rendering step).
+"""Benchmark triangle rasterization: ``rasterize`` forward, ``rasterize`` + ``interpolate`` forward
+and backward, and ``rasterize`` + ``interpolate`` + ``antialias`` forward and backward (the
+differentiable-rendering step of Magic3D's fine stage).
 
     python bench/bench_rasterize.py                     # CPU: cpu, and the reference as a sanity ratio
     python bench/bench_rasterize.py --device cuda       # GPU: cuda (and nvdiffrast when it imports)
     python bench/bench_rasterize.py --sanity-size 64 --sanity-batch 4    # a larger sanity check (minutes)
 
-Scene: a UV sphere of 100 x 100 segments (20000 triangles, 10201 vertices; the pole rows are
+Scene: a UV sphere of 125 x 200 segments (50000 triangles, 25326 vertices; the pole rows are
 degenerate triangles that cover nothing), seen by B = 4 perspective cameras around it at distance
 3 (45 degree field of view, OpenGL projection), float32, at 256 x 256 and 512 x 512. The
-"fwd+bwd" rows interpolate 3 colour channels shared by the images, take a weighted sum of the
-image and backpropagate to the clip-space positions and the colours. Every provider runs with
-``validate=False`` (no index checks; nvdiffrast makes none).
+"fwd+bwd" rows interpolate 3 colour channels shared by the images (and antialias them, in the
+last rows, with the topology built once beforehand, as a training loop does), take a weighted sum
+of the image and backpropagate to the clip-space positions and the colours. Every provider runs
+with ``validate=False`` (no index checks; nvdiffrast makes none).
 
 Providers: ``cpu`` / ``cuda`` (pyengine's kernels), ``reference`` (pure PyTorch, O(B H W T)
 time, seconds per call even at 64 x 64 on a CPU: it runs only in the "sanity" rows, by default
@@ -37,6 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import bench, bench_side_by_side, commit, machine, print_table, save_json  # noqa: E402
 
+from pyengine.ops.antialias import antialias, antialias_topology  # noqa: E402
 from pyengine.ops.rasterize import interpolate, rasterize  # noqa: E402
 
 
@@ -85,18 +88,25 @@ def import_nvdiffrast():
     return dr, None
 
 
-def providers_for(names, gpu: bool, dr):
-    """{name: (rasterize_fn(pos, tri, res) -> rast, interpolate_fn(attr, rast, tri) -> out)} of the
-    providers named (cpu, cuda, reference, nvdiffrast) that can run here."""
+def providers_for(names, gpu: bool, dr, tri):
+    """{name: (rasterize_fn(pos, tri, res) -> rast, interpolate_fn(attr, rast, tri) -> out,
+    antialias_fn(color, rast, pos, tri) -> out)} of the providers named (cpu, cuda, reference,
+    nvdiffrast) that can run here; the antialiasing topology of ``tri`` is built here, once."""
     provs = {}
     for p in names:
         if p in ("cpu", "cuda", "reference"):
+            topo = antialias_topology(tri)
             provs[p] = (lambda pos, tri, res, p=p: rasterize(pos, tri, res, backend=p, validate=False),
-                        lambda attr, rast, tri, p=p: interpolate(attr, rast, tri, backend=p, validate=False))
+                        lambda attr, rast, tri, p=p: interpolate(attr, rast, tri, backend=p, validate=False),
+                        lambda c, rast, pos, tri, p=p, topo=topo: antialias(c, rast, pos, tri, topo, backend=p,
+                                                                            validate=False))
         elif p == "nvdiffrast" and dr is not None and gpu:
             ctx = dr.RasterizeCudaContext()
+            topo = dr.antialias_construct_topology_hash(tri)
             provs["nvdiffrast (peer)"] = (lambda pos, tri, res: dr.rasterize(ctx, pos, tri, res)[0],
-                                          lambda attr, rast, tri: dr.interpolate(attr[None], rast, tri)[0])
+                                          lambda attr, rast, tri: dr.interpolate(attr[None], rast, tri)[0],
+                                          lambda c, rast, pos, tri: dr.antialias(c, rast, pos, tri,
+                                                                                 topology_hash=topo))
     return provs
 
 
@@ -108,7 +118,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--sanity-size", type=int, default=32, help="image size of the reference vs kernel rows (0: none)")
     ap.add_argument("--sanity-batch", type=int, default=1, help="images in the reference vs kernel rows")
-    ap.add_argument("--segments", type=int, default=100, help="latitude and longitude segments of the sphere")
+    ap.add_argument("--segments", nargs=2, type=int, default=[125, 200], metavar=("LAT", "LON"),
+                    help="latitude and longitude segments of the sphere (2 LAT LON triangles)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -119,7 +130,7 @@ def main(argv=None):
     if dr is not None and not gpu:
         skipped.append("nvdiffrast: imports, but has no CPU rasterizer (GPU only)")
 
-    verts, tri = uv_sphere(args.segments, args.segments)
+    verts, tri = uv_sphere(*args.segments)
     tri = tri.to(dev)
     colors = torch.rand(verts.shape[0], 3, generator=torch.Generator().manual_seed(0)).to(dev)
     T = tri.shape[0]
@@ -131,11 +142,11 @@ def main(argv=None):
     for B, size, names in configs:
         res = (size, size)
         pos = clip_positions(verts, B).to(dev)
-        provs = providers_for(names, gpu, dr)
+        provs = providers_for(names, gpu, dr, tri)
         weights = torch.rand(B, size, size, 3, generator=torch.Generator().manual_seed(1)).to(dev)
         first_ids = None
         agree = {}
-        for name, (rast_fn, _) in provs.items():
+        for name, (rast_fn, _, _) in provs.items():
             with torch.no_grad():
                 ids = rast_fn(pos, tri, res)[..., 3]
             first_ids = ids if first_ids is None else first_ids
@@ -145,13 +156,17 @@ def main(argv=None):
             with torch.no_grad():
                 rast_fn(pos, tri, res)
 
-        def full(rast_fn, interp_fn):
+        def full(rast_fn, interp_fn, aa_fn=None):
             p, c = pos.clone().requires_grad_(), colors.clone().requires_grad_()
-            out = interp_fn(c, rast_fn(p, tri, res), tri)
+            rast = rast_fn(p, tri, res)
+            out = interp_fn(c, rast, tri)
+            if aa_fn is not None:
+                out = aa_fn(out, rast, p, tri)
             (out * weights).sum().backward()
 
         for what, make in (("rasterize fwd", lambda fns: (lambda: fwd(fns[0]))),
-                           ("rasterize + interpolate fwd+bwd", lambda fns: (lambda: full(*fns)))):
+                           ("rasterize + interpolate fwd+bwd", lambda fns: (lambda: full(*fns[:2]))),
+                           ("rasterize + interpolate + antialias fwd+bwd", lambda fns: (lambda: full(*fns)))):
             fns = {name: make(f) for name, f in provs.items()}
             if gpu:
                 ms = {}

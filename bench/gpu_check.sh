@@ -157,7 +157,7 @@ else
   want bench_render && run bench_render 300 $PY bench/bench_render.py --device cpu --sizes 12 --reps 1 --skip step \
     --json "$L/bench_render.json"
   want bench_rasterize && run bench_rasterize 120 $PY bench/bench_rasterize.py --device cpu --sizes 64 \
-    --sanity-size 16 --segments 20 --batch 2 --reps 1 --json "$L/bench_rasterize.json"
+    --sanity-size 16 --segments 10 20 --batch 2 --reps 1 --json "$L/bench_rasterize.json"
   want bench_antialias && run bench_antialias 120 $PY bench/bench_antialias.py --device cpu --size 1 64 64 \
     --sphere 16 32 --tex-size 64 --reps 1 --json "$L/bench_antialias.json"
   want bench_attention && run bench_attention 300 $PY bench/bench_attention.py --device cpu --quick --reps 1 \

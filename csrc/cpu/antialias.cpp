@@ -11,11 +11,7 @@
 // contributions of the pairs it owns (the pairs of its pixels with their right and lower
 // neighbours) in parallel, then one thread adds them row after row, so grad_pos is the same bits
 // whatever the thread count. Blended pairs lie along silhouettes, a small fraction of the pixels.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "pyengine/no_contract.h"  // first: see there
 
 #include "pyengine/antialias.h"
 

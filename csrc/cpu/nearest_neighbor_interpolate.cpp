@@ -45,7 +45,7 @@ void nearest_neighbor_interpolate_bwd(int64_t B, int64_t C, int64_t N, int64_t M
     const T* wb = weights + b * 3 * N;
     const T* go = g_out + bc * N;
     T* g = g_features + bc * M;
-    for (int64_t j = 0; j < 3 * N; ++j) g[ib[j]] += pt_mul(wb[j], go[j % N]);
+    for (int64_t j = 0; j < 3 * N; ++j) g[ib[j]] += rn_mul(wb[j], go[j % N]);
   }
 }
 

@@ -22,11 +22,7 @@
 // range of vertices of one attribute batch, walks every pixel of the images that read that batch
 // in order, and adds the contributions to its own vertices only, so each vertex's sum runs in
 // pixel order whatever the partition.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "pyengine/no_contract.h"  // first: see there
 
 #include "pyengine/rasterize.h"
 

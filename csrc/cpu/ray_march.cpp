@@ -5,11 +5,7 @@
 // every function in it, inlined or not, is compiled alike): the kernels must round every product
 // as the float32 PyTorch reference does. See the header comment of pyengine/ray_march.h. (Memory
 // safety does not rest on it: the fill pass never writes past the count pass's sizes.)
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "pyengine/no_contract.h"  // first: see there
 
 #include "pyengine/ray_march.h"
 

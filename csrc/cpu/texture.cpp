@@ -8,11 +8,7 @@
 // texture per image (Bt = B) each image's pixels add into their own texture, so images run in
 // parallel and each one's pixels in order; a texture shared by every image is summed by one
 // thread. Either way grad_tex is the same bits whatever the thread count.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+#include "pyengine/no_contract.h"  // first: see there
 
 #include "pyengine/texture.h"
 

@@ -49,7 +49,7 @@ __global__ void nni_bwd_atomic_kernel(int64_t B, int64_t C, int64_t N, int64_t M
     const T go = g_out[i];
     for (int k = 0; k < 3; ++k) {
       const int64_t j = (b * 3 + k) * N + n;
-      atomicAdd(g_features + bc * M + idx[j], pt_mul(weights[j], go));
+      atomicAdd(g_features + bc * M + idx[j], rn_mul(weights[j], go));
     }
   }
 }
@@ -66,7 +66,7 @@ __global__ void nni_bwd_segment_kernel(int64_t B, int64_t C, int64_t N, int64_t 
     const T* wb = weights + b * 3 * N;
     const T* go = g_out + bc * N;
     T sum = T(0);
-    for (int64_t j = s[m]; j < s[m + 1]; ++j) sum += pt_mul(wb[o[j]], go[o[j] % N]);
+    for (int64_t j = s[m]; j < s[m + 1]; ++j) sum += rn_mul(wb[o[j]], go[o[j] % N]);
     g_features[i] = sum;
   }
 }

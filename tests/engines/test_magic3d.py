@@ -93,6 +93,31 @@ def test_the_initial_surface_is_the_coarse_density_level(tmp_path, prior_file):
     assert faces.shape[0] > 0 and (dens - 5.0).abs().median() < 2.5, (float(dens.min()), float(dens.max()))
 
 
+def test_the_automatic_level_best_matches_the_coarse_silhouettes(tmp_path, prior_file):
+    from pyengine.render.tets import marching_tets, sdf_from_density
+
+    res = M.run_one(tiny_cfg(tmp_path, prior_file, density_threshold=0.0, fine_iterations=0, turntable_frames=0,
+                             mesh_formats=[]))
+    fine, coarse = res["fine"], res["coarse"]
+    assert fine.threshold in M.FineStage.LEVELS and res["density_threshold"] == fine.threshold
+    cams = coarse.eval_cameras(n=4, size=2 * coarse.size)
+    target = coarse.render_views(cams)["opacity"] > 0.5
+    density = -sdf_from_density(fine.grid_verts, coarse.field.density, 0.0)
+
+    def iou(level):
+        verts, faces = marching_tets(fine.grid_verts, fine.tets, level - density)
+        if faces.shape[0] == 0:
+            return -1.0
+        mask = fine.render(cams, "albedo", None, mesh=(verts, faces))["opacity"] > 0.5
+        return float(((mask & target).sum((1, 2)) / (mask | target).sum((1, 2)).clamp_min(1)).mean())
+
+    scores = {lv: iou(lv) for lv in M.FineStage.LEVELS if lv < float(density.max())}
+    assert len(scores) >= 2 and scores[fine.threshold] == max(scores.values()), scores
+    # the initial surface is that level's
+    verts, faces = fine.final_mesh()
+    assert (coarse.field.density(verts) - fine.threshold).abs().median() < 0.5 * fine.threshold
+
+
 def test_baked_texture_holds_the_field_colours_at_the_uvs():
     import trimesh
 
@@ -115,7 +140,8 @@ def test_baked_texture_holds_the_field_colours_at_the_uvs():
     ({"tet_resolution": 0}, "tet_resolution"), ({"fine_t_max": 0.0}, "fine_t_max"),
     ({"deform_scale": 0.9}, "deform_scale"), ({"coarse": {"bogus": 1}}, "unknown SDSConfig"),
     ({"coarse": {"iterations": 5}}, "magic3d's own fields"), ({"mesh_formats": ["ply"]}, "mesh_formats"),
-    ({"lambda_normal": -1.0}, "lambda_normal"), ({"method": "dreamfield"}, "method")])
+    ({"lambda_normal": -1.0}, "lambda_normal"), ({"method": "dreamfield"}, "method"),
+    ({"density_threshold": -1.0}, "density_threshold")])
 def test_bad_configs_name_the_setting(kw, match):
     with pytest.raises(ValueError, match=match):
         M.check_config(M.Magic3DConfig(**kw))

@@ -13,9 +13,9 @@
 //
 // Bit-identical decisions across backends. Every quantity that a decision reads (which pairs
 // blend, which edge, the target pixel, alpha itself) is computed with one rounding per operation
-// in the reference's order; products go through aa_mul, which on the device is __fmul_rn /
+// in the reference's order; products go through rn_mul, which on the device is __fmul_rn /
 // __dmul_rn (nvcc would otherwise contract `a * b - c * d` into an FMA and move a sign test by an
-// ulp on the GPU only), quotients through aa_div (__fdiv_rn). csrc/cpu/antialias.cpp turns
+// ulp on the GPU only), quotients through rn_div (__fdiv_rn). csrc/cpu/antialias.cpp turns
 // contraction off for its translation unit. Blended colours and gradients are sums whose order
 // differs from the reference's, so they agree up to rounding.
 //
@@ -40,30 +40,8 @@
 namespace pe {
 
 // ---------------------------------------------------------------------------------------------
-// IEEE-rounded products and quotients that no compiler may fuse or approximate; sign bits.
+// Sign bits and rounding (products and quotients: rn_mul / rn_div in pyengine/common.h).
 
-PE_HD float aa_mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD double aa_mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD float aa_div(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-PE_HD double aa_div(double a, double b) { return a / b; }
 
 // Nearest integer, ties to even (torch.round), for the id channel.
 PE_HD float aa_rint(float a) {
@@ -172,22 +150,22 @@ PE_HD bool aa_pair(const AntialiasPtrs<T>& p, int64_t b, int64_t y, int64_t x, b
   T X[3], Y[3], OX[3], OY[3];
   for (int k = 0; k < 3; ++k) {
     const T* v = P + 4 * vi[k];
-    const T iw = aa_div(T(1), v[3]);
-    X[k] = aa_mul(aa_mul(v[0], iw), xh) - fx;
-    Y[k] = aa_mul(aa_mul(v[1], iw), yh) - fy;
+    const T iw = rn_div(T(1), v[3]);
+    X[k] = rn_mul(rn_mul(v[0], iw), xh) - fx;
+    Y[k] = rn_mul(rn_mul(v[1], iw), yh) - fy;
     const T* o = P + 4 * oi[k];
-    const T ow = aa_div(T(1), o[3]);
-    OX[k] = aa_mul(aa_mul(o[0], ow), xh) - fx;
-    OY[k] = aa_mul(aa_mul(o[1], ow), yh) - fy;
+    const T ow = rn_div(T(1), o[3]);
+    OX[k] = rn_mul(rn_mul(o[0], ow), xh) - fx;
+    OY[k] = rn_mul(rn_mul(o[1], ow), yh) - fy;
   }
 
   // 4. silhouettes: the wing triangle (v_k replaced by o_k) has the triangle's sign bit
-  const T bb = aa_mul(X[1] - X[0], Y[2] - Y[0]) - aa_mul(X[2] - X[0], Y[1] - Y[0]);
+  const T bb = rn_mul(X[1] - X[0], Y[2] - Y[0]) - rn_mul(X[2] - X[0], Y[1] - Y[0]);
   const bool sb = aa_signbit(bb);
   bool sil[3];
-  sil[0] = aa_signbit(aa_mul(X[1] - OX[0], Y[2] - OY[0]) - aa_mul(X[2] - OX[0], Y[1] - OY[0])) == sb;
-  sil[1] = aa_signbit(aa_mul(X[2] - OX[1], Y[0] - OY[1]) - aa_mul(X[0] - OX[1], Y[2] - OY[1])) == sb;
-  sil[2] = aa_signbit(aa_mul(X[0] - OX[2], Y[1] - OY[2]) - aa_mul(X[1] - OX[2], Y[0] - OY[2])) == sb;
+  sil[0] = aa_signbit(rn_mul(X[1] - OX[0], Y[2] - OY[0]) - rn_mul(X[2] - OX[0], Y[1] - OY[0])) == sb;
+  sil[1] = aa_signbit(rn_mul(X[2] - OX[1], Y[0] - OY[1]) - rn_mul(X[0] - OX[1], Y[2] - OY[1])) == sb;
+  sil[2] = aa_signbit(rn_mul(X[0] - OX[2], Y[1] - OY[2]) - rn_mul(X[1] - OX[2], Y[0] - OY[2])) == sb;
   if (!(sil[0] || sil[1] || sil[2])) return false;
 
   // 5. the pair's frame (u along it, v across it); edge k runs from vertex k+1 to vertex k+2
@@ -199,25 +177,25 @@ PE_HD bool aa_pair(const AntialiasPtrs<T>& p, int64_t b, int64_t y, int64_t x, b
     const int s = k == 2 ? 0 : k + 1, e = k == 0 ? 2 : k - 1;
     du[k] = U[e] - U[s];
     dv[k] = Vv[e] - Vv[s];
-    n[k] = aa_mul(ds, aa_mul(U[s], dv[k]) - aa_mul(Vv[s], du[k]));
+    n[k] = rn_mul(ds, rn_mul(U[s], dv[k]) - rn_mul(Vv[s], du[k]));
     cr[k] = aa_signbit(Vv[s]) != aa_signbit(Vv[e]);
   }
   // crossing fraction n_i / dv_i > n_j / dv_j, compared without dividing
   const auto beats = [&](int i, int j) {
     if (!(cr[i] && cr[j])) return cr[i];
-    return (aa_mul(n[i], dv[j]) > aa_mul(n[j], dv[i])) == (aa_signbit(dv[i]) == aa_signbit(dv[j]));
+    return (rn_mul(n[i], dv[j]) > rn_mul(n[j], dv[i])) == (aa_signbit(dv[i]) == aa_signbit(dv[j]));
   };
   const int di = (beats(2, 0) && beats(2, 1)) ? 2 : (beats(1, 0) ? 1 : 0);
 
   // 6. the blend
   if (!(cr[di] && sil[di] && aa_abs(dv[di]) >= aa_abs(du[di]))) return false;
-  T dc = aa_div(n[di], dv[di]);
+  T dc = rn_div(n[di], dv[di]);
   if (!(dc > T(-kAAWindowSlack) && dc < T(1 + kAAWindowSlack))) return false;
   dc = dc < T(0) ? T(0) : (dc > T(1) ? T(1) : dc);
   const int s = di == 2 ? 0 : di + 1, e = di == 0 ? 2 : di - 1;
   r.p0 = p0;
   r.p1 = p1;
-  r.alpha = aa_mul(ds, T(0.5) - dc);
+  r.alpha = rn_mul(ds, T(0.5) - dc);
   r.row_s = base + vi[s];
   r.row_e = base + vi[e];
   r.us = U[s];
@@ -255,7 +233,7 @@ PE_HD void aa_pixel_fwd(const AntialiasPtrs<T>& p, int64_t b, int64_t y, int64_t
     if ((r.alpha > T(0) ? r.p0 : r.p1) != q) continue;
     const T* c0 = p.color + r.p0 * C;
     const T* c1 = p.color + r.p1 * C;
-    for (int64_t c = 0; c < C; ++c) out[q * C + c] += aa_mul(r.alpha, c1[c] - c0[c]);
+    for (int64_t c = 0; c < C; ++c) out[q * C + c] += rn_mul(r.alpha, c1[c] - c0[c]);
   }
 }
 
@@ -273,7 +251,7 @@ PE_HD void aa_pixel_grad_color(const AntialiasPtrs<T>& p, const T* g, int64_t b,
     if (!aa_pixel_pair(p, b, y, x, k, r)) continue;
     const T* gt = g + (r.alpha > T(0) ? r.p0 : r.p1) * C;
     const T a = r.p0 == q ? -r.alpha : r.alpha;
-    for (int64_t c = 0; c < C; ++c) gc[c] += aa_mul(a, gt[c]);
+    for (int64_t c = 0; c < C; ++c) gc[c] += rn_mul(a, gt[c]);
   }
 }
 
@@ -287,14 +265,14 @@ PE_HD bool aa_pair_grad_pos(const AntialiasPtrs<T>& p, const T* g, const AAPair<
   const T* c0 = p.color + r.p0 * C;
   const T* c1 = p.color + r.p1 * C;
   T dd = T(0);  // dL/dalpha
-  for (int64_t c = 0; c < C; ++c) dd += aa_mul(gt[c], c1[c] - c0[c]);
+  for (int64_t c = 0; c < C; ++c) dd += rn_mul(gt[c], c1[c] - c0[c]);
   if (dd == T(0)) return false;
   // alpha = ds / 2 - q / dy with q = us ve - vs ue; the gradient is that of -q / (dy + eps)
   const T dy = r.ve - r.vs;
-  const T iy = aa_div(T(1), dy + (aa_signbit(dy) ? -p.grad_eps : p.grad_eps));
-  const T xc = aa_mul(aa_mul(r.us, dy) - aa_mul(r.vs, r.ue - r.us), iy);
-  const T gus = -aa_mul(aa_mul(dd, r.ve), iy), gue = aa_mul(aa_mul(dd, r.vs), iy);
-  const T gvs = -aa_mul(aa_mul(dd, xc - r.ue), iy), gve = -aa_mul(aa_mul(dd, r.us - xc), iy);
+  const T iy = rn_div(T(1), dy + (aa_signbit(dy) ? -p.grad_eps : p.grad_eps));
+  const T xc = rn_mul(rn_mul(r.us, dy) - rn_mul(r.vs, r.ue - r.us), iy);
+  const T gus = -rn_mul(rn_mul(dd, r.ve), iy), gue = rn_mul(rn_mul(dd, r.vs), iy);
+  const T gvs = -rn_mul(rn_mul(dd, xc - r.ue), iy), gve = -rn_mul(rn_mul(dd, r.us - xc), iy);
   // back from the pair's frame to pixel x / y, then through the projection X = (x / w) W / 2 - fx
   const T xh = static_cast<T>(p.W) * T(0.5), yh = static_cast<T>(p.H) * T(0.5);
   const T gX[2] = {r.down ? gvs : gus, r.down ? gve : gue};
@@ -303,11 +281,11 @@ PE_HD bool aa_pair_grad_pos(const AntialiasPtrs<T>& p, const T* g, const AAPair<
   T* outs[2] = {g_s, g_e};
   for (int i = 0; i < 2; ++i) {
     const T* v = p.pos + 4 * rows[i];
-    const T iw = aa_div(T(1), v[3]);
-    const T gx = aa_mul(aa_mul(gX[i], iw), xh), gy = aa_mul(aa_mul(gY[i], iw), yh);
+    const T iw = rn_div(T(1), v[3]);
+    const T gx = rn_mul(rn_mul(gX[i], iw), xh), gy = rn_mul(rn_mul(gY[i], iw), yh);
     outs[i][0] = gx;
     outs[i][1] = gy;
-    outs[i][2] = -aa_mul(aa_mul(v[0], gx) + aa_mul(v[1], gy), iw);
+    outs[i][2] = -rn_mul(rn_mul(v[0], gx) + rn_mul(v[1], gy), iw);
   }
   return true;
 }

@@ -83,6 +83,56 @@ PE_MATH_PAIR(pe_exp, expf, exp)
 PE_MATH_PAIR(pe_expm1, expm1f, expm1)
 #undef PE_MATH_PAIR
 
+// ---------------------------------------------------------------------------------------------
+// IEEE-rounded arithmetic that no compiler may fuse or approximate: the CUDA intrinsics on the
+// device; on the host plain operators, in translation units compiled without contraction
+// (pyengine/no_contract.h). Kernels whose decisions must match the float32 reference's rounding
+// (ray_march's cell steps, rasterize's edge tests, antialias's crossings, texture's texel
+// coordinates, the point ops' voxel indices) use these where nvcc would otherwise contract.
+PE_HD float rn_mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+PE_HD double rn_mul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+PE_HD float rn_add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+PE_HD float rn_div(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+PE_HD double rn_div(double a, double b) { return a / b; }  // IEEE on both sides
+PE_HD float rn_rcp(float a) {
+#if defined(__CUDA_ARCH__)
+  return __frcp_rn(a);
+#else
+  return 1.0f / a;
+#endif
+}
+PE_HD double rn_rcp(double a) {
+#if defined(__CUDA_ARCH__)
+  return __drcp_rn(a);
+#else
+  return 1.0 / a;
+#endif
+}
+
 // a * b + c rounded once.
 PE_HD float pe_fma(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)

@@ -48,15 +48,15 @@ PE_HD void three_nearest(const T* points, int64_t N, int64_t n, const T* centers
   }
   const T lo = T(1e-10), hi = T(1e10);
   for (int k = 0; k < 3; ++k) d[k] = d[k] < lo ? lo : (d[k] > hi ? hi : d[k]);
-  const T d01 = pt_mul(d[0], d[1]), d02 = pt_mul(d[0], d[2]), d12 = pt_mul(d[1], d[2]);
+  const T d01 = rn_mul(d[0], d[1]), d02 = rn_mul(d[0], d[2]), d12 = rn_mul(d[1], d[2]);
   const T inv = T(1) / (d01 + d02 + d12);
-  w[0] = pt_mul(d12, inv), w[1] = pt_mul(d02, inv), w[2] = pt_mul(d01, inv);
+  w[0] = rn_mul(d12, inv), w[1] = rn_mul(d02, inv), w[2] = rn_mul(d01, inv);
 }
 
 // out for one (b, c, n) from the point's three centres: f [M] is the (b, c) row of the features.
 template <typename T>
 PE_HD T three_interpolate(const T* f, const int32_t* id, const T* w) {
-  return pt_mul(w[0], f[id[0]]) + pt_mul(w[1], f[id[1]]) + pt_mul(w[2], f[id[2]]);
+  return rn_mul(w[0], f[id[0]]) + rn_mul(w[1], f[id[1]]) + rn_mul(w[2], f[id[2]]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,26 +17,11 @@
 
 namespace pe {
 
-PE_HD float pt_mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD double pt_mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
 // Squared distance between point i of a ([3, Na]) and point j of b ([3, Nb]), a minus b.
 template <typename T>
 PE_HD T pt_dist2(const T* a, int64_t Na, int64_t i, const T* b, int64_t Nb, int64_t j) {
   const T dx = a[i] - b[j], dy = a[Na + i] - b[Nb + j], dz = a[2 * Na + i] - b[2 * Nb + j];
-  return pt_mul(dx, dx) + pt_mul(dy, dy) + pt_mul(dz, dz);
+  return rn_mul(dx, dx) + rn_mul(dy, dy) + rn_mul(dz, dz);
 }
 
 // The bits of a non-negative float / double as an unsigned integer of the same width: for

@@ -9,7 +9,7 @@
 // The nearest float32 depth wins, ties go to the smaller triangle id.
 //
 // Bit-identical results across backends. Every quantity above is computed with one rounding per
-// operation in the reference's order; products go through rast_mul, which on the device is
+// operation in the reference's order; products go through rn_mul, which on the device is
 // __fmul_rn / __dmul_rn: nvcc contracts a plain `a * b - c` into an FMA by default (-fmad=true),
 // which would move a b_k by an ulp, enough to flip the coverage of a pixel centre that lies on an
 // edge (a shared edge: both triangles then decide by depth) on the GPU only. Divisions use
@@ -40,30 +40,8 @@
 namespace pe {
 
 // ---------------------------------------------------------------------------------------------
-// IEEE-rounded products and quotients that no compiler may fuse or approximate.
+// Rounding helpers (products and quotients: rn_mul / rn_div in pyengine/common.h).
 
-PE_HD float rast_mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD double rast_mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD float rast_div(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-PE_HD double rast_div(double a, double b) { return a / b; }
 
 // Nearest integer, ties to even (torch.round), for the id channel of a rast given by the user.
 PE_HD float rast_rint(float a) {
@@ -84,7 +62,7 @@ PE_HD double rast_rint(double a) {
 // NDC coordinate of the centre of pixel i of n along an axis: (2 i + 1) / n - 1 (row 0 at y = -1).
 template <typename T>
 PE_HD T rast_centre(int64_t i, int64_t n) {
-  return rast_div(static_cast<T>(2 * i + 1), static_cast<T>(n)) - T(1);
+  return rn_div(static_cast<T>(2 * i + 1), static_cast<T>(n)) - T(1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -103,15 +81,15 @@ PE_HD RastHom<T> rast_homogeneous(const T* p0, const T* p1, const T* p2, T X, T 
   RastHom<T> h;
   const T* p[3] = {p0, p1, p2};
   for (int k = 0; k < 3; ++k) {
-    h.a[k] = p[k][0] - rast_mul(X, p[k][3]);
-    h.c[k] = p[k][1] - rast_mul(Y, p[k][3]);
+    h.a[k] = p[k][0] - rn_mul(X, p[k][3]);
+    h.c[k] = p[k][1] - rn_mul(Y, p[k][3]);
   }
-  h.b[0] = rast_mul(h.a[1], h.c[2]) - rast_mul(h.a[2], h.c[1]);
-  h.b[1] = rast_mul(h.a[2], h.c[0]) - rast_mul(h.a[0], h.c[2]);
-  h.b[2] = rast_mul(h.a[0], h.c[1]) - rast_mul(h.a[1], h.c[0]);
+  h.b[0] = rn_mul(h.a[1], h.c[2]) - rn_mul(h.a[2], h.c[1]);
+  h.b[1] = rn_mul(h.a[2], h.c[0]) - rn_mul(h.a[0], h.c[2]);
+  h.b[2] = rn_mul(h.a[0], h.c[1]) - rn_mul(h.a[1], h.c[0]);
   h.s = h.b[0] + h.b[1] + h.b[2];
-  h.d = rast_mul(h.b[0], p0[3]) + rast_mul(h.b[1], p1[3]) + rast_mul(h.b[2], p2[3]);
-  h.n = rast_mul(h.b[0], p0[2]) + rast_mul(h.b[1], p1[2]) + rast_mul(h.b[2], p2[2]);
+  h.d = rn_mul(h.b[0], p0[3]) + rn_mul(h.b[1], p1[3]) + rn_mul(h.b[2], p2[3]);
+  h.n = rn_mul(h.b[0], p0[2]) + rn_mul(h.b[1], p1[2]) + rn_mul(h.b[2], p2[2]);
   return h;
 }
 
@@ -123,11 +101,11 @@ PE_HD bool rast_eval(const T* p0, const T* p1, const T* p2, T X, T Y, T& u, T& v
   const RastHom<T> h = rast_homogeneous(p0, p1, p2, X, Y);
   if (!(h.s != T(0))) return false;
   // the tests one by one, so that most pixels outside the triangle skip the later divisions
-  u = rast_div(h.b[0], h.s);
+  u = rn_div(h.b[0], h.s);
   if (!(u >= T(0))) return false;
-  v = rast_div(h.b[1], h.s);
-  if (!(v >= T(0)) || !(rast_div(h.b[2], h.s) >= T(0)) || !(rast_div(h.d, h.s) > T(0))) return false;
-  zw = rast_div(h.n, h.d);
+  v = rn_div(h.b[1], h.s);
+  if (!(v >= T(0)) || !(rn_div(h.b[2], h.s) >= T(0)) || !(rn_div(h.d, h.s) > T(0))) return false;
+  zw = rn_div(h.n, h.d);
   return zw >= T(-1) && zw <= T(1);
 }
 
@@ -260,7 +238,7 @@ PE_HD int64_t rast_triangle(T id, int64_t n_tri) {
 
 template <typename T>
 PE_HD T interp_value(T u, T v, T a0, T a1, T a2) {
-  return rast_mul(u, a0) + rast_mul(v, a1) + rast_mul(T(1) - u - v, a2);
+  return rn_mul(u, a0) + rn_mul(v, a1) + rn_mul(T(1) - u - v, a2);
 }
 
 // ---------------------------------------------------------------------------------------------

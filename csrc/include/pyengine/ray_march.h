@@ -27,50 +27,8 @@
 namespace pe {
 
 // ---------------------------------------------------------------------------------------------
-// IEEE-rounded arithmetic that no compiler may fuse or approximate.
+// Rounding helpers (rn_mul, rn_add, rn_div, rn_rcp: pyengine/common.h).
 
-PE_HD float rn_mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD double rn_mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD float rn_add(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-PE_HD float rn_div(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-PE_HD float rn_rcp(float a) {
-#if defined(__CUDA_ARCH__)
-  return __frcp_rn(a);
-#else
-  return 1.0f / a;
-#endif
-}
-PE_HD double rn_rcp(double a) {
-#if defined(__CUDA_ARCH__)
-  return __drcp_rn(a);
-#else
-  return 1.0 / a;
-#endif
-}
 PE_HD float rm_floor(float a) {
 #if defined(__CUDA_ARCH__)
   return floorf(a);

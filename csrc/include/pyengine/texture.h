@@ -9,7 +9,7 @@
 // reading texels outside as 0; out = lerp(lerp(a00, a10, fu), lerp(a01, a11, fu), fv). A pixel
 // with a non-finite u or v gives 0 and no gradient.
 //
-// Bit-identical texel choice across backends: u Wt goes through tex_mul (__fmul_rn / __dmul_rn on
+// Bit-identical texel choice across backends: u Wt goes through rn_mul (__fmul_rn / __dmul_rn on
 // the device, never contracted into an FMA with the following - 0.5), so floor(s) and f are those
 // of the float32 reference; csrc/cpu/texture.cpp turns contraction off for its translation unit.
 //
@@ -27,20 +27,6 @@ namespace pe {
 
 enum TextureBoundary : int { kTexWrap = 0, kTexClamp = 1, kTexZero = 2 };
 
-PE_HD float tex_mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PE_HD double tex_mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
 // Finite (not NaN, not infinite): a - a is 0 exactly then, NaN otherwise (no fast-math anywhere).
 template <typename T>
 PE_HD bool tex_finite(T a) {
@@ -74,14 +60,14 @@ PE_HD TexAxis<T> tex_axis(T u, int64_t n) {
   TexAxis<T> a;
   if (BOUNDARY == kTexWrap) u = u - pe_floor(u);
   if (!LINEAR) {
-    const T i = pe_floor(tex_mul(u, nf));
+    const T i = pe_floor(rn_mul(u, nf));
     a.ok0 = BOUNDARY != kTexZero || (i >= T(0) && i < nf);
     a.i0 = a.i1 = static_cast<int64_t>(tex_clamp(i, T(0), nf - T(1)));
     a.f = T(0);
     a.ok1 = false;
     return a;
   }
-  T s = tex_mul(u, nf) - T(0.5);
+  T s = rn_mul(u, nf) - T(0.5);
   bool same = false;
   if (BOUNDARY == kTexClamp) {
     s = tex_clamp(s, T(0), nf - T(1));
@@ -146,9 +132,9 @@ PE_HD void tex_pixel_fwd(const TexturePtrs<T>& p, int64_t q, T* out) {
     const T a10 = ok[1] ? p.tex[off[1] + c] : T(0);
     const T a01 = ok[2] ? p.tex[off[2] + c] : T(0);
     const T a11 = ok[3] ? p.tex[off[3] + c] : T(0);
-    const T top = a00 + tex_mul(fu, a10 - a00);
-    const T bottom = a01 + tex_mul(fu, a11 - a01);
-    o[c] = top + tex_mul(fv, bottom - top);
+    const T top = a00 + rn_mul(fu, a10 - a00);
+    const T bottom = a01 + rn_mul(fu, a11 - a01);
+    o[c] = top + rn_mul(fv, bottom - top);
   }
 }
 
@@ -166,13 +152,13 @@ PE_HD void tex_pixel_grad_uv(const TexturePtrs<T>& p, const T* g, int64_t q, T* 
       const T a10 = ok[1] ? p.tex[off[1] + c] : T(0);
       const T a01 = ok[2] ? p.tex[off[2] + c] : T(0);
       const T a11 = ok[3] ? p.tex[off[3] + c] : T(0);
-      const T top = a00 + tex_mul(fu, a10 - a00);
-      const T bottom = a01 + tex_mul(fu, a11 - a01);
-      gu += tex_mul(gq[c], tex_mul(T(1) - fv, a10 - a00) + tex_mul(fv, a11 - a01));
-      gv += tex_mul(gq[c], bottom - top);
+      const T top = a00 + rn_mul(fu, a10 - a00);
+      const T bottom = a01 + rn_mul(fu, a11 - a01);
+      gu += rn_mul(gq[c], rn_mul(T(1) - fv, a10 - a00) + rn_mul(fv, a11 - a01));
+      gv += rn_mul(gq[c], bottom - top);
     }
-    gu = tex_mul(gu, static_cast<T>(p.Wt));
-    gv = tex_mul(gv, static_cast<T>(p.Ht));
+    gu = rn_mul(gu, static_cast<T>(p.Wt));
+    gv = rn_mul(gv, static_cast<T>(p.Ht));
   }
   grad_uv[2 * q] = gu;
   grad_uv[2 * q + 1] = gv;
@@ -188,14 +174,14 @@ PE_HD void tex_pixel_grad_tex(const TexturePtrs<T>& p, const T* g, int64_t q, Ad
   const T* gq = g + q * p.C;
   T wt[4] = {T(1), T(0), T(0), T(0)};
   if (LINEAR) {
-    wt[0] = tex_mul(T(1) - fu, T(1) - fv);
-    wt[1] = tex_mul(fu, T(1) - fv);
-    wt[2] = tex_mul(T(1) - fu, fv);
-    wt[3] = tex_mul(fu, fv);
+    wt[0] = rn_mul(T(1) - fu, T(1) - fv);
+    wt[1] = rn_mul(fu, T(1) - fv);
+    wt[2] = rn_mul(T(1) - fu, fv);
+    wt[3] = rn_mul(fu, fv);
   }
   for (int k = 0; k < (LINEAR ? 4 : 1); ++k) {
     if (!ok[k]) continue;
-    for (int64_t c = 0; c < p.C; ++c) add(off[k] + c, tex_mul(wt[k], gq[c]));
+    for (int64_t c = 0; c < p.C; ++c) add(off[k] + c, rn_mul(wt[k], gq[c]));
   }
 }
 
