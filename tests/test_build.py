@@ -50,13 +50,13 @@ def _ci_nvcc_commands():
 
 
 def _ci_only(cmd):
-    """An nvcc command of .ci/run less what only a compile check needs (its own -std, -arch per
+    """An nvcc command of .ci/run less what only a compile check needs (its own -std, -gencode per
     target, include path, warnings as errors, -c SOURCE -o OBJECT); setup.py gets these from torch."""
     rest, i = [], 1
     assert cmd[0] == "nvcc", cmd
     while i < len(cmd):
         w = cmd[i]
-        if w in ("-c", "-o", "-Werror"):
+        if w in ("-c", "-o", "-Werror", "-gencode"):
             i += 2
             continue
         if not (w.startswith(("-arch=", "-I")) or w == "-std=c++17"):
