@@ -205,7 +205,7 @@ class FineStage:
             if faces.shape[0] == 0:
                 continue
             mask = self.render(cams, "albedo", None, mesh=(verts, faces))["opacity"] > 0.5
-            iou = float(((mask & target).flatten(1).sum(1) / (mask | target).flatten(1).sum(1).clamp_min(1)).mean())
+            iou = float(sds.mask_iou(mask, target).mean())
             if iou > best_iou:
                 best, best_iou = level, iou
         if best is None:

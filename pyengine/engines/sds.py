@@ -649,6 +649,12 @@ def _prompt_labels(prompt: str) -> tuple[str, str]:
     return shape, color
 
 
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B] intersection over union of two batches of boolean masks ``[B, H, W]`` (0 where both are empty)."""
+    inter = (a & b).flatten(1).sum(1).float()
+    return inter / (a | b).flatten(1).sum(1).float().clamp_min(1)
+
+
 def silhouette_iou(opacity: torch.Tensor, shape: str, cams: Cameras, yaw_step: float = 10.0) -> float:
     """Mean IoU of the ``opacity > 0.5`` silhouettes ``[B, H, W]`` with the canonical ``shape``'s
     from the same cameras, at the shape's best turn about +z (a grid of ``yaw_step`` degrees)."""
@@ -656,9 +662,7 @@ def silhouette_iou(opacity: torch.Tensor, shape: str, cams: Cameras, yaw_step: f
     best = 0.0
     for yaw in np.arange(0.0, 360.0, yaw_step):
         ref = swi.reference_masks(shape, cams.to("cpu"), float(yaw)) > 0.5
-        inter = (pred & ref).flatten(1).sum(1).float()
-        union = (pred | ref).flatten(1).sum(1).float().clamp_min(1)
-        best = max(best, float((inter / union).mean()))
+        best = max(best, float(mask_iou(pred, ref).mean()))
         if shape == "sphere":
             break
     return best
