@@ -15,8 +15,11 @@ cd "$(dirname "$0")/../.."
 mkdir -p .peers/site
 python3 -m pip download --no-deps --only-binary=:all: -d .peers nerfacc==0.5.3
 # pure-Python needs of pyengine that the GPU image lacks (it has torch, numpy, scipy, safetensors,
-# tqdm, imageio, scikit-image, transformers): without them the engine tests fail there (xatlas: the
-# CPython 3.11 manylinux wheel; another Python on the GPU image needs its own)
+# tqdm, imageio, scikit-image, transformers): without them the engine tests fail there (xatlas
+# has compiled code: this machine's Python's wheel, and CPython 3.12's, the GPU image's Python on
+# 2026-11-28; gpu_check.sh installs whichever fits)
 python3 -m pip download --no-deps --only-binary=:all: -d .peers omegaconf==2.4.0 trimesh==5.2.0 \
   diffusers==0.42.1 importlib_metadata==10.2.0 xatlas==0.0.11
+python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+  -d .peers xatlas==0.0.11
 du -sh .peers
