@@ -169,6 +169,20 @@ def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(path, device="cpu"), state
 
 
+def load_run(path: str, job: str, config: dict, resume_free: frozenset) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """``load_checkpoint(path)`` of a run being resumed: None when there is no file; ValueError
+    naming the difference when the file is another job's or its config differs from ``config``
+    (a dict) in a field outside ``resume_free``."""
+    if not os.path.exists(path):
+        return None
+    tensors, state = load_checkpoint(path)
+    diff = config_diff(state.get("config", {}), config, resume_free)
+    if state.get("job") != job or diff:
+        raise ValueError(f"{job}: {path} belongs to another run "
+                         f"({format_diff(diff) if diff else 'job ' + repr(state.get('job'))})")
+    return tensors, state
+
+
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in tensors.items()}
 

@@ -200,13 +200,10 @@ class Trainer:
 
         Raises ValueError when it is another job's, or its config differs outside ``resume_free``.
         """
-        if not os.path.exists(self.ckpt_path):
+        loaded = _runs.load_run(self.ckpt_path, self.job, self.config, self.resume_free)
+        if loaded is None:
             return False
-        tensors, state = _runs.load_checkpoint(self.ckpt_path)
-        diff = _runs.config_diff(state.get("config", {}), self.config, self.resume_free)
-        if state.get("job") != self.job or diff:
-            raise ValueError(f"{self.job}: {self.ckpt_path} belongs to another run "
-                             f"({_runs.format_diff(diff) if diff else 'job ' + repr(state.get('job'))})")
+        tensors, state = loaded
         self.model.load_state_dict(_runs.unprefixed("model", tensors))
         if self.ema is not None:
             ema = _runs.unprefixed("ema", tensors)

@@ -244,13 +244,10 @@ class FineStage:
 
     def load(self) -> bool:
         """Restore the saved state; False when there is none; ValueError when it belongs to another run."""
-        if not os.path.exists(self.ckpt_path):
+        loaded = _runs.load_run(self.ckpt_path, JOB, asdict(self.cfg), RESUME_FREE)
+        if loaded is None:
             return False
-        tensors, state = _runs.load_checkpoint(self.ckpt_path)
-        diff = _runs.config_diff(state.get("config", {}), asdict(self.cfg), RESUME_FREE)
-        if state.get("job") != JOB or diff:
-            raise ValueError(f"magic3d: {self.ckpt_path} belongs to another run "
-                             f"({_runs.format_diff(diff) if diff else 'job ' + repr(state.get('job'))})")
+        tensors, state = loaded
         with torch.no_grad():
             self.sdf.copy_(tensors["sdf"])
             self.deform.copy_(tensors["deform"])

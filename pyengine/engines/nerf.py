@@ -153,13 +153,10 @@ class NeRFTrainer:
         Raises ValueError when the file is not a pyengine checkpoint or its config differs from
         ``self.cfg`` in a field outside ``RESUME_FREE``. Loading runs no code from the file.
         """
-        if not os.path.exists(self.ckpt_path):
+        loaded = _runs.load_run(self.ckpt_path, "fit-nerf", asdict(self.cfg), RESUME_FREE)
+        if loaded is None:
             return False
-        tensors, state = _runs.load_checkpoint(self.ckpt_path)
-        diff = _runs.config_diff(state.get("config", {}), asdict(self.cfg), RESUME_FREE)
-        if state.get("job") != "fit-nerf" or diff:
-            raise ValueError(f"fit-nerf: {self.ckpt_path} belongs to another run "
-                             f"({_runs.format_diff(diff) if diff else 'job ' + repr(state.get('job'))})")
+        tensors, state = loaded
         self.field.load_state_dict(_runs.unprefixed("field", tensors))
         self.estimator.load_state_dict(_runs.unprefixed("estimator", tensors))
         _runs.optimizer_from_flat(self.opt, _runs.unprefixed("opt", tensors), state["opt"])
