@@ -129,6 +129,26 @@ def test_the_gradient_on_the_render_is_the_analytic_formula(tmp_path, method, we
     torch.testing.assert_close(prior.last_x.grad, want, rtol=1e-4, atol=1e-5)
 
 
+def test_each_method_has_its_own_annealing_and_decay_by_default(tmp_path):
+    prior = tiny_prior()  # VSD needs a prior that makes a LoRA copy
+    T = prior.schedule.T
+    base = S.SDSConfig(**{**TINY, "out": str(tmp_path / "r"), "iterations": 11})
+    for method in S.METHODS:
+        run = S.SDSRun(replace(base, method=method), base.out, prior)
+        run.step = 11  # the end of the run
+        end = S.T_MAX_END[method]
+        assert run.t_high() == (max(int(end * T) - 1, run.t_lo) if end else run.t_hi), method
+        assert run._lr_scale() == pytest.approx(0.1 if S.LR_DECAY[method] == "cosine" else 1.0), method
+    assert S.T_MAX_END["vsd"] > 0 and S.LR_DECAY["vsd"] == "cosine"
+    # explicit settings win over the method's: none for VSD, annealing and decay for SDS
+    vsd = S.SDSRun(replace(base, method="vsd", t_max_end=0.0, lr_decay="none"), base.out, prior)
+    vsd.step = 11  # the end of the run
+    assert vsd.t_high() == vsd.t_hi and vsd._lr_scale() == 1.0
+    sds = S.SDSRun(replace(base, t_max_end=0.5, lr_decay="cosine"), base.out, prior)
+    sds.step = 11  # the end of the run
+    assert sds.t_high() == max(int(0.5 * T) - 1, sds.t_lo) < sds.t_hi and sds._lr_scale() == pytest.approx(0.1)
+
+
 def test_view_dependent_prompts_follow_dreamfusions_rule():
     assert view_of(torch.tensor([10.0, 10.0, 10.0, 10.0, 70.0]), torch.tensor([10.0, 90.0, 180.0, 300.0, 0.0])) == \
         ["front", "side", "back", "side", "overhead"]
@@ -242,7 +262,8 @@ def test_ctrl_c_saves_and_still_writes_outputs(tmp_path, prior_file, monkeypatch
 @pytest.mark.parametrize("kw, match", [({"method": "dreamfusion"}, "method"), ({"t_min": 0.9, "t_max": 0.5}, "t_min"),
                                         ({"iterations": 0}, "iterations"), ({"albedo_prob": 1.5}, "albedo_prob"),
                                         ({"background": [1, 1]}, "background"), ({"prompt": " "}, "prompt"),
-                                        ({"elevation_range": [30, 10]}, "elevation_range")])
+                                        ({"elevation_range": [30, 10]}, "elevation_range"),
+                                        ({"t_max_end": 0.99}, "t_max_end"), ({"lr_decay": "step"}, "lr_decay")])
 def test_bad_configs_name_the_setting(kw, match):
     with pytest.raises(ValueError, match=match):
         S.check_config(S.SDSConfig(**kw))
