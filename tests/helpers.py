@@ -17,3 +17,15 @@ def assert_close(actual, expected, atol, rtol, what=""):
             f"{what}: {int(bad.sum())}/{diff.numel()} elements differ; max abs diff {diff.max().item():.3e}, "
             f"mean {diff.mean().item():.3e} (atol {atol}, rtol {rtol})"
         )
+
+
+def load_bench(name: str):
+    """The module of ``bench/<name>.py`` (bench/ is scripts, not a package)."""
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "bench", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

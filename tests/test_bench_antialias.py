@@ -3,22 +3,17 @@ providers with a positive time, and the scene it renders has silhouettes to anti
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_antialias", os.path.join(ROOT, "bench", "bench_antialias.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_antialias")
 
 
 def test_rows_on_cpu(bench, tmp_path):

@@ -3,10 +3,8 @@ against the reference before it is timed, and a wrong one is caught."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import sys
 import types
 
@@ -14,8 +12,8 @@ import pytest
 import torch
 
 from pyengine.ops.st_attention import st_attention
+from tests.helpers import load_bench
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--device", "cpu", "--quick", "--batch", "1", "--heads", "2", "--head-dims", "5", "--frames", "3",
         "--latent", "3", "--spatial-frames", "2", "--spatial-latent", "3", "--reps", "1", "--budget", "1"]
 PYENGINE = ("reference", "cpu", "triton", "cuda")
@@ -23,10 +21,7 @@ PYENGINE = ("reference", "cpu", "triton", "cuda")
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_attention", os.path.join(ROOT, "bench", "bench_attention.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_attention")
 
 
 def run(bench, tmp_path, *extra):

@@ -4,24 +4,19 @@ pyengine prior into deepinv's denoiser, the physics built from pyengine's operat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_inverse", os.path.join(ROOT, "bench", "bench_inverse.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_inverse")
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,19 @@ tiny-cuda-nn and nerfacc (the real ones need a GPU), and a provider that fails i
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import load_bench
+
 TINY = ["--device", "cpu", "--quick", "--iters", "2", "--warmup", "1"]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_sds", os.path.join(ROOT, "bench", "bench_sds.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_sds")
 
 
 def run(bench, tmp_path, *extra):
