@@ -6,9 +6,10 @@
 
 Compositing: R rays with 1..2*spr samples each (mean spr), density mode, C = 3 values, forward and
 backward of every output. Ray marching: rays from a 64x64 camera ring against a 128^3 grid
-holding a sphere (fixed step, about 512 steps across the box). Training step: a 64x64 image
-(4096 rays), 512 samples per ray before pruning, hash grid + MLP with analytic normals (double
-backward through the grid), fused ops vs the same step with every op on its reference.
+holding a sphere (fixed step, about 512 steps across the box; --march-steps, --march-radius).
+Training step: a 64x64 image (4096 rays), 512 samples per ray before pruning, hash grid + MLP
+with analytic normals (double backward through the grid), fused ops vs the same step with every
+op on its reference.
 
 nerfacc (optional ``bench`` extra, ``pip install nerfacc==0.5.3``; skipped with a note when it is
 not importable), CPU: nerfacc's own CPU path is its batched functions, so the drop-in
@@ -246,6 +247,8 @@ def main(argv=None):
     ap.add_argument("--sizes", nargs="+", type=int, default=None, help="log2 of the number of samples")
     ap.add_argument("--skip", nargs="*", default=[], choices=["composite", "nerfacc", "floor", "march", "step"])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--march-steps", type=int, default=512, help="ray_march: steps across the box's diagonal")
+    ap.add_argument("--march-radius", type=float, default=0.8, help="ray_march: radius of the occupied sphere")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     dev = args.device
@@ -314,13 +317,13 @@ def main(argv=None):
 
     if "march" not in args.skip:
         res, half = 128, 1.1
-        binaries = sphere_grid(res, dev, half=half)
+        binaries = sphere_grid(res, dev, radius=args.march_radius, half=half)
         aabb = torch.tensor([-half] * 3 + [half] * 3, device=dev)
         n_cams = 16 if gpu else 4
         cams = orbit_cameras(n_cams, radius=4.0, width=64, height=64, device=dev)
         o, d = (t.reshape(-1, 3) for t in generate_rays(cams))
         tmin, tmax, hit = ray_aabb_intersect(o, d, aabb[None])
-        step = 2 * half * math.sqrt(3) / 512
+        step = 2 * half * math.sqrt(3) / args.march_steps
         base = None
         march_provs = [p for p in provs if p in ("reference", "cuda", "cpu")]  # ray_march's backends
         for prov in march_provs:
@@ -349,7 +352,7 @@ def main(argv=None):
         o, d = (t.reshape(-1, 3) for t in generate_rays(cams))
         target = torch.rand(o.shape[0], 3, device=dev)
         opt = torch.optim.Adam(field.parameters(), lr=1e-3)
-        step = 2 * half * math.sqrt(3) / 512
+        step = 2 * half * math.sqrt(3) / args.march_steps
 
         def train_step():
             out = render_rays(field, est, o, d, render_step_size=step, with_normals=True, stratified=True)

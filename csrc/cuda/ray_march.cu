@@ -9,7 +9,9 @@
 // more than counts[r] of them. Each thread reads the six roi_aabb floats itself (one broadcast
 // load per warp), so the host never copies them. Rays of a warp differ in length, so lanes idle
 // while the longest ray finishes; rays come in image order, so neighbouring lanes usually have
-// similar lengths. binaries is read one byte per step; a 128^3 level is 2 MB and stays in L2.
+// similar lengths. binaries is read one byte per looked-up step (a 128^3 level is 2 MB and stays in
+// L2); inside a known-empty cell the steps are walked without lookups (MarchSkipper in
+// pyengine/ray_march.h), with one float64 range computed per such cell.
 #include <cuda_runtime.h>
 
 #include "pyengine/ray_march.h"

@@ -34,8 +34,9 @@ struct Hash {
       TORCH_CHECK_VALUE(l == 0 ? offsets[0] >= 0 : offsets[l] > offsets[l - 1], op,
                         ": offsets must increase");
       lv.offset[l] = static_cast<uint32_t>(offsets[l]);
-      lv.res[l] = l < L ? static_cast<uint32_t>(res[l]) : 0;
-      lv.scale[l] = l < L ? static_cast<float>(scales[l]) : 0.0f;
+      if (l == L) break;  // offset has L + 1 entries, res and scale L (at most kHashMaxLevels)
+      lv.res[l] = static_cast<uint32_t>(res[l]);
+      lv.scale[l] = static_cast<float>(scales[l]);
     }
     lv.n_levels = static_cast<int>(L);
     lv.hashed_mask = static_cast<uint32_t>(mask);

@@ -28,7 +28,8 @@ def _fake(packed_info, t_starts, t_ends, x, values, alpha_mode):
 # On GPUs Triton comes first. On an H200 (bench/RESULTS.md, commit ba6b52e), C = 3, about 64
 # samples per ray, forward + backward kernels alone took 0.180 ms with Triton's [rays x samples]
 # tiles against 0.225 ms with the one-thread-per-ray CUDA kernels at 2^20 samples, and 0.417
-# against 1.164 ms at 2^22.
+# against 1.164 ms at 2^22. The CUDA kernels have since become group-per-ray scans (coalesced, warp
+# shuffles: csrc/cuda/composite.cu), not yet run on a GPU: the order stays until they are timed.
 OP = define(
     "composite",
     "(Tensor packed_info, Tensor t_starts, Tensor t_ends, Tensor x, Tensor values, bool alpha_mode)"

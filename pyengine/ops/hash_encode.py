@@ -38,7 +38,9 @@ _LAYOUT = "int[] offsets, float[] scales, int[] resolutions, int hashed_mask, in
 # On GPUs Triton comes first: on an H200 (bench/RESULTS.md, commit e848364), 2^20 points, standard
 # grid, forward + backward took 2.73 ms with Triton against 3.14 ms with CUDA in float32 (2.54
 # against 2.61 ms with float16 tables); Triton's forward is the faster one (0.97 against 1.38 ms),
-# the backward ties. Both passed the GPU tests there.
+# the backward ties. Both passed the GPU tests there. Those CUDA figures predate the tiled CUDA
+# kernels (rows staged in shared memory and stored coalesced, vector row loads, an atomic-free
+# dL/dx), which have not run on a GPU yet: the order stays until they are timed side by side.
 OP = define(
     "hash_encode", f"(Tensor x, Tensor params, {_LAYOUT}) -> Tensor", grads=("params", "x"),
     fake=lambda x, params, offsets, scales, *a: x.new_empty((x.shape[0], len(scales) * a[-2]), dtype=params.dtype),

@@ -51,9 +51,18 @@ def _matching(src: str, i: int, open_ch: str, close_ch: str) -> int:
     raise ValueError("unbalanced brackets")
 
 
+_DYNAMIC_SMEM = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([A-Za-z_][\w:<>, ]*?)\s+"
+                           r"(?:__align__\(\s*\d+\s*\)\s+)?(\w+)\s*\[\s*\]\s*;")
+
+
 def translate(src: str, arch: int = ARCH) -> str:
     """`k<T><<<grid, block, smem, stream>>>(args);` -> `::pe_emu::launch(grid, block, [&] { k<T>(args); });`,
-    in a unit compiled as a device pass for sm_<arch>."""
+    in a unit compiled as a device pass for sm_<arch>. A file that uses __syncthreads, shared memory or
+    warp shuffles gets `::pe_emu::launch_coop(grid, block, smem, ...)` (each thread a coroutine, so barriers hold), and
+    each `extern __shared__ T name[];` becomes a pointer to the launch's dynamic shared memory."""
+    coop = any(k in src for k in ("__syncthreads", "__shared__", "__shfl", "__syncwarp"))
+    src = _DYNAMIC_SMEM.sub(lambda m: f"{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>"
+                                      f"(::pe_emu::dynamic_smem());", src)
     out, pos = [], 0
     for m in re.finditer(r"<<<", src):
         if m.start() < pos:
@@ -69,7 +78,11 @@ def translate(src: str, arch: int = ARCH) -> str:
         semi = src.index(";", args_close)
         lead = src[start:m.start()][: len(src[start:m.start()]) - len(src[start:m.start()].lstrip())]
         out.append(src[pos:start])
-        out.append(f"{lead}::pe_emu::launch({config[0]}, {config[1]}, [&] {{ {kernel}({args}); }});")
+        if coop:
+            smem = config[2] if len(config) > 2 else "0"
+            out.append(f"{lead}::pe_emu::launch_coop({config[0]}, {config[1]}, {smem}, [&] {{ {kernel}({args}); }});")
+        else:
+            out.append(f"{lead}::pe_emu::launch({config[0]}, {config[1]}, [&] {{ {kernel}({args}); }});")
         pos = semi + 1
     out.append(src[pos:])
     arch_line = f"#define __CUDA_ARCH__ {arch}\n" if arch else ""

@@ -41,3 +41,58 @@ PE_EMU_EXPORT int pe_emu_misaligned_float2_atomic() {
   return -1;
 #endif
 }
+
+// Block barriers and dynamic shared memory (launch_coop): each block reverses its slice of `in`
+// through shared memory, so every thread reads a slot that another thread wrote before the
+// barrier (slots of threads past n hold -7). With early_exit, thread 0 of each block returns
+// before the barrier. Returns the launch's error (0, 719 for a barrier not every thread reaches,
+// 1 for more shared memory than a launch may ask for).
+__global__ void pe_emu_reverse_kernel(const int* in, int* out, int n, int early_exit) {
+  extern __shared__ __align__(16) int reverse_smem[];
+  const int nt = blockDim.x * blockDim.y, t = threadIdx.y * blockDim.x + threadIdx.x;
+  const int i = blockIdx.x * nt + t;
+  if (early_exit && t == 0) return;
+  reverse_smem[t] = i < n ? in[i] : -7;
+  __syncthreads();
+  if (i < n) out[i] = reverse_smem[nt - 1 - t];
+}
+
+PE_EMU_EXPORT int pe_emu_block_reverse(const int* in, int* out, int n, int bx, int by, int early_exit,
+                                       long smem_bytes) {
+  cudaGetLastError();
+  const int nt = bx * by;
+  pe_emu_reverse_kernel<<<dim3((n + nt - 1) / nt), dim3(bx, by), static_cast<size_t>(smem_bytes), nullptr>>>(
+      in, out, n, early_exit);
+  return cudaGetLastError();
+}
+
+// Warp shuffles (launch_coop): for each segment of `width` lanes, every lane returns its inclusive
+// prefix sum (__shfl_up_sync), the segment's total (__shfl_xor_sync), its right neighbour's value
+// (__shfl_down_sync; the last lane keeps its own) and the segment's first value (__shfl_sync).
+// With early_exit, lane 3 of each warp returns before the shuffles that name it.
+__global__ void pe_emu_shuffle_kernel(const int* in, int* out, int n, int width, int early_exit) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x % 32;
+  if (early_exit && lane == 3) return;
+  const unsigned mask = 0xffffffffu;
+  const int v = t < n ? in[t] : 0;
+  int incl = v, total = v;
+  for (int o = 1; o < width; o *= 2) {
+    const int u = __shfl_up_sync(mask, incl, o, width);
+    if ((lane & (width - 1)) >= o) incl += u;
+  }
+  for (int o = width / 2; o > 0; o /= 2) total += __shfl_xor_sync(mask, total, o, width);
+  const int right = __shfl_down_sync(mask, v, 1, width);
+  const int first = __shfl_sync(mask, v, 0, width);
+  if (t < n) {
+    out[4 * t] = incl;
+    out[4 * t + 1] = total;
+    out[4 * t + 2] = right;
+    out[4 * t + 3] = first;
+  }
+}
+
+PE_EMU_EXPORT int pe_emu_shuffles(const int* in, int* out, int n, int block, int width, int early_exit) {
+  cudaGetLastError();
+  pe_emu_shuffle_kernel<<<dim3((n + block - 1) / block), dim3(block), 0, nullptr>>>(in, out, n, width, early_exit);
+  return cudaGetLastError();
+}

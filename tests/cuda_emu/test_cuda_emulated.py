@@ -1,7 +1,8 @@
 """The CUDA kernels, run without a GPU: csrc/cuda/*.cu compiled for the CPU by the emulator in
-this folder (threads one after another), loaded in place of pyengine._C, then the op test files
-run against them through the "cpu" backend. Catches indexing, launch-configuration and
-host-wrapper bugs in code that otherwise only gets compiled here; it cannot see races."""
+this folder (threads one after another; block barriers and shared memory through coroutines),
+loaded in place of pyengine._C, then the op test files run against them through the "cpu"
+backend. Catches indexing, launch-configuration, barrier and host-wrapper bugs in code that
+otherwise only gets compiled here; it cannot see races."""
 
 import glob
 import json
@@ -103,11 +104,13 @@ step("march", march)
 def encode(F, dtype):
     cfg = HashGridConfig(n_input_dims=3, n_levels=3, n_features_per_level=F, log2_hashmap_size=8,
                          base_resolution=3, per_level_scale=2.0)
-    x = torch.rand(19, 3, generator=g, dtype=dtype)
+    x = torch.rand(19, 3, generator=g, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     p = (torch.rand(cfg.n_params(), generator=g, dtype=torch.float64) - 0.5).to(dtype).requires_grad_()
     hash_encode(x, p, cfg, backend="cpu").sum().backward()
 for F in (1, 2, 4, 8):
     step(f"encode_f32_F{F}", lambda: encode(F, torch.float32))
+for F in (2, 4, 8):
+    step(f"encode_f16_F{F}", lambda: encode(F, torch.float16))
 step("encode_f64_F2", lambda: encode(2, torch.float64))
 print(json.dumps(out))
 """)
@@ -127,6 +130,88 @@ print(json.dumps(out))
     assert got["encode_f32_F1"].get("atomicAdd(float)", 0) > 0, got["encode_f32_F1"]
     assert not vector & got["encode_f32_F1"].keys(), got["encode_f32_F1"]
     assert got["encode_f64_F2"].get("atomicAdd(double)", 0) > 0, got["encode_f64_F2"]
+    # every hash_encode kernel stages its rows in shared memory; table rows of 2+ features of 16 or
+    # 32 bits are read with vector loads (float64 rows and single features are not)
+    for name, used in got.items():
+        if name.startswith("encode"):
+            assert used.get("__syncthreads", 0) > 0, (name, used)
+            vectors = name.startswith(("encode_f32", "encode_f16")) and not name.endswith("F1")
+            assert (used.get("vector load", 0) > 0) == vectors, (name, used)
+
+
+def test_hash_encode_tiles_and_vector_loads(emulated_build):
+    """The tiled hash_encode kernels at the largest tile (32 levels x 8 features, float32 and
+    float64) and on a table whose rows are not aligned for vector loads (read value by value, the
+    same numbers): forward, backward and double backward against the reference."""
+    got = _run_emulated(emulated_build, """
+from pyengine.ops.hash_encode import hash_encode
+from pyengine.reference.hash_encode import HashGridConfig
+out = {}
+def run(name, cfg, x, p, backend, offset=0):
+    x = x.clone().requires_grad_()
+    whole = torch.cat([p.new_zeros(offset), p]).requires_grad_()
+    p = whole[offset:]  # offset 1: 4 bytes past an aligned start, so no float2 loads
+    lib.pe_emu_reset_counters()
+    y = hash_encode(x, p, cfg, backend=backend)
+    go = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    dx, dp = torch.autograd.grad(y, (x, p), go, create_graph=True)
+    ddx, ddp = torch.autograd.grad((dx * dx.detach().sign()).sum() + dp.square().sum(), (x, p))
+    out.setdefault(name, {})[backend] = {"t": [t.detach().double().flatten().tolist() for t in (y, dx, dp, ddx, ddp)],
+                                         "counters": counters()}
+g = torch.Generator().manual_seed(3)
+for dtype in (torch.float32, torch.float64):
+    cfg = HashGridConfig(n_input_dims=3, n_levels=32, n_features_per_level=8, log2_hashmap_size=7,
+                         base_resolution=2, per_level_scale=1.3)
+    x = torch.rand(37, 3, generator=g, dtype=torch.float64).to(dtype)
+    p = (torch.rand(cfg.n_params(), generator=g, dtype=torch.float64) - 0.5).to(dtype)
+    for backend in ("cpu", "reference"):
+        run(f"L32F8-{dtype}", cfg, x, p, backend)
+cfg = HashGridConfig(n_input_dims=3, n_levels=4, n_features_per_level=2, log2_hashmap_size=8,
+                     base_resolution=3, per_level_scale=2.0)
+x = torch.rand(45, 3, generator=g)
+p = torch.rand(cfg.n_params(), generator=g) - 0.5
+run("misaligned", cfg, x, p, "cpu", offset=1)
+run("aligned", cfg, x, p, "cpu")
+print(json.dumps(out))
+""")
+    for dtype, tol in (("torch.float32", 2e-4), ("torch.float64", 1e-10)):
+        case = got[f"L32F8-{dtype}"]
+        assert case["cpu"]["counters"]["__syncthreads"] > 0, case["cpu"]["counters"]
+        for name, a, b in zip(("y", "dx", "dp", "ddx", "ddp"), case["cpu"]["t"], case["reference"]["t"]):
+            scale = max(1.0, max(abs(v) for v in b))
+            assert max(abs(u - v) for u, v in zip(a, b)) <= tol * scale, (dtype, name)
+    # the misaligned table is read value by value (the double backward's extra passes read fresh,
+    # aligned tensors with vector loads), with no misaligned-address fault and the same numbers
+    assert got["misaligned"]["cpu"]["counters"]["vector load"] < got["aligned"]["cpu"]["counters"]["vector load"]
+    assert got["misaligned"]["cpu"]["t"] == got["aligned"]["cpu"]["t"]
+
+
+def test_emulated_block_barriers(emulated_build):
+    """launch_coop: a barrier orders every thread's shared-memory write before any read after it,
+    for 1-D and 2-D blocks and a short last block; a barrier that one thread returns before, and
+    more dynamic shared memory than a launch may ask for, fail the launch as on a GPU."""
+    got = _run_emulated(emulated_build, """
+import numpy as np
+out = {}
+for name, n, bx, by, early, smem in (("1d", 96, 32, 1, 0, 128), ("2d-short", 100, 8, 4, 0, 128),
+                                     ("early-exit", 64, 32, 1, 1, 128), ("too-much-smem", 64, 32, 1, 0, 49153)):
+    a = np.arange(n, dtype=np.int32) * 3 + 1
+    b = np.full(n, -1, dtype=np.int32)
+    err = lib.pe_emu_block_reverse(a.ctypes.data_as(ctypes.c_void_p), b.ctypes.data_as(ctypes.c_void_p), n, bx, by,
+                                   early, ctypes.c_long(smem))
+    out[name] = {"err": err, "b": b.tolist()}
+print(json.dumps(out))
+""")
+    import numpy as np
+
+    for name, n, nt in (("1d", 96, 32), ("2d-short", 100, 32)):
+        a = np.arange(n) * 3 + 1
+        i = np.arange(n)
+        j = (i // nt) * nt + nt - 1 - i % nt  # the element this thread's mirror wrote
+        want = np.where(j < n, a[np.minimum(j, n - 1)], -7)
+        assert got[name]["err"] == 0 and got[name]["b"] == want.tolist(), name
+    assert got["early-exit"]["err"] == 719, got["early-exit"]
+    assert got["too-much-smem"]["err"] == 1 and got["too-much-smem"]["b"] == [-1] * 64, got["too-much-smem"]
 
 
 def test_voxel_reductions_use_atomics_only_when_not_deterministic(emulated_build):
@@ -245,6 +330,40 @@ print(json.dumps(out))
 @pytest.mark.skipif(build.ARCH < 900, reason="vector atomics are sm_90+")
 def test_misaligned_vector_atomic_faults(emulated_build):
     assert _run_emulated(emulated_build, "print(lib.pe_emu_misaligned_float2_atomic())") == 716
+
+
+def test_emulated_warp_shuffles(emulated_build):
+    """__shfl_up/xor/down/_sync and __shfl_sync within segments of every width, in blocks of one and
+    of several warps, as CUDA defines them; a lane that returns before a shuffle naming it fails the
+    launch (on a GPU: undefined, a hang or garbage)."""
+    got = _run_emulated(emulated_build, """
+import numpy as np
+out = {}
+for width in (1, 2, 4, 8, 16, 32):
+    for block, early in ((32, 0), (96, 0), (64, 1)):
+        n = 150
+        a = (np.arange(n, dtype=np.int32) * 7) % 11 - 5
+        b = np.full(4 * n, -99, dtype=np.int32)
+        err = lib.pe_emu_shuffles(a.ctypes.data_as(ctypes.c_void_p), b.ctypes.data_as(ctypes.c_void_p), n, block,
+                                  width, early)
+        out[f"{width}-{block}-{early}"] = {"err": err, "b": b.tolist()}
+print(json.dumps(out))
+""")
+    import numpy as np
+
+    n = 150
+    a = (np.arange(n) * 7) % 11 - 5
+    for width in (1, 2, 4, 8, 16, 32):
+        for block in (32, 96):
+            padded = np.concatenate([a, np.zeros(-n % block, dtype=a.dtype)])  # lanes past n hold 0
+            seg = padded.reshape(-1, width)
+            incl, total = np.cumsum(seg, 1), np.repeat(seg.sum(1, keepdims=True), width, 1)
+            right = np.concatenate([seg[:, 1:], seg[:, -1:]], 1)
+            first = np.repeat(seg[:, :1], width, 1)
+            want = np.stack([m.reshape(-1)[:n] for m in (incl, total, right, first)], 1).reshape(-1)
+            res = got[f"{width}-{block}-0"]
+            assert res["err"] == 0 and res["b"] == want.tolist(), (width, block)
+        assert got[f"{width}-64-1"]["err"] == 719, (width, got[f"{width}-64-1"]["err"])
 
 
 def test_op_suites_pass_on_the_emulated_cuda_kernels(emulated_build):

@@ -177,6 +177,13 @@ def test_out_of_range_is_clamped(backend):
 # --------------------------------------------------------------------------------- checks & dispatch
 
 
+def test_the_most_levels_match_the_reference():
+    """n_levels = 32, as many as the kernels' level table holds (the host once wrote one entry past
+    that table, which zeroed level 0's scale)."""
+    cfg, x, p, _ = make(3, 2, N=37, n_levels=32, log2_hashmap_size=7, base_resolution=2, per_level_scale=1.3)
+    assert_close(hash_encode(x, p, cfg, backend="cpu"), ref(x, p, cfg), **FP32_TOL)
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="n_features_per_level"):
         HashGridConfig(n_features_per_level=3)

@@ -212,6 +212,31 @@ def test_sparse_cascade_axis_aligned_rays_bitwise(backend, levels):
         assert_same(ray_march(**args, backend=backend), want, f"levels={levels} cone={cone}")
 
 
+@pytest.mark.parametrize("res", [(24, 24, 24), (10, 7, 13)])
+def test_empty_space_skipping_is_bitwise_far_and_grazing(res):
+    """The kernels skip lookups inside empty cells (march_skip); the samples must stay the
+    reference's bit for bit: origins 80 units away (large rounding in o + d t), rays grazing cell
+    faces and the level boundaries, cell sizes not divisible by 4 (cells that straddle the finer
+    level's box are never skipped), and many small steps per cell."""
+    g = torch.Generator().manual_seed(11)
+    levels = 3
+    bins = torch.rand((levels,) + res, generator=g) < 0.15
+    roi = f32(*ODD_ROI)
+    d = torch.nn.functional.normalize(torch.randn(200, 3, generator=g), dim=-1)
+    d[:20] = torch.nn.functional.normalize(d[:20] * f32(1.0, 1e-4, 1e-4), dim=-1)  # nearly along x
+    faces = (torch.randint(0, 24, (200, 3), generator=g).float() / 12 - 1) * 2  # on level-1 cell faces
+    o = faces - d * 80.0
+    c, h = (roi[:3] + roi[3:]) / 2, (roi[3:] - roi[:3]) / 2
+    big = torch.cat([c - h * 2 ** (levels - 1), c + h * 2 ** (levels - 1)])[None]
+    t0, t1, _ = ref_aabb.ray_aabb_intersect(o, d, big, near_plane=0.0)
+    for cone in (0.0, 0.004):
+        args = dict(rays_o=o, rays_d=d, t_min=t0[:, 0], t_max=t1[:, 0], binaries=bins, roi_aabb=roi,
+                    step_size=0.003, cone_angle=cone)
+        want = ref_mod.ray_march(**args)
+        assert want[1].numel() > 300
+        assert_same(ray_march(**args, backend="cpu"), want, f"res={res} cone={cone}")
+
+
 # --------------------------------------------------------------------------------- checks & registration
 
 

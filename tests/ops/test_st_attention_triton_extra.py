@@ -167,7 +167,8 @@ def several_blocks(kmod, monkeypatch, mode, blocks, compiled):
     if not compiled:
         monkeypatch.setattr(kmod, "_MIN_BLOCK", 1)
     monkeypatch.setattr(kmod, "_config", lambda kind, temporal, L, block_d: (1 if kind == "dbias" else seq, bm, bn, 4))
-    B, T, H, W, heads, D = (1, 5 * scale, 2, 2, 2, 5) if mode == "temporal" else (1, 2, 3 * (1 + compiled), 3 * (1 + compiled), 2, 5)
+    side = 3 * (1 + compiled)
+    B, T, H, W, heads, D = (1, 5 * scale, 2, 2, 2, 5) if mode == "temporal" else (1, 2, side, side, 2, 5)
     if seq > 1:
         slots = bm // seq
         T = slots - 1 if seq == 2 else slots  # seq == 2: padded slots

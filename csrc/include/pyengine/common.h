@@ -52,6 +52,18 @@ PE_HD T load_as(BF16Storage v) {
 }
 #endif
 
+#if defined(__CUDACC__)
+// An aligned vector load (V: float2, float4, uint32_t, uint2, uint4): the caller guarantees that p
+// is aligned to sizeof(V); the test emulator checks it.
+template <typename V>
+__device__ __forceinline__ V load_vec(const void* p) {
+#if defined(PE_EMULATE_CUDA)
+  ::pe_emu::check_vector_load(p, alignof(V));
+#endif
+  return *reinterpret_cast<const V*>(p);
+}
+#endif
+
 template <typename T>
 PE_HD void store_to(float* p, T v) { *p = static_cast<float>(v); }
 template <typename T>

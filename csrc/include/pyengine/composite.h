@@ -22,9 +22,11 @@
 // No division by (1 - alpha_k) appears, so an exactly opaque sample (alpha = 1, T = 0 behind it)
 // keeps its exact gradient; the recursion only multiplies by factors in [0, 1] and is stable.
 //
-// Work split: one ray per thread (CUDA) or per OpenMP iteration (CPU); the thread owns the ray's
-// sample range and its row of acc, so nothing needs atomics. The thread walks its samples one by
-// one, loading the next sample's inputs before it stores the current one's outputs. Memory layout: all per-sample arrays
+// Work split: the CPU runs one ray per OpenMP iteration, which walks its samples one by one,
+// loading the next sample's inputs before it stores the current one's outputs (composite_ray_fwd
+// and _bwd below); the CUDA kernels give each ray a group of lanes that scan it chunk by chunk
+// (csrc/cuda/composite.cu) over the same per-sample steps (composite_step, composite_alpha). The
+// owner of a ray owns its sample range and its row of acc, so nothing needs atomics. Memory layout: all per-sample arrays
 // [S] contiguous, values / grad_values [S, C] and acc / g_acc [R, C] row-major, packed_info [R, 2].
 #pragma once
 

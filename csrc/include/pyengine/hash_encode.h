@@ -155,10 +155,69 @@ PE_HD void corner_weight_grad(const GridCell<T, D>& c, int corner, const T (&fac
   }
 }
 
+// One table row as F values of T. In a device pass with `vec` set (the table's base, hence every
+// row, is aligned to min(16, F * sizeof(P)) bytes: see hash_rows_aligned), float rows are read as
+// float2 / float4 and 16-bit rows as one 4-, 8- or 16-byte word; otherwise value by value.
+template <typename T, int F, typename P>
+PE_HD void load_row(const P* row, bool vec, T (&v)[F]) {
+#if defined(__CUDA_ARCH__)
+  if (vec) {
+    if constexpr (std::is_same<P, float>::value && F % 4 == 0) {
+#pragma unroll
+      for (int f = 0; f < F; f += 4) {
+        const float4 q = load_vec<float4>(row + f);
+        v[f] = static_cast<T>(q.x);
+        v[f + 1] = static_cast<T>(q.y);
+        v[f + 2] = static_cast<T>(q.z);
+        v[f + 3] = static_cast<T>(q.w);
+      }
+      return;
+    } else if constexpr (std::is_same<P, float>::value && F == 2) {
+      const float2 q = load_vec<float2>(row);
+      v[0] = static_cast<T>(q.x);
+      v[1] = static_cast<T>(q.y);
+      return;
+    } else if constexpr (sizeof(P) == 2 && F >= 2) {  // F16Storage / BF16Storage, little-endian pairs
+      uint32_t w[F / 2];
+      if constexpr (F == 2) {
+        w[0] = load_vec<uint32_t>(row);
+      } else if constexpr (F == 4) {
+        const uint2 q = load_vec<uint2>(row);
+        w[0] = q.x;
+        w[1] = q.y;
+      } else {
+        const uint4 q = load_vec<uint4>(row);
+        w[0] = q.x;
+        w[1] = q.y;
+        w[2] = q.z;
+        w[3] = q.w;
+      }
+#pragma unroll
+      for (int i = 0; i < F / 2; ++i) {
+        v[2 * i] = load_as<T>(P{static_cast<uint16_t>(w[i] & 0xffffu)});
+        v[2 * i + 1] = load_as<T>(P{static_cast<uint16_t>(w[i] >> 16)});
+      }
+      return;
+    }
+  }
+#else
+  (void)vec;
+#endif
+#pragma unroll
+  for (int f = 0; f < F; ++f) v[f] = load_as<T>(row[f]);
+}
+
+// Whether load_row may use vector loads on a table starting at `table`.
+template <typename P>
+inline bool hash_rows_aligned(const P* table, int F) {
+  const size_t align = static_cast<size_t>(F) * sizeof(P) < 16 ? static_cast<size_t>(F) * sizeof(P) : 16;
+  return F > 1 && sizeof(P) <= 4 && reinterpret_cast<uintptr_t>(table) % align == 0;
+}
+
 // Forward for one point and one level: out[f] = sum_c w_c table[idx_c, f].
 template <typename T, int D, int F, typename P>
 PE_HD void hash_level_fwd(const GridCell<T, D>& c, const P* table, uint32_t res, uint32_t size,
-                          bool hashed, T (&out)[F]) {
+                          bool hashed, T (&out)[F], bool vec = false) {
 #pragma unroll
   for (int f = 0; f < F; ++f) out[f] = T(0);
   const CornerIndex<D> index(c.base, res, size, hashed);
@@ -166,9 +225,10 @@ PE_HD void hash_level_fwd(const GridCell<T, D>& c, const P* table, uint32_t res,
   for (int corner = 0; corner < (1 << D); ++corner) {
     T fac[D];
     const T w = corner_weight<T, D>(c, corner, fac);
-    const P* row = table + static_cast<size_t>(index(corner)) * F;
+    T v[F];
+    load_row<T, F, P>(table + static_cast<size_t>(index(corner)) * F, vec, v);
 #pragma unroll
-    for (int f = 0; f < F; ++f) out[f] += w * load_as<T>(row[f]);
+    for (int f = 0; f < F; ++f) out[f] += w * v[f];
   }
 }
 
@@ -178,7 +238,7 @@ PE_HD void hash_level_fwd(const GridCell<T, D>& c, const P* table, uint32_t res,
 template <typename T, int D, int F, typename P, typename G, typename Add>
 PE_HD void hash_level_bwd(const GridCell<T, D>& c, const P* table, G* gtable, uint32_t res,
                           uint32_t size, bool hashed, const T (&g)[F], bool need_dparams,
-                          bool need_dx, T (&dx)[D], Add& add) {
+                          bool need_dx, T (&dx)[D], Add& add, bool vec = false) {
   const CornerIndex<D> index(c.base, res, size, hashed);
 #pragma unroll
   for (int corner = 0; corner < (1 << D); ++corner) {
@@ -192,9 +252,11 @@ PE_HD void hash_level_bwd(const GridCell<T, D>& c, const P* table, G* gtable, ui
       add.template vec<F>(gtable + idx, v);
     }
     if (need_dx) {
+      T t[F];
+      load_row<T, F, P>(table + idx, vec, t);
       T dot = T(0);
 #pragma unroll
-      for (int f = 0; f < F; ++f) dot += g[f] * load_as<T>(table[idx + f]);
+      for (int f = 0; f < F; ++f) dot += g[f] * t[f];
       T dw[D];
       corner_weight_grad<T, D>(c, corner, fac, dw);
 #pragma unroll
@@ -214,7 +276,7 @@ template <typename T, int D, int F, typename P, typename G, typename Add>
 PE_HD void hash_level_bwd_bwd(const GridCell<T, D>& c, const P* table, G* gtable, uint32_t res,
                               uint32_t size, bool hashed, const T (&g)[F], const T (&gg)[D],
                               bool need_dparams, bool need_dg, bool need_dx, T (&dg)[F],
-                              T (&dx)[D], Add& add) {
+                              T (&dx)[D], Add& add, bool vec = false) {
   const CornerIndex<D> index(c.base, res, size, hashed);
 #pragma unroll
   for (int corner = 0; corner < (1 << D); ++corner) {
@@ -235,12 +297,13 @@ PE_HD void hash_level_bwd_bwd(const GridCell<T, D>& c, const P* table, G* gtable
       add.template vec<F>(gtable + idx, v);
     }
     if (need_dg || need_dx) {
+      T t[F];
+      load_row<T, F, P>(table + idx, vec, t);
       T dot = T(0);
 #pragma unroll
       for (int f = 0; f < F; ++f) {
-        const T t = load_as<T>(table[idx + f]);
-        if (need_dg) dg[f] += a * t;
-        dot += g[f] * t;
+        if (need_dg) dg[f] += a * t[f];
+        dot += g[f] * t[f];
       }
       if (need_dx) {
 #pragma unroll

@@ -122,10 +122,15 @@ PE_HD float march_dt(const MarchGrid& g, float t) {
   return rm_clamp(rn_mul(t, g.cone_angle), g.step_size, kMarchDtMax);
 }
 
-// Occupancy at x = o + d * t. Level: the first l with |u_a| < 2^l on all axes (nerfacc's
-// floor(log2(max|u|)) + 1, done with exact power-of-two comparisons instead of a log2).
-PE_HD bool march_occupied(const MarchGrid& g, const MarchBox& box, const float* o, const float* d,
-                          float t) {
+// The cell of x = o + d * t: its level and per-axis indices. Level: the first l with |u_a| < 2^l on
+// all axes (nerfacc's floor(log2(max|u|)) + 1, done with exact power-of-two comparisons instead of
+// a log2). False outside the coarsest box, or for NaN.
+struct MarchCell {
+  int level;
+  int32_t i[3];
+};
+PE_HD bool march_cell(const MarchGrid& g, const MarchBox& box, const float* o, const float* d, float t,
+                      MarchCell& cell) {
   float u[3];
 #pragma unroll
   for (int a = 0; a < 3; ++a) {
@@ -142,20 +147,112 @@ PE_HD bool march_occupied(const MarchGrid& g, const MarchBox& box, const float* 
   }
   if (level == g.levels) return false;  // outside the coarsest box, or NaN
   // |u * 2^-level| < 1 here, so every coordinate below is finite and in [0, res].
-  int64_t idx = level;
+  cell.level = level;
 #pragma unroll
   for (int a = 0; a < 3; ++a) {
     const float w = rn_add(rn_mul(rn_mul(u[a], inv_scale), 0.5f), 0.5f);
-    int64_t i = static_cast<int64_t>(rm_floor(rn_mul(w, static_cast<float>(g.res[a]))));
-    i = i < 0 ? 0 : (i >= g.res[a] ? g.res[a] - 1 : i);
-    idx = idx * g.res[a] + i;
+    int32_t i = static_cast<int32_t>(rm_floor(rn_mul(w, static_cast<float>(g.res[a]))));
+    cell.i[a] = i < 0 ? 0 : (i >= g.res[a] ? g.res[a] - 1 : i);
   }
+  return true;
+}
+
+PE_HD bool march_cell_occupied(const MarchGrid& g, const MarchCell& c) {
+  const int64_t idx = ((static_cast<int64_t>(c.level) * g.res[0] + c.i[0]) * g.res[1] + c.i[1]) * g.res[2] + c.i[2];
   return g.binaries[idx];
 }
 
+// Occupancy at x = o + d * t.
+PE_HD bool march_occupied(const MarchGrid& g, const MarchBox& box, const float* o, const float* d,
+                          float t) {
+  MarchCell c;
+  return march_cell(g, box, o, d, t, c) && march_cell_occupied(g, c);
+}
+
+// Empty-space skipping. When the lookup at a midpoint finds its cell empty, MarchSkipper::range
+// returns the range [lo, hi) of t over which the exact point o + d t stays inside that cell at least
+// a margin away from each face; every later midpoint in that range maps to the same (empty) cell
+// under march_cell's float32 operations, so the loop skips its lookup. It still walks the same
+// lattice of steps (t_next = t + dt(t), in float32 as before), so the samples stay those of the
+// step-by-step march, bit for bit; only the lookups of empty cells are saved. A range is worth
+// computing only when the cell spans several steps (kMarchSkipSteps): with a 128^3 grid and the
+// usual step of sqrt(3) / 1024 of the box, about 5.
+//
+// The margin bounds the rounding of march_cell: x = o + d t, x - c, (x - c) / h, the scaling and
+// w * res each round once (half an ulp), which moves the position by at most a few ulps of
+// |o| + |d t| + |c| + 2^l h (world units). The margin is 32 float32 epsilons of that sum, on
+// each axis: some 10x more than needed, and about 1e-3 of a 128^3 cell. The range is computed in
+// float64 (its own rounding is 1e-9 of the margin). A level-l cell (l > 0) qualifies only when it
+// lies outside the level-(l-1) box, so that no point inside it takes the finer level; with a
+// resolution divisible by 4 every cell does. No range (lo > hi) where a cell is thinner than two
+// margins, the box is degenerate, or the ray's t range is not finite.
+constexpr float kMarchSkipSteps = 3.0f;
+
+struct MarchSkip {
+  double lo, hi;
+};
+
+// The per-ray constants of the ranges, set up once per ray.
+struct MarchSkipper {
+  double o[3], inv_d[3], c[3], h[3], two_over_res[3], mag[3];
+  float min_width0;  // the narrowest level-0 cell, world units
+  bool ok;
+  PE_HD MarchSkipper(const MarchGrid& g, const MarchBox& box, const float* o_, const float* d_,
+                     float t_min, float t_max) {
+    const float tb = rm_abs(t_min) > rm_abs(t_max) ? rm_abs(t_min) : rm_abs(t_max);
+    ok = rm_finite(tb);
+    min_width0 = static_cast<float>(INFINITY);
+#pragma unroll
+    for (int a = 0; a < 3; ++a) {
+      o[a] = o_[a];
+      inv_d[a] = d_[a] == 0.0f ? 0.0 : 1.0 / static_cast<double>(d_[a]);
+      c[a] = box.center[a];
+      h[a] = box.half[a];
+      two_over_res[a] = 2.0 / g.res[a];
+      mag[a] = static_cast<double>(rm_abs(o_[a])) + 2.0 * rm_abs(d_[a]) * static_cast<double>(tb) +
+               rm_abs(box.center[a]);
+      ok = ok && h[a] > 0.0;
+      const float w = rn_div(rn_mul(2.0f, box.half[a]), static_cast<float>(g.res[a]));
+      min_width0 = w < min_width0 ? w : min_width0;
+    }
+  }
+  // The skip range after an empty lookup in `cell` with steps of size dt there.
+  PE_HD MarchSkip range(const MarchCell& cell, float dt) const {
+    const double inf = static_cast<double>(INFINITY);
+    const MarchSkip none{inf, -inf};
+    double scale = 1.0;  // 2^level
+    for (int k = 0; k < cell.level; ++k) scale *= 2.0;
+    if (!ok || !(min_width0 * static_cast<float>(scale) >= kMarchSkipSteps * dt)) return none;
+    MarchSkip s{-inf, inf};
+    bool outside_finer = cell.level == 0;
+#pragma unroll
+    for (int a = 0; a < 3; ++a) {
+      const double u_lo = (cell.i[a] * two_over_res[a] - 1.0) * scale;
+      const double u_hi = ((cell.i[a] + 1) * two_over_res[a] - 1.0) * scale;
+      if (u_lo >= 0.5 * scale || u_hi <= -0.5 * scale) outside_finer = true;
+      const double margin = 32.0 * 1.1920928955078125e-07 * (mag[a] + 4.0 * scale * h[a]);
+      const double lo = c[a] + u_lo * h[a] + margin, hi = c[a] + u_hi * h[a] - margin;
+      if (!(lo < hi)) return none;
+      if (inv_d[a] == 0.0) {  // d = 0: x = o exactly at every step
+        if (!(o[a] > lo && o[a] < hi)) return none;
+        continue;
+      }
+      double t0 = (lo - o[a]) * inv_d[a], t1 = (hi - o[a]) * inv_d[a];
+      if (t0 > t1) {
+        const double tmp = t0;
+        t0 = t1;
+        t1 = tmp;
+      }
+      s.lo = t0 > s.lo ? t0 : s.lo;
+      s.hi = t1 < s.hi ? t1 : s.hi;
+    }
+    return outside_finer ? s : none;
+  }
+};
+
 // The loop over ray r's steps, shared by the count pass and the fill pass: at most g.max_steps
 // steps; emit(t_start, t_end) is called for every occupied one in marching order and returns
-// false to end the ray there.
+// false to end the ray there. Lookups inside a known-empty cell are skipped (MarchSkipper).
 template <typename Emit>
 PE_HD void march_ray(const MarchGrid& g, const MarchBox& box, const MarchRays& rays, int64_t r,
                      Emit& emit) {
@@ -163,11 +260,21 @@ PE_HD void march_ray(const MarchGrid& g, const MarchBox& box, const MarchRays& r
   const float t_min = rays.t_min[r], t_max = rays.t_max[r];
   if (!(rm_finite(t_min) && rm_finite(t_max) && t_min < t_max)) return;
   float t = rn_add(t_min, rn_mul(rays.jitter ? rays.jitter[r] : 0.0f, march_dt(g, t_min)));
+  const MarchSkipper skipper(g, box, o, d, t_min, t_max);
+  MarchSkip skip{1.0, 0.0};  // lookups skipped for t_mid in [skip.lo, skip.hi): none yet
   for (int64_t k = 0; k < g.max_steps && t < t_max; ++k) {
     const float t_next = rn_add(t, march_dt(g, t));
     const float t_end = t_next < t_max ? t_next : t_max;
     const float t_mid = rn_mul(rn_add(t, t_end), 0.5f);
-    if (march_occupied(g, box, o, d, t_mid) && !emit(t, t_end)) return;
+    bool occupied = false;
+    if (!(t_mid >= skip.lo && t_mid < skip.hi)) {
+      MarchCell cell;
+      if (march_cell(g, box, o, d, t_mid, cell)) {
+        occupied = march_cell_occupied(g, cell);
+        if (!occupied) skip = skipper.range(cell, t_end - t);
+      }
+    }
+    if (occupied && !emit(t, t_end)) return;
     if (!(t_next > t)) break;  // the step vanished in float32
     t = t_next;
   }

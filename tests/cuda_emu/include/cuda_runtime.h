@@ -1,9 +1,22 @@
 // CUDA runtime emulation for tests: runs a .cu file's kernels on the CPU, one thread after
 // another (tests/cuda_emu/build.py rewrites each `kernel<<<grid, block, smem, stream>>>(args)`
 // into `pe_emu::launch(grid, block, [&] { kernel(args); })`). Threads never run concurrently, so
-// atomics are plain read-modify-writes; races and barriers are out of its reach. What it does
-// check: every thread's indexing and maths, the launch configurations (an empty grid is an
-// error, as on a GPU), the alignment of vector atomics, and the host-side wrappers.
+// atomics are plain read-modify-writes; races are out of its reach. What it does check: every
+// thread's indexing and maths, the launch configurations (an empty grid is an error, as on a
+// GPU), the alignment of vector loads and atomics, and the host-side wrappers.
+//
+// Block barriers: in a .cu file that uses __syncthreads, shared memory or warp shuffles, launches
+// become `pe_emu::launch_coop(grid, block, smem, ...)`, which runs each thread of a block as a
+// coroutine (ucontext) on its own stack, still one at a time and in a fixed order: every thread
+// runs up to its next __syncthreads (or warp-level wait), then the next thread, and so on, so a
+// barrier's writes are seen by all threads after it. Warp shuffles (__shfl_sync, _up, _down,
+// _xor, with a width) and __syncwarp wait for the lanes named in their mask, within the warp
+// (32 consecutive threads of the block), and a shuffle faults when its source lane is not in the
+// mask. A thread that returns while others wait for it at a barrier, a wait no thread can
+// release, and a barrier or shuffle in a plain launch are faults (cudaErrorLaunchFailure). Dynamic shared memory
+// (`extern __shared__ T name[];`, rewritten by build.py) is a per-launch buffer filled with 0xff
+// bytes (NaN, -1) before each block, so reading a slot no thread wrote shows; more than the 48 KiB a
+// launch may ask for without an opt-in fails the launch (cudaErrorInvalidValue).
 //
 // A translated .cu unit is compiled as nvcc's device pass is: build.py defines __CUDACC__ and
 // __CUDA_ARCH__ (900) before this header, so the `#if defined(__CUDA_ARCH__)` branches of the
@@ -23,10 +36,16 @@
 #error "tests/cuda_emu: build without -ffast-math, or the _rn intrinsics stop rounding like the device's"
 #endif
 
+#include <sys/mman.h>
+#include <ucontext.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #define __global__
 #define __device__
@@ -36,6 +55,10 @@
 // __CUDA_ARCH__, so with the other branch).
 #define __forceinline__ inline __attribute__((always_inline))
 #define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+// A static __shared__ array is one object for all threads of the block (blocks run one at a time).
+#define __shared__ static
 
 typedef void* cudaStream_t;
 enum cudaError_t {
@@ -43,6 +66,7 @@ enum cudaError_t {
   cudaErrorInvalidValue = 1,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorMisalignedAddress = 716,
+  cudaErrorLaunchFailure = 719,
 };
 
 struct dim3 {
@@ -58,6 +82,12 @@ struct alignas(8) float2 {
 };
 struct alignas(16) float4 {
   float x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
@@ -77,12 +107,13 @@ inline void fault(cudaError_t e) {
 enum Counter {
   kFmulRn, kFaddRn, kFdivRn, kFrcpRn, kDmulRn, kDrcpRn,
   kAtomicAddF32, kAtomicAddF64, kAtomicAddInt, kAtomicAddF2, kAtomicAddF4, kAtomicAddHalf,
-  kAtomicAddBf16, kLdg, kNumCounters
+  kAtomicAddBf16, kLdg, kSyncthreads, kVecLoad, kShfl, kNumCounters
 };
 inline constexpr const char* kCounterNames[kNumCounters] = {
     "__fmul_rn", "__fadd_rn", "__fdiv_rn", "__frcp_rn", "__dmul_rn", "__drcp_rn",
     "atomicAdd(float)", "atomicAdd(double)", "atomicAdd(int)", "atomicAdd(float2)",
-    "atomicAdd(float4)", "atomicAdd(__half)", "atomicAdd(__nv_bfloat16)", "__ldg"};
+    "atomicAdd(float4)", "atomicAdd(__half)", "atomicAdd(__nv_bfloat16)", "__ldg",
+    "__syncthreads", "vector load", "__shfl_sync"};
 inline std::atomic<uint64_t> counters[kNumCounters];
 inline void count(Counter c) { counters[c].fetch_add(1, std::memory_order_relaxed); }
 
@@ -100,10 +131,14 @@ inline bool note_unit(const char* file, int arch) {
   return true;
 }
 
+inline bool bad_config(dim3 grid, dim3 block) {
+  return grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 ||
+         block.x * block.y * block.z > 1024 || grid.y > 65535 || grid.z > 65535;
+}
+
 template <typename F>
 void launch(dim3 grid, dim3 block, F&& body) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0 || block.y == 0 || block.z == 0 ||
-      block.x * block.y * block.z > 1024 || grid.y > 65535 || grid.z > 65535) {
+  if (bad_config(grid, block)) {
     last_error = cudaErrorInvalidConfiguration;
     return;
   }
@@ -119,6 +154,188 @@ void launch(dim3 grid, dim3 block, F&& body) {
               thread_idx = {tx, ty, tz};
               body();
             }
+}
+
+
+// launch_coop: the threads of a block as coroutines (see the top of this file).
+constexpr size_t kMaxDynamicSmem = 48 * 1024;
+constexpr size_t kCoopStack = 256 * 1024;
+constexpr size_t kGuardPage = 4096;
+enum CoopState : unsigned char { kReady = 0, kAtBarrier = 1, kExited = 2, kAtWarpWait = 3 };
+struct CoopBlock {
+  ucontext_t main;
+  ucontext_t* ctx;
+  unsigned char* state;
+  unsigned* wait_mask;  // the lanes a thread in kAtWarpWait waits for
+  uint64_t* xchg;       // one shuffle slot per thread
+  unsigned n;           // threads in the block
+  unsigned current;
+  void (*fn)(void*);
+  void* arg;
+};
+inline thread_local CoopBlock* coop = nullptr;
+inline thread_local unsigned char* dyn_smem = nullptr;
+
+inline unsigned char* dynamic_smem() { return dyn_smem; }
+
+inline void coop_entry() {
+  CoopBlock* b = coop;
+  b->fn(b->arg);
+  b->state[b->current] = kExited;  // then back to b->main through uc_link
+}
+
+inline void syncthreads() {
+  count(kSyncthreads);
+  CoopBlock* b = coop;
+  if (b == nullptr) {  // a barrier in a kernel that build.py launched without coroutines
+    fault(cudaErrorLaunchFailure);
+    return;
+  }
+  b->state[b->current] = kAtBarrier;
+  swapcontext(&b->ctx[b->current], &b->main);
+}
+
+// Waits until every lane of the caller's warp named in mask waits with the same mask.
+inline void warp_wait(unsigned mask) {
+  CoopBlock* b = coop;
+  if (b == nullptr) {
+    fault(cudaErrorLaunchFailure);
+    return;
+  }
+  b->state[b->current] = kAtWarpWait;
+  b->wait_mask[b->current] = mask;
+  swapcontext(&b->ctx[b->current], &b->main);
+}
+
+// A shuffle: the caller's value goes to its slot, then, once the lanes in mask have written
+// theirs, it reads lane src's (computed from its own lane by pick, within its width segment).
+template <typename T, typename Pick>
+T shuffle(unsigned mask, T v, int width, Pick&& pick) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of more than 8 bytes");
+  count(kShfl);
+  CoopBlock* b = coop;
+  if (b == nullptr || width < 1 || width > 32 || (width & (width - 1)) != 0) {
+    fault(cudaErrorLaunchFailure);
+    return v;
+  }
+  const unsigned t = b->current, lane = t % 32, base = t - lane;
+  const int seg = static_cast<int>(lane) & ~(width - 1);
+  const int src = pick(static_cast<int>(lane), seg);
+  std::memcpy(&b->xchg[t], &v, sizeof(T));
+  warp_wait(mask);
+  T out = v;
+  if (!((mask >> src) & 1u) || base + src >= b->n) {
+    fault(cudaErrorLaunchFailure);  // the source lane is not taking part
+  } else {
+    std::memcpy(&out, &b->xchg[base + src], sizeof(T));
+  }
+  warp_wait(mask);  // every lane has read before any writes its slot again
+  return out;
+}
+
+template <typename F>
+void launch_coop(dim3 grid, dim3 block, size_t smem, F&& body) {
+  if (bad_config(grid, block)) {
+    last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (smem > kMaxDynamicSmem) {
+    last_error = cudaErrorInvalidValue;
+    return;
+  }
+  grid_dim = grid;
+  block_dim = block;
+  const unsigned n = block.x * block.y * block.z;
+  const size_t slot = kCoopStack + kGuardPage;
+  auto* stacks = static_cast<unsigned char*>(
+      mmap(nullptr, slot * n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (stacks == MAP_FAILED) std::abort();
+  for (unsigned t = 0; t < n; ++t) mprotect(stacks + t * slot, kGuardPage, PROT_NONE);  // overflow traps
+  std::vector<ucontext_t> ctx(n);
+  std::vector<unsigned char> state(n);
+  std::vector<unsigned> wait_mask(n);
+  std::vector<uint64_t> xchg(n);
+  std::vector<unsigned char> shared((smem + 15) / 16 * 16 + 16);
+  unsigned char* smem_base = shared.data() + (16 - reinterpret_cast<uintptr_t>(shared.data()) % 16) % 16;
+  using Body = std::remove_reference_t<F>;
+  CoopBlock b{};
+  b.ctx = ctx.data();
+  b.state = state.data();
+  b.wait_mask = wait_mask.data();
+  b.xchg = xchg.data();
+  b.n = n;
+  b.fn = [](void* p) { (*static_cast<Body*>(p))(); };
+  b.arg = const_cast<void*>(static_cast<const void*>(&body));
+  CoopBlock* const outer = coop;
+  coop = &b;
+  dyn_smem = smem_base;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        std::memset(smem_base, 0xff, smem);
+        for (unsigned t = 0; t < n; ++t) {
+          getcontext(&ctx[t]);
+          ctx[t].uc_stack.ss_sp = stacks + t * slot + kGuardPage;
+          ctx[t].uc_stack.ss_size = kCoopStack;
+          ctx[t].uc_link = &b.main;
+          makecontext(&ctx[t], coop_entry, 0);
+          state[t] = kReady;
+        }
+        for (;;) {  // one pass per barrier phase
+          for (unsigned t = 0; t < n; ++t) {
+            if (state[t] != kReady) continue;
+            block_idx = {bx, by, bz};
+            thread_idx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            b.current = t;
+            swapcontext(&b.main, &ctx[t]);
+          }
+          // release the warp-level waits whose lanes have all arrived
+          bool released = false;
+          unsigned warp_waiting = 0;
+          for (unsigned t = 0; t < n; ++t) {
+            if (state[t] != kAtWarpWait) continue;
+            ++warp_waiting;
+            const unsigned base = t - t % 32, mask = wait_mask[t];
+            bool all = true, gone = false;
+            for (unsigned j = 0; j < 32 && base + j < n; ++j) {
+              if (!((mask >> j) & 1u)) continue;
+              const unsigned u = base + j;
+              gone = gone || state[u] == kExited;
+              all = all && ((state[u] == kAtWarpWait && wait_mask[u] == mask) || state[u] == kExited);
+            }
+            if (!all) continue;
+            if (gone) fault(cudaErrorLaunchFailure);  // a lane of the mask has returned
+            for (unsigned j = 0; j < 32 && base + j < n; ++j)
+              if (((mask >> j) & 1u) && state[base + j] == kAtWarpWait) state[base + j] = kReady;
+            released = true;
+          }
+          if (released) continue;
+          unsigned waiting = 0, exited = 0;
+          for (unsigned t = 0; t < n; ++t) {
+            waiting += state[t] == kAtBarrier;
+            exited += state[t] == kExited;
+          }
+          if (warp_waiting > 0) {  // lanes wait for lanes that wait elsewhere: a hang on a GPU
+            fault(cudaErrorLaunchFailure);
+            for (unsigned t = 0; t < n; ++t)
+              if (state[t] == kAtWarpWait) state[t] = kReady;
+            continue;
+          }
+          if (waiting == 0) break;
+          if (exited > 0) fault(cudaErrorLaunchFailure);  // a barrier not every thread reaches
+          for (unsigned t = 0; t < n; ++t)
+            if (state[t] == kAtBarrier) state[t] = kReady;
+        }
+      }
+  coop = outer;
+  dyn_smem = nullptr;
+  munmap(stacks, slot * n);
+}
+
+// A vector load's address must be aligned to the vector's size, as on the device.
+inline void check_vector_load(const void* p, size_t align) {
+  count(kVecLoad);
+  if (reinterpret_cast<uintptr_t>(p) % align != 0) fault(cudaErrorMisalignedAddress);
 }
 }  // namespace pe_emu
 
@@ -148,6 +365,7 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorMisalignedAddress: return "misaligned address";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
   }
   return "unknown error";
 }
@@ -232,6 +450,32 @@ inline long long __double_as_longlong(double v) {
   long long u;
   std::memcpy(&u, &v, sizeof u);
   return u;
+}
+
+inline void __syncthreads() { pe_emu::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { pe_emu::warp_wait(mask); }
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return pe_emu::shuffle(mask, v, width, [&](int, int seg) { return seg + (src & (width - 1)); });
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return pe_emu::shuffle(mask, v, width, [&](int lane, int seg) {
+    return lane - static_cast<int>(delta) >= seg ? lane - static_cast<int>(delta) : lane;
+  });
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return pe_emu::shuffle(mask, v, width, [&](int lane, int seg) {
+    return lane + static_cast<int>(delta) < seg + width ? lane + static_cast<int>(delta) : lane;
+  });
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return pe_emu::shuffle(mask, v, width, [&](int lane, int seg) {
+    const int src = lane ^ lane_mask;
+    return src >= seg && src < seg + width ? src : lane;
+  });
 }
 
 template <typename T>
