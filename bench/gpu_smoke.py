@@ -158,25 +158,35 @@ def main(backend="cuda"):
                 hash_encode(x[:0], p, cfg, backend=backend).sum().backward()
                 sync(dev)
                 assert torch.isfinite(y).all() and torch.isfinite(p.grad.float()).all()
+    # the largest tile (32 levels x 8 features) and a table 4 bytes past an aligned start (no vector loads)
+    cfg = HashGridConfig(3, 32, 8, 10, 2.0, 1.3)
+    x = torch.rand(333, 3, device=dev)
+    for offset in (0, 1):
+        whole = (torch.rand(cfg.n_params() + offset, device=dev) - 0.5).requires_grad_()
+        hash_encode(x, whole[offset:], cfg, backend=backend).square().sum().backward()
+        sync(dev)
+        assert torch.isfinite(whole.grad).all()
     from pyengine.ops.composite import composite
     from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
     from pyengine.ops.ray_march import ray_march
 
     g = torch.Generator(device=dev).manual_seed(0)
-    counts = torch.tensor([0, 1, 5, 300, 0, 7], device=dev)
-    packed = torch.stack([torch.cumsum(counts, 0) - counts, counts], -1)
-    S = int(counts.sum())
-    ts = torch.rand(S, device=dev, generator=g)
-    te = ts + 0.01
-    for kw in ({"densities": torch.rand(S, device=dev) * 50}, {"alphas": torch.rand(S, device=dev) * 0.99}):
-        for values in (None, torch.rand(S, 3, device=dev)):
-            key = next(iter(kw))
-            kw[key].requires_grad_()
-            r = composite(packed, ts, te, values=values, backend=backend, **kw)
-            (r.weights.sum() + r.transmittance.sum() + r.opacity.sum() + r.depth.sum()
-             + r.accumulated.sum()).backward()
-            composite(packed[:0], ts[:0], te[:0], values=None if values is None else values[:0],
-                      backend=backend, **{key: kw[key].detach()[:0]})
+    # long rays (32 lanes a ray), then mostly single-sample rays (one lane a ray), C = 3 and 40
+    for counts, C in (([0, 1, 5, 300, 0, 7], 3), ([1] * 500 + [0, 2, 33], 40)):
+        counts = torch.tensor(counts, device=dev)
+        packed = torch.stack([torch.cumsum(counts, 0) - counts, counts], -1)
+        S = int(counts.sum())
+        ts = torch.rand(S, device=dev, generator=g)
+        te = ts + 0.01
+        for kw in ({"densities": torch.rand(S, device=dev) * 50}, {"alphas": torch.rand(S, device=dev) * 0.99}):
+            for values in (None, torch.rand(S, C, device=dev)):
+                key = next(iter(kw))
+                kw[key].requires_grad_()
+                r = composite(packed, ts, te, values=values, backend=backend, **kw)
+                (r.weights.sum() + r.transmittance.sum() + r.opacity.sum() + r.depth.sum()
+                 + r.accumulated.sum()).backward()
+                composite(packed[:0], ts[:0], te[:0], values=None if values is None else values[:0],
+                          backend=backend, **{key: kw[key].detach()[:0]})
     if backend in ("cuda", "cpu"):
         o = torch.randn(999, 3, device=dev) * 2
         d = torch.nn.functional.normalize(torch.randn(999, 3, device=dev), dim=-1)
