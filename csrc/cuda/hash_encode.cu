@@ -79,8 +79,8 @@ __device__ __forceinline__ void store_dx(const T* red, int np, int tid, T* grad_
 template <typename T, typename P, int D, int F>
 __global__ void __launch_bounds__(32 * kLevelLanes)
     hash_encode_fwd_kernel(int64_t N, const HashLevels lv, int interp, bool vec,
-                                 const T* __restrict__ x, const P* __restrict__ params,
-                                 P* __restrict__ out) {
+                           const T* __restrict__ x, const P* __restrict__ params,
+                           P* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   P* tile = reinterpret_cast<P*>(smem_raw);
   const int LF = lv.n_levels * F, row = LF + 1;
@@ -109,9 +109,9 @@ __global__ void __launch_bounds__(32 * kLevelLanes)
 template <typename T, typename P, int D, int F>
 __global__ void __launch_bounds__(32 * kLevelLanes)
     hash_encode_bwd_kernel(int64_t N, const HashLevels lv, int interp, bool vec,
-                                 const T* __restrict__ x, const P* __restrict__ params,
-                                 const P* __restrict__ grad_out, T* __restrict__ grad_params,
-                                 T* __restrict__ grad_x) {
+                           const T* __restrict__ x, const P* __restrict__ params,
+                           const P* __restrict__ grad_out, T* __restrict__ grad_params,
+                           T* __restrict__ grad_x) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int LF = lv.n_levels * F, row = LF + 1;
   T* tile = reinterpret_cast<T*>(smem_raw);
@@ -151,10 +151,10 @@ __global__ void __launch_bounds__(32 * kLevelLanes)
 template <typename T, typename P, int D, int F>
 __global__ void __launch_bounds__(32 * kLevelLanes)
     hash_encode_bwd_bwd_kernel(int64_t N, const HashLevels lv, int interp, bool vec,
-                                     const T* __restrict__ x, const P* __restrict__ params,
-                                     const P* __restrict__ grad_out, const T* __restrict__ gg_x,
-                                     P* __restrict__ d_grad_out, T* __restrict__ grad_x,
-                                     T* __restrict__ grad_params) {
+                               const T* __restrict__ x, const P* __restrict__ params,
+                               const P* __restrict__ grad_out, const T* __restrict__ gg_x,
+                               P* __restrict__ d_grad_out, T* __restrict__ grad_x,
+                               T* __restrict__ grad_params) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int LF = lv.n_levels * F, row = LF + 1;
   T* tile = reinterpret_cast<T*>(smem_raw);  // grad_out, then, slot by slot, d_grad_out
