@@ -77,17 +77,7 @@ __global__ void composite_fwd_kernel(int64_t R, int64_t S, int nc, int G, const 
     T run = ALPHA ? carry * excl : carry + excl;  // the scan up to sample i, exclusive
     const T total = __shfl_sync(grp.mask, incl, G - 1, G);
     carry = ALPHA ? carry * total : carry + total;
-    T w = T(0);
-    if (valid) {
-      T trans, alpha;
-      composite_step<T, ALPHA>(s.x, dt, run, trans, alpha);
-      w = trans * alpha;
-      p.weights[i] = w;
-      p.trans[i] = trans;
-      p.alphas[i] = alpha;
-      opacity += w;
-      depth += w * (s.t0 + s.t1) * T(0.5);
-    }
+    const T w = valid ? composite_sample_out<T, ALPHA>(p, i, s, run, opacity, depth) : T(0);
     const T* v = p.values + i * C;
     if (CT > 0) {
       PE_COMPOSITE_UNROLL
@@ -143,27 +133,8 @@ __global__ void composite_bwd_kernel(int64_t R, int64_t S, int nc, int G, const 
     T alpha, one_minus;
     composite_alpha<T, ALPHA>(s.x, dt, alpha, one_minus);
     const T w = s.trans * alpha;
-    T g = s.gw + g_op + g_depth * (s.t0 + s.t1) * T(0.5);
-    const T* v = p.values + k * C;
-    if (need_x && valid) {
-      if (CT > 0) {
-        PE_COMPOSITE_UNROLL
-        for (int c = 0; c < CT; ++c)
-          if (c < C) g += g_reg[c] * v[c];
-      } else {
-        for (int c = 0; c < C; ++c) g += g_acc[c] * v[c];
-      }
-    }
-    if (p.grad_values && valid) {
-      T* gv = p.grad_values + k * C;
-      if (CT > 0) {
-        PE_COMPOSITE_UNROLL
-        for (int c = 0; c < CT; ++c)
-          if (c < C) gv[c] = w * g_reg[c];
-      } else {
-        for (int c = 0; c < C; ++c) gv[c] = w * g_acc[c];
-      }
-    }
+    const T g = composite_weight_grad<T, CT>(s, g_op, g_depth, g_reg, g_acc, p.values + k * C, C, need_x && valid);
+    if (p.grad_values && valid) composite_value_grads<T, CT>(p.grad_values + k * C, w, g_reg, g_acc, C);
     if (need_x) {
       // V_k = a_k + b_k V_{k+1} over the chunk's lanes from the right (lanes past the ray are the
       // identity map), then through the carry; U_k = V_{k+1}.
@@ -178,8 +149,7 @@ __global__ void composite_bwd_kernel(int64_t R, int64_t S, int nc, int G, const 
       const T V = a + b * carry;
       const T next = __shfl_down_sync(grp.mask, V, 1, G);
       const T U = grp.lane == G - 1 ? carry : next;
-      if (valid)
-        p.grad_x[k] = ALPHA ? s.trans * (g - U) + s.ga : (s.trans * one_minus * (g - U) + s.ga * one_minus) * dt;
+      if (valid) p.grad_x[k] = composite_x_grad<T, ALPHA>(s, dt, one_minus, g, U);
       carry = __shfl_sync(grp.mask, V, 0, G);
     }
   }

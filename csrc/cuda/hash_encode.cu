@@ -63,6 +63,23 @@ __device__ __forceinline__ int points_in_tile(int64_t N, int64_t n0) {
   return N - n0 < TP ? static_cast<int>(N - n0) : TP;
 }
 
+// The block's rows [np, LF] between global memory (consecutive threads at consecutive addresses)
+// and the tile (row stride LF + 1), with the storage conversions.
+template <int TP, typename S, typename G>
+__device__ __forceinline__ void rows_to_tile(const G* rows, int np, int LF, int tid, S* tile) {
+  for (int i = tid; i < np * LF; i += TP * kLevelLanes) {
+    const int q = i / LF;
+    tile[q * (LF + 1) + (i - q * LF)] = load_as<S>(rows[i]);
+  }
+}
+template <int TP, typename S, typename G>
+__device__ __forceinline__ void tile_to_rows(const S* tile, int np, int LF, int tid, G* rows) {
+  for (int i = tid; i < np * LF; i += TP * kLevelLanes) {
+    const int q = i / LF;
+    store_to(rows + i, tile[q * (LF + 1) + (i - q * LF)]);
+  }
+}
+
 // Sums the lanes' partial dL/dx (red: [kLevelLanes, TP, D]) in lane order and stores one value
 // per (point, dim) of the tile.
 template <typename T, int TP, int D>
@@ -82,7 +99,7 @@ __global__ void __launch_bounds__(32 * kLevelLanes)
                            const T* __restrict__ x, const P* __restrict__ params,
                            P* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  P* tile = reinterpret_cast<P*>(smem_raw);
+  T* tile = reinterpret_cast<T*>(smem_raw);
   const int LF = lv.n_levels * F, row = LF + 1;
   constexpr int TP = kTilePoints<T>;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * TP;
@@ -95,15 +112,11 @@ __global__ void __launch_bounds__(32 * kLevelLanes)
       hash_level_fwd<T, D, F, P>(c, params + static_cast<size_t>(lv.offset[l]) * F, lv.res[l],
                                  lv.offset[l + 1] - lv.offset[l], (lv.hashed_mask >> l) & 1, o, vec);
 #pragma unroll
-      for (int f = 0; f < F; ++f) store_to(tile + p * row + l * F + f, o[f]);
+      for (int f = 0; f < F; ++f) tile[p * row + l * F + f] = o[f];
     }
   }
   __syncthreads();
-  P* dst = out + n0 * LF;
-  for (int i = threadIdx.y * TP + threadIdx.x; i < np * LF; i += TP * kLevelLanes) {
-    const int q = i / LF;
-    dst[i] = tile[q * row + (i - q * LF)];
-  }
+  tile_to_rows<TP>(tile, np, LF, threadIdx.y * TP + p, out + n0 * LF);
 }
 
 template <typename T, typename P, int D, int F>
@@ -119,11 +132,7 @@ __global__ void __launch_bounds__(32 * kLevelLanes)
   T* red = tile + TP * row;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * TP;
   const int np = points_in_tile<TP>(N, n0), p = threadIdx.x, tid = threadIdx.y * TP + p;
-  const P* src = grad_out + n0 * LF;
-  for (int i = tid; i < np * LF; i += TP * kLevelLanes) {
-    const int q = i / LF;
-    tile[q * row + (i - q * LF)] = load_as<T>(src[i]);
-  }
+  rows_to_tile<TP>(grad_out + n0 * LF, np, LF, tid, tile);
   __syncthreads();
   T dx[D] = {};
   if (p < np) {
@@ -162,11 +171,7 @@ __global__ void __launch_bounds__(32 * kLevelLanes)
   T* red = tile + TP * row;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * TP;
   const int np = points_in_tile<TP>(N, n0), p = threadIdx.x, tid = threadIdx.y * TP + p;
-  const P* src = grad_out + n0 * LF;
-  for (int i = tid; i < np * LF; i += TP * kLevelLanes) {
-    const int q = i / LF;
-    tile[q * row + (i - q * LF)] = load_as<T>(src[i]);
-  }
+  rows_to_tile<TP>(grad_out + n0 * LF, np, LF, tid, tile);
   __syncthreads();
   T dx[D] = {};
   if (p < np) {
@@ -193,13 +198,7 @@ __global__ void __launch_bounds__(32 * kLevelLanes)
 #pragma unroll
   for (int d = 0; d < D; ++d) red[(threadIdx.y * TP + p) * D + d] = dx[d];
   __syncthreads();
-  if (d_grad_out != nullptr) {
-    P* dst = d_grad_out + n0 * LF;
-    for (int i = tid; i < np * LF; i += TP * kLevelLanes) {
-      const int q = i / LF;
-      store_to(dst + i, tile[q * row + (i - q * LF)]);
-    }
-  }
+  if (d_grad_out != nullptr) tile_to_rows<TP>(tile, np, LF, tid, d_grad_out + n0 * LF);
   if (grad_x != nullptr) store_dx<T, TP, D>(red, np, tid, grad_x + n0 * D);
 }
 
@@ -228,7 +227,7 @@ int hash_encode_fwd(const HashLevels& lv, const HashArgs<T, P>& a, cudaStream_t 
   return launch_dims(a.D, a.F, [&](auto d, auto f) {
     constexpr int D = decltype(d)::value, F = decltype(f)::value;
     hash_encode_fwd_kernel<T, P, D, F>
-        <<<tiles<T>(a.N), tile_block<T>(), tile_smem<P, kTilePoints<T>, D>(lv, F, false), stream>>>(
+        <<<tiles<T>(a.N), tile_block<T>(), tile_smem<T, kTilePoints<T>, D>(lv, F, false), stream>>>(
             a.N, lv, a.interp, vec, a.x, a.params, a.out);
   });
 }

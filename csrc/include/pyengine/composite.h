@@ -147,6 +147,59 @@ PE_HD CompositeBwdSample<T> composite_load(const CompositeBwdPtrs<T>& p, int64_t
   return s;
 }
 
+// Sample i's outputs from `run`, the scan up to it (exclusive; updated to include it): writes its
+// weight, transmittance and alpha, adds to the ray's opacity and depth, and returns the weight.
+template <typename T, bool ALPHA>
+PE_HD T composite_sample_out(const CompositeFwdPtrs<T>& p, int64_t i, const CompositeFwdSample<T>& s, T& run,
+                             T& opacity, T& depth) {
+  T trans, alpha;
+  composite_step<T, ALPHA>(s.x, s.t1 - s.t0, run, trans, alpha);
+  const T w = trans * alpha;
+  p.weights[i] = w;
+  p.trans[i] = trans;
+  p.alphas[i] = alpha;
+  opacity += w;
+  depth += w * (s.t0 + s.t1) * T(0.5);
+  return w;
+}
+
+// g_k, the weight's gradient with the per-ray sums folded in; the values' term <g_acc, v_k> only
+// when dL/dx is needed (g_reg holds g_acc for CT > 0).
+template <typename T, int CT>
+PE_HD T composite_weight_grad(const CompositeBwdSample<T>& s, T g_op, T g_depth, const T* g_reg, const T* g_acc,
+                              const T* v, int C, bool need_x) {
+  T g = s.gw + g_op + g_depth * (s.t0 + s.t1) * T(0.5);
+  if (need_x) {
+    if (CT > 0) {
+      PE_COMPOSITE_UNROLL
+      for (int c = 0; c < CT; ++c)
+        if (c < C) g += g_reg[c] * v[c];
+    } else {
+      for (int c = 0; c < C; ++c) g += g_acc[c] * v[c];
+    }
+  }
+  return g;
+}
+
+// dL/dv_k = w_k g_acc[r], into gv.
+template <typename T, int CT>
+PE_HD void composite_value_grads(T* gv, T w, const T* g_reg, const T* g_acc, int C) {
+  if (CT > 0) {
+    PE_COMPOSITE_UNROLL
+    for (int c = 0; c < CT; ++c)
+      if (c < C) gv[c] = w * g_reg[c];
+  } else {
+    for (int c = 0; c < C; ++c) gv[c] = w * g_acc[c];
+  }
+}
+
+// dL/dx_k from g_k and the relative suffix U_k (see the top of this file).
+template <typename T, bool ALPHA>
+PE_HD T composite_x_grad(const CompositeBwdSample<T>& s, T dt, T one_minus, T g, T U) {
+  // density: dL/dsigma = dL/dtau dt with T_{k+1} = T_k exp(-tau_k)
+  return ALPHA ? s.trans * (g - U) + s.ga : (s.trans * one_minus * (g - U) + s.ga * one_minus) * dt;
+}
+
 // Forward of ray r: the exclusive scan, the per-sample outputs and the per-ray sums in one pass.
 template <typename T, int CT, bool ALPHA>
 PE_HD void composite_ray_fwd(const CompositeFwdPtrs<T>& p, int64_t r, int64_t S, int nc) {
@@ -168,14 +221,7 @@ PE_HD void composite_ray_fwd(const CompositeFwdPtrs<T>& p, int64_t r, int64_t S,
   for (int64_t i = begin; i < end; ++i) {
     const CompositeFwdSample<T> s = next;
     if (i + 1 < end) next = composite_load(p, i + 1);
-    T trans, alpha;
-    composite_step<T, ALPHA>(s.x, s.t1 - s.t0, run, trans, alpha);
-    const T w = trans * alpha;
-    p.weights[i] = w;
-    p.trans[i] = trans;
-    p.alphas[i] = alpha;
-    opacity += w;
-    depth += w * (s.t0 + s.t1) * T(0.5);
+    const T w = composite_sample_out<T, ALPHA>(p, i, s, run, opacity, depth);
     const T* v = p.values + i * C;
     if (CT > 0) {
       PE_COMPOSITE_UNROLL
@@ -219,34 +265,12 @@ PE_HD void composite_ray_bwd(const CompositeBwdPtrs<T>& p, int64_t r, int64_t S,
     T alpha, one_minus;
     composite_alpha<T, ALPHA>(s.x, dt, alpha, one_minus);
     const T w = s.trans * alpha;
-    // g_k: the weight's gradient with the per-ray sums folded in
-    T g = s.gw + g_op + g_depth * (s.t0 + s.t1) * T(0.5);
     // (all loads of the value row before any store of its gradient row, so that the compiler
     // can issue them together)
-    const T* v = p.values + k * C;
+    const T g = composite_weight_grad<T, CT>(s, g_op, g_depth, g_reg, g_acc, p.values + k * C, C, need_x);
+    if (p.grad_values) composite_value_grads<T, CT>(p.grad_values + k * C, w, g_reg, g_acc, C);
     if (need_x) {
-      if (CT > 0) {
-        PE_COMPOSITE_UNROLL
-        for (int c = 0; c < CT; ++c)
-          if (c < C) g += g_reg[c] * v[c];
-      } else {
-        for (int c = 0; c < C; ++c) g += g_acc[c] * v[c];
-      }
-    }
-    if (p.grad_values) {
-      T* gv = p.grad_values + k * C;
-      if (CT > 0) {
-        PE_COMPOSITE_UNROLL
-        for (int c = 0; c < CT; ++c)
-          if (c < C) gv[c] = w * g_reg[c];
-      } else {
-        for (int c = 0; c < C; ++c) gv[c] = w * g_acc[c];
-      }
-    }
-    if (need_x) {
-      // density: dL/dsigma = dL/dtau dt with T_{k+1} = T_k exp(-tau_k)
-      p.grad_x[k] = ALPHA ? s.trans * (g - U) + s.ga
-                          : (s.trans * one_minus * (g - U) + s.ga * one_minus) * dt;
+      p.grad_x[k] = composite_x_grad<T, ALPHA>(s, dt, one_minus, g, U);
       U = g * alpha + s.gt + one_minus * U;
     }
   }

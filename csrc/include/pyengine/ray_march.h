@@ -162,13 +162,6 @@ PE_HD bool march_cell_occupied(const MarchGrid& g, const MarchCell& c) {
   return g.binaries[idx];
 }
 
-// Occupancy at x = o + d * t.
-PE_HD bool march_occupied(const MarchGrid& g, const MarchBox& box, const float* o, const float* d,
-                          float t) {
-  MarchCell c;
-  return march_cell(g, box, o, d, t, c) && march_cell_occupied(g, c);
-}
-
 // Empty-space skipping. When the lookup at a midpoint finds its cell empty, MarchSkipper::range
 // returns the range [lo, hi) of t over which the exact point o + d t stays inside that cell at least
 // a margin away from each face; every later midpoint in that range maps to the same (empty) cell
