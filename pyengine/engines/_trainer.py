@@ -20,6 +20,7 @@ state (job, config, step, optimizer hyper-parameters); loading runs no code.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ class TrainOptions:
     beta2: float = 0.999
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     warmup_steps: int = 0  # linear learning-rate warm-up
+    lr_decay: str = "none"  # after the warm-up: "none" (constant) or "cosine" (to lr * lr_final at ``steps``)
+    lr_final: float = 0.1  # cosine: the last step's learning rate as a fraction of lr
     ema_decay: float = 0.999  # 0: no EMA copy
     checkpoint_every: int = 0  # 0: only at the end
     log_every: int = 10
@@ -126,6 +129,10 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, loss_fn: Callable, batch_fn: Callable, opts: TrainOptions, job: str,
                  config, ckpt_path: str, dist_info: DistInfo | None = None, resume_free: frozenset = frozenset()):
         self.info = dist_info or DistInfo()
+        if opts.lr_decay not in ("none", "cosine"):
+            raise ValueError(f"{job}: lr_decay must be 'none' or 'cosine', got {opts.lr_decay!r}")
+        if not 0 <= opts.lr_final <= 1:
+            raise ValueError(f"{job}: lr_final must be in [0, 1] (a fraction of lr), got {opts.lr_final}")
         self.opts, self.job, self.ckpt_path, self.resume_free = opts, job, ckpt_path, resume_free
         self.config = asdict(config) if is_dataclass(config) else dict(config)
         self.loss_fn, self.batch_fn = loss_fn, batch_fn
@@ -147,9 +154,16 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        if self.opts.warmup_steps and step < self.opts.warmup_steps:
-            return self.opts.lr * (step + 1) / self.opts.warmup_steps
-        return self.opts.lr
+        """The learning rate of step ``step`` (0-based). A cosine decay runs over the steps after the
+        warm-up up to ``opts.steps``, so resuming with more steps stretches the rest of it."""
+        o = self.opts
+        if o.warmup_steps and step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        if o.lr_decay == "cosine":
+            span = max(o.steps - 1 - o.warmup_steps, 1)
+            frac = min(max(step - o.warmup_steps, 0) / span, 1.0)
+            return o.lr * (o.lr_final + (1 - o.lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
+        return o.lr
 
     def train_step(self) -> torch.Tensor:
         """One optimisation step; returns the loss as a detached 0-d tensor."""

@@ -88,3 +88,21 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     # control: the same two processes without gradient averaging (other data per rank) drift apart
     assert not torch.equal(r0["solo.model.0.weight"], r1["solo.model.0.weight"])
     assert not torch.equal(r0["solo.model.0.weight"], r0["ddp.model.0.weight"])
+
+
+def test_cosine_decay_follows_the_warm_up(tmp_path):
+    tr = make_trainer(tmp_path / "c.safetensors", 24, lr_decay="cosine", lr_final=0.2)
+    lrs = [tr.lr_at(s) for s in range(24)]
+    assert lrs[:3] == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2])  # the warm-up, then the peak
+    assert lrs[-1] == pytest.approx(0.2e-2) and lrs[13] == pytest.approx(0.6e-2)  # end, halfway
+    assert lrs[3] == pytest.approx(1e-2) and all(a > b for a, b in zip(lrs[3:], lrs[4:]))  # then down
+    tr.fit(progress=False)
+    assert tr.opt.param_groups[0]["lr"] == pytest.approx(0.2e-2)  # the last step ran at the final rate
+    constant = make_trainer(tmp_path / "d.safetensors", 24)
+    assert {constant.lr_at(s) for s in range(3, 24)} == {1e-2}
+
+
+@pytest.mark.parametrize("kw, match", [({"lr_decay": "linear"}, "lr_decay"), ({"lr_final": 1.5}, "lr_final")])
+def test_bad_schedules_are_clear_errors(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(tmp_path / "c.safetensors", 5, **kw)
