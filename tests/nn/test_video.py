@@ -481,3 +481,32 @@ def test_sdpa_switch_gives_the_same_layer(layer):
     m.impl = "flash"
     with pytest.raises(ValueError, match="impl must be one of"):
         m(x)
+
+
+def test_unet3d_temporal_conv_starts_as_the_plain_unet_and_mixes_neighbouring_frames():
+    torch.manual_seed(19)
+    plain = _randomize_(_tiny_unet(context_dim=4), std=0.1).eval()
+    net = _tiny_unet(context_dim=4, temporal_conv=True).eval()
+    # the same weights, the first conv of each residual block now under .spatial, the temporal taps new
+    mapped = {k.replace("conv1.conv.", "conv1.spatial.conv."): v for k, v in plain.state_dict().items()}
+    missing, unexpected = net.load_state_dict(mapped, strict=False)
+    assert not unexpected and missing and all(".conv1.temporal." in k for k in missing)
+    for m in (*net.modules(), *plain.modules()):  # no temporal attention: only the convs may mix frames
+        if isinstance(m, TemporalAttention):
+            m.proj.weight.data.zero_()
+            m.proj.bias.data.zero_()
+    x, t, ctx = torch.randn(2, 5, 8, 8, 3), torch.tensor([999, 10]), torch.randn(2, 4)
+    with torch.no_grad():
+        assert_close(net(x, t, ctx), plain(x, t, ctx), **TOL32, what="identity temporal taps")
+        for m in net.modules():
+            if isinstance(m, Pseudo3DConv):
+                m.temporal.weight.normal_(0, 0.1)
+        y = net(x, t, ctx)
+        x2 = x.clone()
+        x2[:, 0] += 1
+        d = (net(x2, t, ctx) - y).abs().flatten(2).amax(-1)  # [B, T]
+        assert d[:, 1].min() > 1e-4, "the temporal taps must carry frame 0 to frame 1"
+    with pytest.raises(ValueError, match="temporal_conv"):
+        _tiny_unet(temporal=False, temporal_conv=True)
+    with pytest.raises(TypeError, match="temporal_conv"):
+        _tiny_unet(temporal_conv=1)
