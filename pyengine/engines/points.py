@@ -43,6 +43,9 @@ from pyengine.engines import _runs, _trainer
 from pyengine.engines import point_metrics as pm
 
 HELDOUT_OFFSET = 1_000_000
+#: The bundled prior (``weights=bundled``): configs/points_pvd_cpu.yaml's model, exported.
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                       "points_prior.safetensors")
 
 
 @dataclass
@@ -100,7 +103,7 @@ class PointsConfig:
     resume: bool = True
     out: str = ""  # empty: runs/points/<arch>-<cond|uncond>-<task>-<hash of the defining fields>
     # sample / complete / eval from a weights file (written by export, with the settings it was
-    # trained with) instead of a trained run; export writes one
+    # trained with) instead of a trained run ("bundled": the packaged prior); export writes one
     weights: str = ""
 
 
@@ -333,8 +336,9 @@ def export_weights(cfg: PointsConfig) -> dict:
     """Writes the trained run's EMA weights to ``cfg.weights`` (safetensors, floating tensors in
     float16 to halve the file; loading casts them back), with the settings in ``_WEIGHTS_KEYS``
     and the step in its metadata."""
-    if not cfg.weights:
-        raise ValueError("points export: give the file to write as weights=PATH")
+    if not cfg.weights or cfg.weights == "bundled":
+        raise ValueError(f"points export: give the file to write as weights=PATH (the bundled prior lives at "
+                         f"{BUNDLED})")
     from safetensors.torch import save_file
 
     model, state = load_model(cfg)
@@ -352,7 +356,7 @@ def weights_config(cfg: PointsConfig) -> PointsConfig:
     """``cfg`` with the settings stored in its weights file ``cfg.weights``."""
     from safetensors import safe_open
 
-    path = cfg.weights
+    path = _weights_path(cfg)
     if not os.path.exists(path):
         raise ValueError(f"points: weights file {path} does not exist")
     with safe_open(path, "pt") as f:
@@ -369,7 +373,7 @@ def load_weights_file(cfg: PointsConfig) -> tuple[torch.nn.Module, dict, str]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = cfg.weights
+    path = _weights_path(cfg)
     _check(cfg)
     model = build_model(cfg)
     model.load_state_dict(load_file(path))
@@ -380,15 +384,27 @@ def load_weights_file(cfg: PointsConfig) -> tuple[torch.nn.Module, dict, str]:
     return model.to(cfg.device).eval(), {"step": step}, out
 
 
+def _weights_path(cfg: PointsConfig) -> str:
+    return BUNDLED if cfg.weights == "bundled" else cfg.weights
+
+
 def _source(cfg: PointsConfig) -> tuple[PointsConfig, torch.nn.Module, dict, str]:
-    """The model to sample from: the weights file when ``cfg.weights`` is set, else the trained run."""
-    if cfg.weights:
-        cfg = weights_config(cfg)
-        model, state, out = load_weights_file(cfg)
-        return cfg, model, state, out
-    run_dir = find_run(cfg)
-    model, state = load_model(cfg, run_dir)
-    return cfg, model, state, run_dir
+    """The model to sample from: the weights file when ``cfg.weights`` is set; else the trained run
+    of ``cfg``; else the bundled prior (said so); else the ValueError of ``find_run``."""
+    if not cfg.weights:
+        try:
+            run_dir = find_run(cfg)
+        except ValueError as exc:
+            if not os.path.exists(BUNDLED):
+                raise
+            print(f"points: sampling the bundled prior {BUNDLED} ({exc})")
+            cfg = replace(cfg, weights="bundled")
+        else:
+            model, state = load_model(cfg, run_dir)
+            return cfg, model, state, run_dir
+    cfg = weights_config(cfg)
+    model, state, out = load_weights_file(cfg)
+    return cfg, model, state, out
 
 
 # -- sampling ------------------------------------------------------------------------------------

@@ -129,12 +129,14 @@ def test_completion_keeps_the_partial_points(tmp_path):
     assert read_ply(os.path.join(res["out"], "cube_001_completed.ply")).shape == (128, 3)
 
 
-def test_sample_and_eval_need_a_trained_run(tmp_path):
+def test_sample_and_eval_need_a_trained_run_or_the_bundled_prior(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "BUNDLED", str(tmp_path / "no_bundled_prior.safetensors"))
     with pytest.raises(ValueError, match="no trained run"):
         P.run(tiny(tmp_path), "sample")
 
 
-def test_export_then_sample_from_the_weights_file(tmp_path):
+def test_export_then_sample_from_the_weights_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "BUNDLED", P.BUNDLED)
     cfg = tiny(tmp_path, steps=2, classes=["cube", "cone"])
     P.run(cfg, "train")
     model, _ = P.load_model(cfg)
@@ -155,6 +157,15 @@ def test_export_then_sample_from_the_weights_file(tmp_path):
         P.run(P.replace(other, weights=str(tmp_path / "missing.safetensors")), "sample")
     with pytest.raises(ValueError, match="weights=PATH"):
         P.run(cfg, "export")
+    with pytest.raises(ValueError, match="weights=PATH"):
+        P.run(P.replace(cfg, weights="bundled"), "export")  # never overwrite the packaged prior
+    # that file as the bundled prior: weights=bundled, and the fallback of a config with no run
+    P.BUNDLED = path  # (monkeypatch restores it)
+    got = P.run(P.replace(other, weights="bundled"), "sample")
+    assert len(got["ply"]) == 2
+    fallback = P.run(tiny(tmp_path / "never_trained", classes=["sphere"], sample_steps=3, n_samples=1), "sample")
+    # the file's settings (its classes), not the config's
+    assert {os.path.basename(f).split("_")[0] for f in fallback["ply"]} == {"cube", "cone"}
 
 
 # -- metrics ----------------------------------------------------------------------------------------
