@@ -1,8 +1,9 @@
-"""The training loop shared by the diffusion priors (points, and later image and video).
+"""The training loop shared by the diffusion priors (points, image and video).
 
 A :class:`Trainer` owns a model, its AdamW optimizer, an EMA copy of the weights and a checkpoint
 file, and runs ``loss = loss_fn(net, batch_fn(step, generator), generator)`` steps with gradient
-clipping and a linear learning-rate warm-up, under a tqdm bar with rate and ETA.
+clipping, a linear learning-rate warm-up and optionally a cosine decay after it (``lr_decay``),
+under a tqdm bar with rate and ETA.
 
 Determinism: every step draws its batch and noise from a generator seeded by
 ``(seed, step, rank)`` alone, so a run resumed from a checkpoint (weights, EMA, optimizer state,

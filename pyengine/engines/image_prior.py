@@ -83,6 +83,8 @@ class ImagePriorConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     warmup_steps: int = 100
+    lr_decay: str = "none"  # "cosine": decay to lr * lr_final over the steps after the warm-up
+    lr_final: float = 0.1
     ema_decay: float = 0.999
     checkpoint_every: int = 250
     log_every: int = 10
@@ -209,8 +211,9 @@ def make_trainer(cfg: ImagePriorConfig, run_dir: str, info: _trainer.DistInfo | 
         return training_loss(net, schedule, x, y, generator=g, prediction=cfg.prediction)
 
     opts = _trainer.TrainOptions(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                                 warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
-                                 checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, seed=cfg.seed)
+                                 warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay, lr_final=cfg.lr_final,
+                                 ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
+                                 log_every=cfg.log_every, seed=cfg.seed)
     return _trainer.Trainer(model, loss_fn, batch_fn, opts, JOB, cfg, os.path.join(run_dir, _runs.CHECKPOINT), info,
                             RESUME_FREE)
 
