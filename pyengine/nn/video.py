@@ -432,13 +432,16 @@ class _ResBlock(nn.Module):
     """GroupNorm, SiLU, 1x3x3 conv, + Linear(temb), GroupNorm, SiLU, dropout, 1x3x3 conv
     (zero-initialised), plus the input (through a 1x1 conv, i.e. a Linear, when widths differ).
     With ``temporal_conv`` the first conv is a ``Pseudo3DConv`` (its temporal taps start as the
-    identity)."""
+    identity). With ``scale_shift`` the conditioning is ADM's scale-shift norm instead of a sum:
+    ``norm2(h) * (1 + scale) + shift`` with ``[scale, shift] = Linear(temb)``."""
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, temporal_conv: bool = False):
+    def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, temporal_conv: bool = False,
+                 scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = _GroupNorm(_num_groups(cin), cin, eps=1e-6)
         self.conv1 = Pseudo3DConv(cin, cout) if temporal_conv else SpaceConv3d(cin, cout)
-        self.temb = nn.Linear(temb_dim, cout)
+        self.temb = nn.Linear(temb_dim, 2 * cout if scale_shift else cout)
         self.norm2 = _GroupNorm(_num_groups(cout), cout, eps=1e-6)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = SpaceConv3d(cout, cout)
@@ -449,8 +452,13 @@ class _ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         e = self.temb(F.silu(temb))  # [B, C], or [B, T, C] with a frame embedding
-        h = h + (e[:, None, None, None, :] if e.dim() == 2 else e[:, :, None, None, :])
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        e = e[:, None, None, None, :] if e.dim() == 2 else e[:, :, None, None, :]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=-1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -458,9 +466,9 @@ class _Block(nn.Module):
     """A residual block, then (optionally) spatial and temporal attention."""
 
     def __init__(self, cin: int, cout: int, temb_dim: int, dropout: float, attention: bool, heads: int,
-                 rel_bias: bool, temporal: bool = True, temporal_conv: bool = False):
+                 rel_bias: bool, temporal: bool = True, temporal_conv: bool = False, scale_shift: bool = False):
         super().__init__()
-        self.res = _ResBlock(cin, cout, temb_dim, dropout, temporal_conv)
+        self.res = _ResBlock(cin, cout, temb_dim, dropout, temporal_conv, scale_shift)
         self.spatial = SpatialAttention(cout, heads) if attention else None
         self.temporal = TemporalAttention(cout, heads, rel_pos_bias=rel_bias) if attention and temporal else None
 
@@ -531,6 +539,9 @@ class UNet3D(nn.Module):
         temporal_conv: the first conv of every residual block is a ``Pseudo3DConv`` (Make-A-Video:
             a 3-tap temporal conv after the spatial one, starting as the identity), so frames mix at
             every level, not only where there is temporal attention.
+        scale_shift: condition the residual blocks by ADM's scale-shift norm (``norm(h) * (1 +
+            scale) + shift``) instead of adding the embedding: the caption and frame index then
+            gate features multiplicatively (e.g. which way the temporal taps shift).
 
     Shapes:
         x: ``[B, T, H, W, in_channels]`` (H and W divisible by ``2 ** (len(channel_mult) - 1)``);
@@ -547,7 +558,8 @@ class UNet3D(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, model_channels: int = 32,
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, attention_levels: Sequence[int] = (1,),
                  heads: int = 4, context_dim: int = 0, temporal_rel_bias: bool = True, dropout: float = 0.0,
-                 temporal: bool = True, frame_embedding: bool = False, temporal_conv: bool = False):
+                 temporal: bool = True, frame_embedding: bool = False, temporal_conv: bool = False,
+                 scale_shift: bool = False):
         super().__init__()
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
                           ("model_channels", model_channels), ("num_res_blocks", num_res_blocks)):
@@ -567,8 +579,9 @@ class UNet3D(nn.Module):
             raise ValueError(f"UNet3D: dropout must be in [0, 1), got {dropout!r}")
         if not isinstance(frame_embedding, bool):
             raise TypeError(f"UNet3D: frame_embedding must be a bool, got {frame_embedding!r}")
-        if not isinstance(temporal_conv, bool):
-            raise TypeError(f"UNet3D: temporal_conv must be a bool, got {temporal_conv!r}")
+        for name, val in (("temporal_conv", temporal_conv), ("scale_shift", scale_shift)):
+            if not isinstance(val, bool):
+                raise TypeError(f"UNet3D: {name} must be a bool, got {val!r}")
         if temporal_conv and not temporal:
             raise ValueError("UNet3D: temporal_conv=True mixes frames, which temporal=False rules out")
         widths = [model_channels * m for m in channel_mult]
@@ -586,7 +599,8 @@ class UNet3D(nn.Module):
         self.conv_in = SpaceConv3d(in_channels, model_channels)
 
         def block(cin, cout, attn):
-            return _Block(cin, cout, temb_dim, dropout, attn, heads, temporal_rel_bias, temporal, temporal_conv)
+            return _Block(cin, cout, temb_dim, dropout, attn, heads, temporal_rel_bias, temporal, temporal_conv,
+                          scale_shift)
 
         self.down_blocks, self.downsamplers = nn.ModuleList(), nn.ModuleList()
         skips, ch = [model_channels], model_channels
@@ -601,7 +615,7 @@ class UNet3D(nn.Module):
                 self.downsamplers.append(SpaceConv3d(ch, ch, stride=2))
                 skips.append(ch)
         self.mid_block = block(ch, ch, True)
-        self.mid_res = _ResBlock(ch, ch, temb_dim, dropout, temporal_conv)
+        self.mid_res = _ResBlock(ch, ch, temb_dim, dropout, temporal_conv, scale_shift)
         self.up_blocks, self.upsamplers = nn.ModuleList(), nn.ModuleList()
         for lvl in reversed(range(len(widths))):
             blocks = nn.ModuleList()

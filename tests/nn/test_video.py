@@ -510,3 +510,32 @@ def test_unet3d_temporal_conv_starts_as_the_plain_unet_and_mixes_neighbouring_fr
         _tiny_unet(temporal=False, temporal_conv=True)
     with pytest.raises(TypeError, match="temporal_conv"):
         _tiny_unet(temporal_conv=1)
+
+
+def test_unet3d_scale_shift_conditions_by_adm_scale_shift_norm():
+    from pyengine.nn.video import _ResBlock
+
+    torch.manual_seed(20)
+    blk = _randomize_(_ResBlock(8, 16, 12, 0.0, scale_shift=True), std=0.2).eval()
+    x, temb = torch.randn(2, 3, 4, 4, 8), torch.randn(2, 3, 12)  # a per-frame embedding
+    with torch.no_grad():
+        h = blk.conv1(F.silu(blk.norm1(x)))
+        scale, shift = blk.temb(F.silu(temb))[:, :, None, None, :].chunk(2, -1)
+        want = blk.skip(x) + blk.conv2(F.silu(blk.norm2(h) * (1 + scale) + shift))
+        assert_close(blk(x, temb), want, **TOL32, what="norm(h) * (1 + scale) + shift")
+        # zero scale and shift: the additive block with a zero embedding, i.e. no conditioning at all
+        plain = _ResBlock(8, 16, 12, 0.0)
+        plain.load_state_dict({k: v for k, v in blk.state_dict().items() if not k.startswith("temb.")}, strict=False)
+        blk.temb.weight.zero_()
+        blk.temb.bias.zero_()
+        plain.temb.weight.zero_()
+        plain.temb.bias.zero_()
+        assert_close(blk(x, temb), plain(x, temb), **TOL32, what="no scale, no shift")
+    net = _randomize_(_tiny_unet(context_dim=4, frame_embedding=True, scale_shift=True), std=0.1).eval()
+    assert net.mid_res.temb.out_features == 2 * net.mid_res.norm2.num_channels
+    with torch.no_grad():
+        x, t = torch.randn(1, 4, 8, 8, 3), torch.tensor([500])
+        a, b = net(x, t, torch.zeros(1, 4)), net(x, t, torch.ones(1, 4))
+        assert a.shape == (1, 4, 8, 8, 2) and (a - b).abs().max() > 1e-4
+    with pytest.raises(TypeError, match="scale_shift"):
+        _tiny_unet(scale_shift="yes")
