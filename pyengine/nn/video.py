@@ -542,6 +542,9 @@ class UNet3D(nn.Module):
         scale_shift: condition the residual blocks by ADM's scale-shift norm (``norm(h) * (1 +
             scale) + shift``) instead of adding the embedding: the caption and frame index then
             gate features multiplicatively (e.g. which way the temporal taps shift).
+        coord_channels: append each pixel's x and y (in [-1, 1]) to the input (CoordConv), so the
+            network knows absolute positions: near pure noise the best prediction of a captioned
+            motion puts the object at a caption- and frame-dependent place in the frame.
 
     Shapes:
         x: ``[B, T, H, W, in_channels]`` (H and W divisible by ``2 ** (len(channel_mult) - 1)``);
@@ -559,7 +562,7 @@ class UNet3D(nn.Module):
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, attention_levels: Sequence[int] = (1,),
                  heads: int = 4, context_dim: int = 0, temporal_rel_bias: bool = True, dropout: float = 0.0,
                  temporal: bool = True, frame_embedding: bool = False, temporal_conv: bool = False,
-                 scale_shift: bool = False):
+                 scale_shift: bool = False, coord_channels: bool = False):
         super().__init__()
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
                           ("model_channels", model_channels), ("num_res_blocks", num_res_blocks)):
@@ -579,7 +582,8 @@ class UNet3D(nn.Module):
             raise ValueError(f"UNet3D: dropout must be in [0, 1), got {dropout!r}")
         if not isinstance(frame_embedding, bool):
             raise TypeError(f"UNet3D: frame_embedding must be a bool, got {frame_embedding!r}")
-        for name, val in (("temporal_conv", temporal_conv), ("scale_shift", scale_shift)):
+        for name, val in (("temporal_conv", temporal_conv), ("scale_shift", scale_shift),
+                          ("coord_channels", coord_channels)):
             if not isinstance(val, bool):
                 raise TypeError(f"UNet3D: {name} must be a bool, got {val!r}")
         if temporal_conv and not temporal:
@@ -596,7 +600,8 @@ class UNet3D(nn.Module):
         if frame_embedding:
             self.frame_embed = nn.Sequential(nn.Linear(model_channels, temb_dim), nn.SiLU(),
                                              nn.Linear(temb_dim, temb_dim))
-        self.conv_in = SpaceConv3d(in_channels, model_channels)
+        self.coord_channels = coord_channels
+        self.conv_in = SpaceConv3d(in_channels + (2 if coord_channels else 0), model_channels)
 
         def block(cin, cout, attn):
             return _Block(cin, cout, temb_dim, dropout, attn, heads, temporal_rel_bias, temporal, temporal_conv,
@@ -658,6 +663,11 @@ class UNet3D(nn.Module):
             frames = timestep_embedding(torch.arange(T, device=x.device), self.model_channels).to(x.dtype)
             temb = temb[:, None, :] + self.frame_embed(frames)[None]  # [B, T, temb_dim]
 
+        if self.coord_channels:  # x and y of each pixel in [-1, 1], the same in every frame
+            ys = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)
+            xs = torch.linspace(-1, 1, W, device=x.device, dtype=x.dtype)
+            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)  # [H, W, 2]
+            x = torch.cat([x, grid.expand(B, T, H, W, 2)], -1)
         h = self.conv_in(x)
         skips = [h]
         for lvl, blocks in enumerate(self.down_blocks):

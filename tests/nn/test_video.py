@@ -539,3 +539,25 @@ def test_unet3d_scale_shift_conditions_by_adm_scale_shift_norm():
         assert a.shape == (1, 4, 8, 8, 2) and (a - b).abs().max() > 1e-4
     with pytest.raises(TypeError, match="scale_shift"):
         _tiny_unet(scale_shift="yes")
+
+
+def test_unet3d_coord_channels_give_absolute_position():
+    torch.manual_seed(21)
+    plain = _randomize_(_tiny_unet(), std=0.1).eval()
+    net = _tiny_unet(coord_channels=True).eval()
+    sd = plain.state_dict()
+    w = sd["conv_in.conv.weight"]
+    sd["conv_in.conv.weight"] = torch.cat([w, torch.zeros(w.shape[0], 2, *w.shape[2:])], 1)
+    net.load_state_dict(sd)
+    x, t = torch.randn(1, 3, 8, 8, 3), torch.tensor([10])
+    with torch.no_grad():
+        assert_close(net(x, t), plain(x, t), **TOL32, what="zero weights on the coordinates: the plain U-Net")
+        seen = []
+        net.conv_in.conv.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        net(torch.zeros(2, 3, 8, 6, 3), torch.tensor([10, 20]))
+        grid = seen[0][:, 3:]  # [B, 2, T, H, W]: x along W, y along H, in [-1, 1], every frame alike
+        assert_close(grid[:, 0], torch.linspace(-1, 1, 6).expand(2, 3, 8, 6), **TOL32, what="x channel")
+        assert_close(grid[:, 1], torch.linspace(-1, 1, 8)[:, None].expand(2, 3, 8, 6), **TOL32, what="y channel")
+        assert torch.equal(seen[0][:, :3], torch.zeros(2, 3, 3, 8, 6))
+    with pytest.raises(TypeError, match="coord_channels"):
+        _tiny_unet(coord_channels=0)
