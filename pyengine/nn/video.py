@@ -542,6 +542,9 @@ class UNet3D(nn.Module):
         scale_shift: condition the residual blocks by ADM's scale-shift norm (``norm(h) * (1 +
             scale) + shift``) instead of adding the embedding: the caption and frame index then
             gate features multiplicatively (e.g. which way the temporal taps shift).
+        cond_mlp: pass the summed conditioning (time, context, frame) through a residual 2-layer
+            MLP before the blocks, so that the caption and the frame index interact (a captioned
+            motion is a function of both) in more than one nonlinearity.
         coord_channels: append each pixel's x and y (in [-1, 1]) to the input (CoordConv), so the
             network knows absolute positions: near pure noise the best prediction of a captioned
             motion puts the object at a caption- and frame-dependent place in the frame.
@@ -562,7 +565,7 @@ class UNet3D(nn.Module):
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, attention_levels: Sequence[int] = (1,),
                  heads: int = 4, context_dim: int = 0, temporal_rel_bias: bool = True, dropout: float = 0.0,
                  temporal: bool = True, frame_embedding: bool = False, temporal_conv: bool = False,
-                 scale_shift: bool = False, coord_channels: bool = False):
+                 scale_shift: bool = False, coord_channels: bool = False, cond_mlp: bool = False):
         super().__init__()
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
                           ("model_channels", model_channels), ("num_res_blocks", num_res_blocks)):
@@ -583,7 +586,7 @@ class UNet3D(nn.Module):
         if not isinstance(frame_embedding, bool):
             raise TypeError(f"UNet3D: frame_embedding must be a bool, got {frame_embedding!r}")
         for name, val in (("temporal_conv", temporal_conv), ("scale_shift", scale_shift),
-                          ("coord_channels", coord_channels)):
+                          ("coord_channels", coord_channels), ("cond_mlp", cond_mlp)):
             if not isinstance(val, bool):
                 raise TypeError(f"UNet3D: {name} must be a bool, got {val!r}")
         if temporal_conv and not temporal:
@@ -601,6 +604,12 @@ class UNet3D(nn.Module):
             self.frame_embed = nn.Sequential(nn.Linear(model_channels, temb_dim), nn.SiLU(),
                                              nn.Linear(temb_dim, temb_dim))
         self.coord_channels = coord_channels
+        self.cond_mlp = None
+        if cond_mlp:  # a residual MLP on the summed conditioning, its last layer zero: starts as the identity
+            self.cond_mlp = nn.Sequential(nn.SiLU(), nn.Linear(temb_dim, temb_dim), nn.SiLU(),
+                                          nn.Linear(temb_dim, temb_dim))
+            nn.init.zeros_(self.cond_mlp[3].weight)
+            nn.init.zeros_(self.cond_mlp[3].bias)
         self.conv_in = SpaceConv3d(in_channels + (2 if coord_channels else 0), model_channels)
 
         def block(cin, cout, attn):
@@ -662,6 +671,8 @@ class UNet3D(nn.Module):
         if self.frame_embed is not None:
             frames = timestep_embedding(torch.arange(T, device=x.device), self.model_channels).to(x.dtype)
             temb = temb[:, None, :] + self.frame_embed(frames)[None]  # [B, T, temb_dim]
+        if self.cond_mlp is not None:
+            temb = temb + self.cond_mlp(temb)
 
         if self.coord_channels:  # x and y of each pixel in [-1, 1], the same in every frame
             ys = torch.linspace(-1, 1, H, device=x.device, dtype=x.dtype)

@@ -561,3 +561,19 @@ def test_unet3d_coord_channels_give_absolute_position():
         assert torch.equal(seen[0][:, :3], torch.zeros(2, 3, 3, 8, 6))
     with pytest.raises(TypeError, match="coord_channels"):
         _tiny_unet(coord_channels=0)
+
+
+def test_unet3d_cond_mlp_starts_as_the_identity_and_mixes_caption_and_frame():
+    torch.manual_seed(22)
+    plain = _randomize_(_tiny_unet(context_dim=4, frame_embedding=True), std=0.1).eval()
+    net = _tiny_unet(context_dim=4, frame_embedding=True, cond_mlp=True).eval()
+    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and sorted(missing) == ["cond_mlp.1.bias", "cond_mlp.1.weight", "cond_mlp.3.bias",
+                                                  "cond_mlp.3.weight"]
+    x, t, ctx = torch.randn(2, 4, 8, 8, 3), torch.tensor([999, 10]), torch.randn(2, 4)
+    with torch.no_grad():
+        assert_close(net(x, t, ctx), plain(x, t, ctx), **TOL32, what="zero last layer: the plain U-Net")
+    net(x, t, ctx).square().mean().backward()
+    assert net.cond_mlp[3].weight.grad.abs().sum() > 0  # it learns from the start
+    with pytest.raises(TypeError, match="cond_mlp"):
+        _tiny_unet(cond_mlp=None)
