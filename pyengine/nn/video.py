@@ -542,6 +542,10 @@ class UNet3D(nn.Module):
         scale_shift: condition the residual blocks by ADM's scale-shift norm (``norm(h) * (1 +
             scale) + shift``) instead of adding the embedding: the caption and frame index then
             gate features multiplicatively (e.g. which way the temporal taps shift).
+        frame_context: add a bilinear function of the context and the frame's sinusoidal embedding
+            (zero at start) to each frame's conditioning: the place of an object moving as the
+            caption says is, to first order, the caption's direction times the frame index, which
+            a sum of the two embeddings reaches only through higher-order terms.
         cond_mlp: pass the summed conditioning (time, context, frame) through a residual 2-layer
             MLP before the blocks, so that the caption and the frame index interact (a captioned
             motion is a function of both) in more than one nonlinearity.
@@ -565,7 +569,8 @@ class UNet3D(nn.Module):
                  channel_mult: Sequence[int] = (1, 2), num_res_blocks: int = 1, attention_levels: Sequence[int] = (1,),
                  heads: int = 4, context_dim: int = 0, temporal_rel_bias: bool = True, dropout: float = 0.0,
                  temporal: bool = True, frame_embedding: bool = False, temporal_conv: bool = False,
-                 scale_shift: bool = False, coord_channels: bool = False, cond_mlp: bool = False):
+                 scale_shift: bool = False, coord_channels: bool = False, cond_mlp: bool = False,
+                 frame_context: bool = False):
         super().__init__()
         for name, val in (("in_channels", in_channels), ("out_channels", out_channels),
                           ("model_channels", model_channels), ("num_res_blocks", num_res_blocks)):
@@ -586,7 +591,8 @@ class UNet3D(nn.Module):
         if not isinstance(frame_embedding, bool):
             raise TypeError(f"UNet3D: frame_embedding must be a bool, got {frame_embedding!r}")
         for name, val in (("temporal_conv", temporal_conv), ("scale_shift", scale_shift),
-                          ("coord_channels", coord_channels), ("cond_mlp", cond_mlp)):
+                          ("coord_channels", coord_channels), ("cond_mlp", cond_mlp),
+                          ("frame_context", frame_context)):
             if not isinstance(val, bool):
                 raise TypeError(f"UNet3D: {name} must be a bool, got {val!r}")
         if temporal_conv and not temporal:
@@ -604,6 +610,13 @@ class UNet3D(nn.Module):
             self.frame_embed = nn.Sequential(nn.Linear(model_channels, temb_dim), nn.SiLU(),
                                              nn.Linear(temb_dim, temb_dim))
         self.coord_channels = coord_channels
+        if frame_context and not (frame_embedding and context_dim):
+            raise ValueError("UNet3D: frame_context=True needs frame_embedding=True and context_dim > 0")
+        self.frame_context = None
+        if frame_context:  # bilinear in (context, frame), zero at start: a captioned motion is one
+            self.frame_context = nn.Bilinear(context_dim, model_channels, temb_dim)
+            nn.init.zeros_(self.frame_context.weight)
+            nn.init.zeros_(self.frame_context.bias)
         self.cond_mlp = None
         if cond_mlp:  # a residual MLP on the summed conditioning, its last layer zero: starts as the identity
             self.cond_mlp = nn.Sequential(nn.SiLU(), nn.Linear(temb_dim, temb_dim), nn.SiLU(),
@@ -671,6 +684,9 @@ class UNet3D(nn.Module):
         if self.frame_embed is not None:
             frames = timestep_embedding(torch.arange(T, device=x.device), self.model_channels).to(x.dtype)
             temb = temb[:, None, :] + self.frame_embed(frames)[None]  # [B, T, temb_dim]
+            if self.frame_context is not None and context is not None:
+                temb = temb + self.frame_context(context.to(x.dtype)[:, None, :].expand(B, T, -1).contiguous(),
+                                                 frames[None].expand(B, T, -1).contiguous())
         if self.cond_mlp is not None:
             temb = temb + self.cond_mlp(temb)
 

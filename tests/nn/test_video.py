@@ -577,3 +577,38 @@ def test_unet3d_cond_mlp_starts_as_the_identity_and_mixes_caption_and_frame():
     assert net.cond_mlp[3].weight.grad.abs().sum() > 0  # it learns from the start
     with pytest.raises(TypeError, match="cond_mlp"):
         _tiny_unet(cond_mlp=None)
+
+
+def test_unet3d_frame_context_is_bilinear_in_caption_and_frame():
+    torch.manual_seed(23)
+    net = _randomize_(_tiny_unet(context_dim=4, frame_embedding=True, frame_context=True), std=0.1).eval()
+    plain = _tiny_unet(context_dim=4, frame_embedding=True).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("frame_context.")})
+    x, t, ctx = torch.randn(2, 4, 8, 8, 3), torch.tensor([999, 10]), torch.randn(2, 4)
+    with torch.no_grad():
+        # frame f's conditioning gains ctx^T W_k frame_f + b_k: bias the plain U-Net's context term by it
+        from pyengine.nn.video import timestep_embedding
+
+        for m in (*net.modules(), *plain.modules()):  # frames then do not interact
+            if isinstance(m, TemporalAttention):
+                m.proj.weight.zero_()
+                m.proj.bias.zero_()
+        fr = timestep_embedding(torch.arange(4), net.model_channels)
+        extra = torch.einsum("bi,kij,fj->bfk", ctx, net.frame_context.weight, fr) + net.frame_context.bias
+        emb = net.frame_embed(fr)
+        extra = extra + (emb - emb[:1])[None]  # a one-frame clip gets frame 0's embedding
+        y = net(x, t, ctx)
+        bias = plain.context_embed.bias.clone()
+        for b in range(2):
+            for f in range(4):
+                plain.context_embed.bias.copy_(bias + extra[b, f])
+                assert_close(y[b:b + 1, f:f + 1], plain(x[b:b + 1, f:f + 1], t[b:b + 1], ctx[b:b + 1]), **TOL32,
+                             what=f"sample {b} frame {f}")
+        net.frame_context.weight.zero_()
+        net.frame_context.bias.zero_()
+        plain.context_embed.bias.copy_(bias)
+        assert_close(net(x, t, ctx), plain(x, t, ctx), **TOL32, what="zero bilinear: the plain U-Net")
+    with pytest.raises(ValueError, match="frame_context"):
+        _tiny_unet(context_dim=4, frame_context=True)  # no frame embedding
+    with pytest.raises(ValueError, match="frame_context"):
+        _tiny_unet(frame_embedding=True, frame_context=True)  # no context
