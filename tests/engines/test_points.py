@@ -217,16 +217,28 @@ def test_eval_job_prints_a_table(tmp_path, capsys):
     assert os.path.exists(os.path.join(res["out"], "eval.json"))
 
 
-def test_cli_smoke(tmp_path, capsys):
+def test_cli_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(P, "BUNDLED", str(tmp_path / "no_bundled_prior.safetensors"))
     args = [f"{k}={v}" for k, v in TINY.items()] + [f"out={tmp_path / 'cli'}", "steps=2", "model.hidden=16",
                                                       "classes=[sphere,cone]", "conditional=false", "timesteps=50"]
     assert main(["points", "train", *args]) == 0
     assert main(["points", "sample", *args, "sampler=ddpm"]) == 0
     assert "samples from step 2 (ddpm, 50 steps)" in capsys.readouterr().out
-    assert main(["points", "sample", *args, "model.hidden=8"]) == 1  # another model: no trained run for it
+    assert main(["points", "sample", *args, "model.hidden=8"]) == 1  # another model, no run, no bundled prior
     assert "no trained run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["points", "fly", *args])
+
+
+def test_the_bundled_prior_loads_and_samples(tmp_path):
+    assert os.path.exists(P.BUNDLED), "pyengine/assets/points_prior.safetensors ships with the package"
+    cfg = P.weights_config(P.PointsConfig(weights="bundled"))
+    assert cfg.model.arch == "pvd" and cfg.classes == ["cube"] and not cfg.conditional and cfg.prediction == "v"
+    model, state, _ = P.load_weights_file(P.replace(cfg, out=str(tmp_path)))
+    assert state["step"] > 0
+    cfg = P.replace(cfg, sample_steps=4, clip_x0=1.0)  # few steps: seconds
+    x = P.generate(model, cfg, 2, None, seed=0)
+    assert x.shape == (2, 3, 2048) and torch.isfinite(x).all() and x.abs().max() <= 1.5
 
 
 def test_pvd_config_file_loads():
