@@ -613,7 +613,7 @@ class UNet3D(nn.Module):
         if frame_context and not (frame_embedding and context_dim):
             raise ValueError("UNet3D: frame_context=True needs frame_embedding=True and context_dim > 0")
         self.frame_context = None
-        if frame_context:  # bilinear in (context, frame), zero at start: a captioned motion is one
+        if frame_context:  # bilinear in (context, frame), zero at start (see the docstring)
             self.frame_context = nn.Bilinear(context_dim, model_channels, temb_dim)
             nn.init.zeros_(self.frame_context.weight)
             nn.init.zeros_(self.frame_context.bias)
