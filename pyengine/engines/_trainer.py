@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 
 import torch
 import torch.distributed as dist
@@ -48,6 +48,11 @@ class TrainOptions:
     checkpoint_every: int = 0  # 0: only at the end
     log_every: int = 10
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> TrainOptions:
+        """The options a job's config dataclass holds under the same names (the rest: defaults)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)})
 
 
 @dataclass

@@ -298,10 +298,7 @@ def make_trainer(cfg: PointsConfig, run_dir: str, info: _trainer.DistInfo | None
         return training_loss(net, schedule, x, y if cfg.conditional else None, generator=g, known_mask=mask,
                              prediction=cfg.prediction)
 
-    opts = _trainer.TrainOptions(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                                 warmup_steps=cfg.warmup_steps, lr_decay=cfg.lr_decay, lr_final=cfg.lr_final,
-                                 ema_decay=cfg.ema_decay, checkpoint_every=cfg.checkpoint_every,
-                                 log_every=cfg.log_every, seed=cfg.seed)
+    opts = _trainer.TrainOptions.from_config(cfg)
     return _trainer.Trainer(model, loss_fn, batch_fn, opts, JOB, cfg, os.path.join(run_dir, _runs.CHECKPOINT), info,
                             RESUME_FREE)
 

@@ -685,8 +685,8 @@ class UNet3D(nn.Module):
             frames = timestep_embedding(torch.arange(T, device=x.device), self.model_channels).to(x.dtype)
             temb = temb[:, None, :] + self.frame_embed(frames)[None]  # [B, T, temb_dim]
             if self.frame_context is not None and context is not None:
-                temb = temb + self.frame_context(context.to(x.dtype)[:, None, :].expand(B, T, -1).contiguous(),
-                                                 frames[None].expand(B, T, -1).contiguous())
+                temb = temb + self.frame_context(context.to(x.dtype)[:, None, :].expand(B, T, -1),
+                                                 frames[None].expand(B, T, -1))
         if self.cond_mlp is not None:
             temb = temb + self.cond_mlp(temb)
 
