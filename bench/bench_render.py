@@ -249,6 +249,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--march-steps", type=int, default=512, help="ray_march: steps across the box's diagonal")
     ap.add_argument("--march-radius", type=float, default=0.8, help="ray_march: radius of the occupied sphere")
+    ap.add_argument("--compile-step", action="store_true",
+                    help="also time the sample-budget step compiled (torch.compile; on CUDA mode "
+                         "'reduce-overhead', i.e. CUDA graphs); compiling takes tens of seconds")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     dev = args.device
@@ -354,19 +357,34 @@ def main(argv=None):
         opt = torch.optim.Adam(field.parameters(), lr=1e-3)
         step = 2 * half * math.sqrt(3) / args.march_steps
 
-        def train_step():
-            out = render_rays(field, est, o, d, render_step_size=step, with_normals=True, stratified=True)
+        def step_loss(budget=None):
+            out = render_rays(field, est, o, d, render_step_size=step, with_normals=True, stratified=True,
+                              **({} if budget is None else {"sample_budget": budget}))
             normal_term = (out["normal"].norm(dim=-1) - out["opacity"]).square().mean()
-            loss = ((out["rgb"] - target) ** 2).mean() + 1e-3 * normal_term
+            return ((out["rgb"] - target) ** 2).mean() + 1e-3 * normal_term
+
+        def train_step(budget=None, loss_fn=step_loss):
+            loss = loss_fn(budget)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
+        # the static-shape step (no device sync): a budget 25% above what the rays want, rounded
+        # up to a multiple of 4096 samples
+        wanted = render_rays(field, est, o, d, render_step_size=step, stratified=True, sample_budget=1)
+        budget = -(-int(int(wanted["wanted_samples"]) * 1.25) // 4096) * 4096
+        variants = [("reference", train_step), ("fused", train_step),
+                    (f"fused, sample_budget={budget}", lambda: train_step(budget))]
+        if args.compile_step:
+            mode = "reduce-overhead" if dev.type == "cuda" else "default"
+            compiled = torch.compile(step_loss, fullgraph=True, mode=mode)
+            variants.append((f"fused, sample_budget={budget}, compiled ({mode})",
+                             lambda: train_step(budget, compiled)))
         base = None
-        for name in ("reference", "fused"):
+        for name, fn in variants:
             with pyengine.use_backend("reference" if name == "reference" else None):
                 try:
-                    ms = bench(train_step, dev, reps=args.reps, warmup=1)
+                    ms = bench(fn, dev, reps=args.reps, warmup=1)
                 except Exception as exc:
                     skipped.append(f"train step {name}: {type(exc).__name__}: {exc}")
                     continue

@@ -15,7 +15,7 @@
 #                                       # collected, not run; benchmarks tiny), to prove the script
 #   STEPS=gpu_tests,bench_render bash bench/gpu_check.sh   # some steps only (a short rerun); the
 #       steps: gpu_tests tests sanitizer bench_rasterize bench_antialias bench_attention bench_hash
-#       bench_render bench_pvconv bench_sds bench_inverse
+#       bench_render bench_pvconv bench_sds bench_inverse bench_step_compiled
 #       (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ PY=${PYTHON:-python3}
 NCPU=$(nproc)
 export MAX_JOBS=${MAX_JOBS:-$NCPU} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} PYTHONUNBUFFERED=1
 [ $DRY = 1 ] && export PYENGINE_CUDA=0 || export PYENGINE_CUDA=1
-STEPS=",${STEPS:-gpu_tests,tests,sanitizer,bench_rasterize,bench_antialias,bench_attention,bench_hash,bench_render,bench_pvconv,bench_sds,bench_inverse},"
+STEPS=",${STEPS:-gpu_tests,tests,sanitizer,bench_rasterize,bench_antialias,bench_attention,bench_hash,bench_render,bench_pvconv,bench_sds,bench_inverse,bench_step_compiled},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 status=0
 failed=()
@@ -151,6 +151,9 @@ if [ $DRY = 0 ]; then
     --json "$L/bench_sds.json"
   want bench_inverse && run bench_inverse 90 $PY bench/bench_inverse.py --device cuda --images 32 --steps-scale 0.1 \
     --json "$L/bench_inverse.json"
+  # last, alone: compiling the step (CUDA graphs) takes tens of seconds
+  want bench_step_compiled && run bench_step_compiled 120 $PY bench/bench_render.py --device cuda \
+    --skip composite nerfacc floor march --compile-step --json "$L/bench_step_compiled.json"
 else
   want bench_hash && run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
     --providers reference cpu tcnn --json "$L/bench_hash_encode_fp32.json"
@@ -169,6 +172,7 @@ else
   want bench_sds && run bench_sds 120 $PY bench/bench_sds.py --device cpu --quick --json "$L/bench_sds.json"
   want bench_inverse && run bench_inverse 120 $PY bench/bench_inverse.py --device cpu --images 2 --steps-scale 0.01 \
     --methods ddrm dps --json "$L/bench_inverse.json"
+  want bench_step_compiled && run bench_step_compiled 30 $PY bench/bench_render.py --help
 fi
 
 step "results"
@@ -192,7 +196,7 @@ tar -czf "$OUT/logs.tar.gz" -C "$(dirname "$L")" logs
 step "summary (status $status)"
 for f in gpu_tests tests; do [ -f "$L/$f.log" ] && echo "$f: $(tail -1 "$L/$f.log")"; done
 for f in bench_rasterize bench_antialias bench_attention bench_hash_fp32 bench_hash_fp16 bench_render bench_pvconv \
-  bench_sds bench_inverse; do
+  bench_sds bench_inverse bench_step_compiled; do
   [ -f "$L/$f.log" ] || continue
   grep -E '^\||^skipped|^composite fwd takes|^copy bandwidth|^MISMATCH|^render\+backward' "$L/$f.log" || tail -5 "$L/$f.log"
 done

@@ -99,8 +99,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "ray / box intersection -> (t_mins [N, M], t_maxs [N, M], hits [N, M])");
   namespace py = pybind11;
   m.def("ray_march", &pe::host::ray_march,
-        "occupancy-grid marching -> (packed_info [R, 2], ray_indices [S], t_starts [S], t_ends [S])",
+        "occupancy-grid marching -> (packed_info [R, 2], ray_indices [S], t_starts [S], t_ends [S], "
+        "wanted [])",
         py::arg("rays_o"), py::arg("rays_d"), py::arg("t_min"), py::arg("t_max"),
         py::arg("binaries"), py::arg("roi_aabb"), py::arg("step_size"), py::arg("cone_angle"),
-        py::arg("jitter"), py::arg("max_steps") = pe::kMarchMaxSteps);
+        py::arg("jitter"), py::arg("max_steps") = pe::kMarchMaxSteps, py::arg("capacity") = -1);
 }

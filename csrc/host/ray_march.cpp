@@ -2,7 +2,10 @@
 //
 // ray_march: the count pass, an exclusive scan of the counts (torch.cumsum), the fill pass.
 // Reading the total that sizes the outputs is its only device synchronisation: the kernels read
-// roi_aabb where it lies, and the fill pass writes no more than the count pass counted.
+// roi_aabb where it lies, and the fill pass writes no more than the count pass counted. With a
+// fixed capacity there is none: each ray's count is cut to what is left of the capacity at its
+// start (on the device), the fill pass writes those prefixes, and the outputs, sized by the
+// capacity, start out as padding (ray R - 1, t = 0) that the fill pass overwrites.
 #include "host/ray_march.h"
 
 #include "host/common.h"
@@ -38,10 +41,10 @@ std::tuple<Tensor, Tensor, Tensor> ray_aabb_intersect(const Tensor& rays_o, cons
   return {t_mins, t_maxs, hits};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> ray_march(
     const Tensor& rays_o, const Tensor& rays_d, const Tensor& t_min, const Tensor& t_max,
     const Tensor& binaries, const Tensor& roi_aabb, double step_size, double cone_angle,
-    const std::optional<Tensor>& jitter, int64_t max_steps) {
+    const std::optional<Tensor>& jitter, int64_t max_steps, int64_t capacity) {
   const char* op = "ray_march";
   const Inputs in{op, rays_o.device()};
   const auto f32 = at::kFloat;
@@ -57,6 +60,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
                       ": binaries must have sizes in [1, 2^30)");
   TORCH_CHECK_VALUE(max_steps >= 1, op, ": max_steps must be >= 1, got ",
                     std::to_string(max_steps));
+  TORCH_CHECK_VALUE(capacity >= -1, op, ": capacity must be -1 (sized by the data) or >= 0, got ",
+                    std::to_string(capacity));
   const MarchGrid g{ptr<const float>(roi), ptr<const bool>(bins),
                     {static_cast<int32_t>(bins.size(1)), static_cast<int32_t>(bins.size(2)),
                      static_cast<int32_t>(bins.size(3))},
@@ -69,10 +74,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
   int64_t* n = ptr<int64_t>(counts);
   run_on_device(o, op, PE_CUDA(cuda::ray_march_count(R, g, rays, n, stream)),
                 [&] { cpu::ray_march_count(R, g, rays, n); });
-  const Tensor ends = counts.cumsum(0), starts = ends - counts;
-  const int64_t S = R > 0 ? ends[R - 1].item<int64_t>() : 0;  // the one device sync
-  Tensor ray_indices = at::empty({S}, counts.options());
-  Tensor t_starts = at::empty({S}, o.options()), t_ends = at::empty({S}, o.options());
+  Tensor ends = counts.cumsum(0), starts = ends - counts;
+  const Tensor wanted = R > 0 ? ends[R - 1].clone() : at::zeros({}, counts.options());
+  Tensor ray_indices, t_starts, t_ends;
+  int64_t S;
+  if (capacity < 0) {
+    S = wanted.item<int64_t>();  // the one device sync
+    ray_indices = at::empty({S}, counts.options());
+    t_starts = at::empty({S}, o.options());
+    t_ends = at::empty({S}, o.options());
+  } else {  // cut each ray to what is left at its start; the rest of the outputs is padding
+    S = capacity;
+    counts = at::minimum(counts, (capacity - starts).clamp_min(0));
+    starts = at::clamp_max(starts, capacity);
+    n = ptr<int64_t>(counts);
+    ray_indices = at::full({S}, R > 0 ? R - 1 : 0, counts.options());
+    t_starts = at::zeros({S}, o.options());
+    t_ends = at::zeros({S}, o.options());
+  }
   if (S > 0) {
     const int64_t* s0 = ptr<const int64_t>(starts);
     int64_t* idx = ptr<int64_t>(ray_indices);
@@ -80,7 +99,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ray_march(
     run_on_device(o, op, PE_CUDA(cuda::ray_march_fill(R, g, rays, s0, n, idx, ts, te, stream)),
                   [&] { cpu::ray_march_fill(R, g, rays, s0, n, idx, ts, te); });
   }
-  return {at::stack({starts, counts}, 1), ray_indices, t_starts, t_ends};
+  return {at::stack({starts, counts}, 1), ray_indices, t_starts, t_ends, wanted};
 }
 
 }  // namespace host

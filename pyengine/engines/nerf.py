@@ -56,6 +56,13 @@ class FitNeRFConfig:
     occ_thre: float = 0.01
     alpha_thre: float = 0.0
     early_stop_eps: float = 1e-4
+    # 0: the field runs on as many samples as the batch has (two device syncs a step: the marcher's
+    # count and the early stop's). > 0: on exactly this many sample slots and with no sync (static
+    # shapes, for CUDA graphs / torch.compile); rays past the budget are cut, and the run says so.
+    sample_budget: int = 0
+    # "": eager. "default" or "reduce-overhead" (CUDA graphs on a GPU): torch.compile of the
+    # rendering and the loss as one graph (fullgraph), which needs sample_budget > 0
+    compile: str = ""
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 400
     resume: bool = True
@@ -69,7 +76,7 @@ class FitNeRFConfig:
 #: Fields that may change when a run is resumed: they are left out of the run's hash and of the
 #: comparison with the saved config. Everything else defines the run.
 RESUME_FREE = frozenset({"steps", "eval_every", "checkpoint_every", "out", "resume", "turntable_frames",
-                         "device", "backend"})
+                         "device", "backend", "sample_budget", "compile"})
 #: Learning-rate decay: times GAMMA at these fractions of ``steps``.
 LR_MILESTONES = (0.5, 0.75, 0.9)
 LR_GAMMA = 0.33
@@ -131,6 +138,18 @@ class NeRFTrainer:
              "weight_decay": 1e-6},
         ], lr=cfg.lr, betas=(0.9, 0.99))
         self.step = 0
+        self.last_wanted = None
+        if isinstance(cfg.sample_budget, bool) or not isinstance(cfg.sample_budget, int) or cfg.sample_budget < 0:
+            raise ValueError(f"fit-nerf: sample_budget must be an int >= 0 (0: sized by the data), "
+                             f"got {cfg.sample_budget!r}")
+        self.render_loss = self._render_loss
+        if cfg.compile:
+            if cfg.compile not in ("default", "reduce-overhead"):
+                raise ValueError(f"fit-nerf: compile must be '', 'default' or 'reduce-overhead', got {cfg.compile!r}")
+            if cfg.sample_budget <= 0:
+                raise ValueError("fit-nerf: compile needs sample_budget > 0 (static shapes: one graph, no "
+                                 "device sync); set e.g. sample_budget=" + str(cfg.batch_rays * 64))
+            self.render_loss = torch.compile(self._render_loss, fullgraph=True, mode=cfg.compile)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.ckpt_path = os.path.join(self.run_dir, _runs.CHECKPOINT)
 
@@ -169,8 +188,11 @@ class NeRFTrainer:
 
     # -- training ----------------------------------------------------------------------------------
     def render_kwargs(self, train: bool) -> dict:
-        return dict(render_step_size=self.step_size, background=(1.0, 1.0, 1.0), alpha_thre=self.cfg.alpha_thre,
-                    early_stop_eps=self.cfg.early_stop_eps, stratified=train)
+        kw = dict(render_step_size=self.step_size, background=(1.0, 1.0, 1.0), alpha_thre=self.cfg.alpha_thre,
+                  early_stop_eps=self.cfg.early_stop_eps, stratified=train)
+        if train and self.cfg.sample_budget > 0:
+            kw["sample_budget"] = self.cfg.sample_budget
+        return kw
 
     def train_step(self) -> torch.Tensor:
         """One optimisation step; returns the batch's colour MSE as a 0-d tensor (reading it, e.g.
@@ -189,8 +211,7 @@ class NeRFTrainer:
         cam_idx, i, j = cam_idx.to(dev), i.to(dev), j.to(dev)
         rays_o, rays_d = rays_for_pixels(cams, cam_idx, i, j, validate=False)  # drawn in range
         target = self.train["images"][cam_idx, i, j]
-        out = render_rays(self.field, self.estimator, rays_o, rays_d, **self.render_kwargs(True))
-        loss = torch.nn.functional.smooth_l1_loss(out["rgb"], target, beta=0.01)
+        loss, rgb, self.last_wanted = self.render_loss(rays_o, rays_d, target)  # wanted: read when logging
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         lr = lr_at(cfg, self.step)
@@ -198,7 +219,13 @@ class NeRFTrainer:
             group["lr"] = lr
         self.opt.step()
         self.step += 1
-        return torch.nn.functional.mse_loss(out["rgb"].detach(), target)
+        return torch.nn.functional.mse_loss(rgb.detach(), target)
+
+    def _render_loss(self, rays_o, rays_d, target):
+        """(training loss, rgb, wanted samples or None): the part of a step that ``compile`` traces."""
+        out = render_rays(self.field, self.estimator, rays_o, rays_d, **self.render_kwargs(True))
+        loss = torch.nn.functional.smooth_l1_loss(out["rgb"], target, beta=0.01)
+        return loss, out["rgb"], out.get("wanted_samples")
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -229,11 +256,20 @@ def run(cfg: FitNeRFConfig) -> dict:
     start_step = trainer.step
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=trainer.step, desc="fit-nerf", unit="step")
+    warned, cut_max = False, 0
     while trainer.step < cfg.steps:
         mse = trainer.train_step()
         bar.update(1)
         if trainer.step % 10 == 0:
             bar.set_postfix(train_psnr=f"{-10 * math.log10(max(float(mse), 1e-12)):.2f}")
+            if trainer.last_wanted is not None:
+                wanted = int(trainer.last_wanted)
+                cut_max = max(cut_max, wanted - cfg.sample_budget)
+                if wanted > cfg.sample_budget and not warned:
+                    bar.write(f"fit-nerf: step {trainer.step}: the rays wanted {wanted} samples, over "
+                              f"sample_budget={cfg.sample_budget}; the last rays of the batch were cut "
+                              f"(raise sample_budget, or lower batch_rays)")
+                    warned = True
         if cfg.eval_every and trainer.step % cfg.eval_every == 0:
             bar.write(f"step {trainer.step}: held-out PSNR {trainer.evaluate():.2f} dB")
         if cfg.checkpoint_every and trainer.step % cfg.checkpoint_every == 0:
@@ -249,6 +285,8 @@ def run(cfg: FitNeRFConfig) -> dict:
         [np.concatenate(list(gt), 1), np.concatenate(list(pred), 1)], 0))
     result = {"psnr": test_psnr, "steps": trainer.step, "start_step": start_step, "seconds": train_s,
               "caption": shapeworld.caption(trainer.scene), "out": out}
+    if cfg.sample_budget > 0:
+        result["samples_cut_max"] = cut_max  # the most samples cut in a logged step (0: none)
     if cfg.turntable_frames:
         frames = trainer.turntable(cfg.turntable_frames)
         iio.imwrite(os.path.join(out, "turntable.gif"), frames, duration=80, loop=0)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.fx.experimental.symbolic_shapes import guard_or_true
 
-from pyengine.ops.composite import composite
+from pyengine.ops.composite import composite, pack_info
 from pyengine.ops.ray_aabb_intersect import ray_aabb_intersect
 from pyengine.ops.ray_march import ray_march
 
@@ -94,7 +94,7 @@ class OccupancyGrid(torch.nn.Module):
                  near_plane: float = 0.0, far_plane: float = 1e10,
                  t_min: torch.Tensor | None = None, t_max: torch.Tensor | None = None,
                  render_step_size: float = 1e-3, early_stop_eps: float = 1e-4, alpha_thre: float = 0.0,
-                 stratified: bool = False, cone_angle: float = 0.0):
+                 stratified: bool = False, cone_angle: float = 0.0, capacity: int | None = None):
         """Samples along rays, skipping empty cells and (given sigma_fn / alpha_fn) occluded space.
 
         Each ray is marched over its intersection with the coarsest level's box, clamped to
@@ -119,9 +119,18 @@ class OccupancyGrid(torch.nn.Module):
             early_stop_eps: transmittance below which samples are dropped.
             alpha_thre: opacity below which samples are dropped.
             stratified: jitter the first step of every ray (pass ``stratified=self.training``).
+            capacity: None: as many samples as the rays have (reading the count back from the
+                device sizes them; dropping samples sizes them once more). An int: exactly
+                ``capacity`` samples and no device sync (static shapes, for CUDA graphs and
+                ``torch.compile``): rays are served in order and cut where the capacity runs
+                out (see ``ray_march``), the unused entries and the dropped samples become
+                zero-length intervals (``t_ends = t_starts``), which composite to nothing, so
+                the rendering equals the data-sized one whenever nothing is cut.
 
         Returns:
             ``(ray_indices [S] int64, t_starts [S], t_ends [S])``, grouped by ray. Not differentiable.
+            With ``capacity``, also ``wanted``: a 0-d int64 device tensor, the samples the rays
+            had before the cut (``wanted > capacity``: some were cut; reading it syncs).
         """
         rays_o = rays_o.to(torch.float32)
         rays_d = rays_d.to(torch.float32)
@@ -136,10 +145,16 @@ class OccupancyGrid(torch.nn.Module):
         start = torch.maximum(t_enter[:, 0], near)  # a miss reports inf: no samples
         end = torch.minimum(t_exit[:, 0], far)
         jitter = torch.rand(n, device=rays_o.device) if stratified else None
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0):
+            raise ValueError(f"OccupancyGrid.sampling: capacity must be None or an int >= 0, got {capacity!r}")
         # the grid's own box and torch.rand's jitter are valid: no value check (it would sync)
-        packed_info, ray_indices, t_starts, t_ends = ray_march(
+        marched = ray_march(
             rays_o, rays_d, start, end, self.binaries, self.aabbs[0], render_step_size, cone_angle, jitter,
-            validate=False, backend=self.backend)
+            capacity=None if capacity is None else (capacity if n > 0 else 0), validate=False, backend=self.backend)
+        packed_info, ray_indices, t_starts, t_ends = marched[:4]
+        if capacity is not None:
+            # the padding joins the last ray as zero-length samples: composite sees every entry
+            packed_info = pack_info(ray_indices, n, validate=False)
 
         # guard_or_true: no samples skips the density function; a traced (torch.compile) size that
         # is not known yet does not break the graph
@@ -163,8 +178,13 @@ class OccupancyGrid(torch.nn.Module):
             keep = res.transmittance >= early_stop_eps
             if alpha_thre > 0:
                 keep &= res.alphas >= alpha_thre_t
-            kept = torch.nonzero(keep)[:, 0]  # the one sync that sizes the compacted samples
-            ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
+            if capacity is None:
+                kept = torch.nonzero(keep)[:, 0]  # the one sync that sizes the compacted samples
+                ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
+            else:  # no compaction: a dropped sample becomes zero-length (alpha 0), as if removed
+                t_ends = torch.where(keep, t_ends, t_starts)
+        if capacity is not None:
+            return ray_indices, t_starts, t_ends, marched[4]
         return ray_indices, t_starts, t_ends
 
     # ----------------------------------------------------------------------------- updates

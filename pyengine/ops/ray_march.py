@@ -5,7 +5,7 @@ midpoints fall in occupied cells, packed ray by ray. Not differentiable (t's car
 the public function runs under ``torch.no_grad``). Kernels (``pyengine.reference.ray_march``,
 ``pyengine._C``: a count pass, an exclusive scan, a fill pass bounded by each ray's count; one
 thread per ray): ``ray_march(rays_o, rays_d, t_min, t_max, binaries, roi_aabb, step_size,
-cone_angle, jitter, max_steps)``. All return bit-identical samples (float32 throughout, same
+cone_angle, jitter, max_steps, capacity)``. All return bit-identical samples (float32 throughout, same
 operation order; see the header comment of csrc/include/pyengine/ray_march.h).
 """
 
@@ -22,15 +22,17 @@ DEFAULT_MAX_STEPS = _ref.MAX_STEPS
 
 
 def _fake(rays_o, *args):
-    S = torch.library.get_ctx().new_dynamic_size()  # the number of samples depends on the data
+    capacity = args[-1]
+    # data-sized: the number of samples depends on the data; fixed capacity: it is the capacity
+    S = capacity if capacity >= 0 else torch.library.get_ctx().new_dynamic_size()
     R = rays_o.shape[0]
     return (rays_o.new_empty((R, 2), dtype=torch.int64), rays_o.new_empty((S,), dtype=torch.int64),
-            rays_o.new_empty((S,)), rays_o.new_empty((S,)))
+            rays_o.new_empty((S,)), rays_o.new_empty((S,)), rays_o.new_empty((), dtype=torch.int64))
 
 
 OP = define("ray_march", "(Tensor rays_o, Tensor rays_d, Tensor t_min, Tensor t_max, Tensor binaries, "
-            "Tensor roi_aabb, float step_size, float cone_angle, Tensor? jitter, int max_steps) "
-            "-> (Tensor, Tensor, Tensor, Tensor)", fake=_fake, reference=_ref, cpu=True, cuda=True)
+            "Tensor roi_aabb, float step_size, float cone_angle, Tensor? jitter, int max_steps, int capacity) "
+            "-> (Tensor, Tensor, Tensor, Tensor, Tensor)", fake=_fake, reference=_ref, cpu=True, cuda=True)
 
 SPECS = {"rays_o": T(F32, "R 3"), "rays_d": T(F32, "R 3"), "t_min": T(F32, "R"), "t_max": T(F32, "R"),
          "binaries": T(BOOL, "L X Y Z"), "roi_aabb": T(F32, "6"), "jitter": T(F32, "R", optional=True)}
@@ -40,7 +42,7 @@ SPECS = {"rays_o": T(F32, "R 3"), "rays_d": T(F32, "R 3"), "t_min": T(F32, "R"),
 def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor,
               binaries: torch.Tensor, roi_aabb: torch.Tensor, step_size: float, cone_angle: float = 0.0,
               jitter: torch.Tensor | None = None, *, max_steps: int = DEFAULT_MAX_STEPS,
-              validate: bool = True, backend: str | None = None):
+              capacity: int | None = None, validate: bool = True, backend: str | None = None):
     """Marches rays through a cascaded occupancy grid and keeps the steps in occupied cells.
 
     Steps ``[t_k, min(t_k + dt(t_k), t_max)]`` from ``t_0 = t_min + jitter * dt(t_min)`` while
@@ -62,14 +64,23 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         max_steps: at most this many steps are marched per ray, occupied or not (> 0); bounds
             the work of a ray with a huge ``[t_min, t_max]``. The default is far above what a
             scene of 1024 steps across needs.
+        capacity: None: the outputs are sized by the data, which reads the total back from the
+            device (one sync). An int >= 0: the outputs have exactly ``capacity`` entries and
+            nothing is read back (for CUDA graphs and ``torch.compile`` without dynamic shapes).
+            Rays are served in order: ray ``r`` keeps the first ``min(count_r, capacity -
+            start_r)`` of its samples, and the entries past the kept total are padding (ray
+            ``max(R - 1, 0)``, ``t_starts = t_ends = 0``: zero-length intervals that composite to
+            nothing). A fifth output then says how many samples the rays wanted.
         validate: check the values of ``roi_aabb`` (max > min) and ``jitter`` (in [0, 1)),
-            which reads one flag back from the device. The op syncs once anyway to size its
-            outputs; pass False in a training loop to keep it to that one.
+            which reads one flag back from the device. Pass False in a training loop.
         backend: "cuda", "cpu" or "reference"; default: automatic (see ``_dispatch``).
 
     Returns:
         ``(packed_info [R, 2] int64 (start, count), ray_indices [S] int64, t_starts [S] float32,
-        t_ends [S] float32)``, grouped by ray in ray order, marching order within a ray.
+        t_ends [S] float32)``, grouped by ray in ray order, marching order within a ray. With a
+        ``capacity``: ``S = capacity``, ``packed_info`` counts the kept samples only, and a fifth
+        output ``wanted`` (0-d int64 on the device) holds the samples before the cut (``wanted >
+        capacity``: some were cut).
 
     Example:
         >>> grid = torch.ones(1, 8, 8, 8, dtype=torch.bool)
@@ -90,6 +101,8 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         raise ValueError(f"ray_march: cone_angle must be >= 0, got {cone_angle}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"ray_march: max_steps must be an int >= 1, got {max_steps!r}")
+    if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0):
+        raise ValueError(f"ray_march: capacity must be None or an int >= 0, got {capacity!r}")
     if validate:
         flags = [(roi_aabb[3:] > roi_aabb[:3]).all()]
         if jitter is not None and jitter.numel() > 0:
@@ -101,5 +114,7 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
             raise ValueError(f"ray_march: jitter must lie in [0, 1), got values in "
                              f"[{jitter.min().item()}, {jitter.max().item()}]")
     c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    return OP(c(rays_o), c(rays_d), c(t_min), c(t_max), c(binaries), c(roi_aabb), float(step_size),
-              float(cone_angle), c(jitter), int(max_steps), backend=backend)
+    out = OP(c(rays_o), c(rays_d), c(t_min), c(t_max), c(binaries), c(roi_aabb), float(step_size),
+             float(cone_angle), c(jitter), int(max_steps), -1 if capacity is None else int(capacity),
+             backend=backend)
+    return tuple(out) if capacity is not None else tuple(out[:4])

@@ -34,6 +34,17 @@ centre; all levels share one resolution ``(X, Y, Z)``):
 
 Outputs are grouped by ray in ray order and, within a ray, in marching order:
 ``packed_info[r] = (start, count)`` with ``start`` the exclusive prefix sum of the counts.
+
+Fixed capacity (``capacity >= 0``; ``-1``: outputs sized by the data): the outputs have exactly
+``capacity`` entries, so their size is known before the march and no count is read back.
+
+* Ray ``r`` keeps the first ``min(count_r, max(capacity - start_r, 0))`` of its samples (a prefix
+  of its march, ``start_r`` counted without the cap): the rays that come first are served first.
+* ``packed_info`` holds the kept counts and their exclusive prefix sum (``start <= capacity``).
+* Entries past the kept total are padding: ray index ``max(R - 1, 0)`` (so ``ray_indices`` stays
+  sorted) and ``t_starts = t_ends = 0``, a zero-length interval that composites to nothing.
+* ``wanted`` (the fifth output, a 0-d int64 tensor) is the number of samples the rays had before
+  the cap: ``wanted > capacity`` means samples were cut. In data-sized mode it equals ``S``.
 """
 
 from __future__ import annotations
@@ -80,7 +91,7 @@ def occupied(x: torch.Tensor, binaries: torch.Tensor, roi_aabb: torch.Tensor) ->
 @torch.no_grad()
 def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor,
               binaries: torch.Tensor, roi_aabb: torch.Tensor, step_size: float, cone_angle: float = 0.0,
-              jitter: torch.Tensor | None = None, max_steps: int = MAX_STEPS):
+              jitter: torch.Tensor | None = None, max_steps: int = MAX_STEPS, capacity: int = -1):
     """Marches rays through a cascaded occupancy grid; keeps the steps whose midpoint is occupied.
 
     Vectorised over rays with a Python loop over steps (rays drop out as they finish).
@@ -94,20 +105,25 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         step_size: minimum step (> 0). cone_angle: step growth with distance (>= 0).
         jitter: optional [R] float32 in [0, 1): offset of the first step, in units of ``dt(t_min)``.
         max_steps: at most this many steps per ray (occupied or not), >= 1.
+        capacity: ``-1``: outputs sized by the data; ``>= 0``: exactly this many entries (see
+            the module docstring: first rays first, then padding).
 
     Returns:
-        ``(packed_info [R, 2] int64, ray_indices [S] int64, t_starts [S] float32, t_ends [S] float32)``.
+        ``(packed_info [R, 2] int64, ray_indices [S] int64, t_starts [S] float32, t_ends [S] float32,
+        wanted [] int64)``, ``S = capacity`` when one is given.
 
     Example:
         >>> grid = torch.ones(1, 4, 4, 4, dtype=torch.bool)
         >>> o, d = torch.tensor([[-2.0, 0.1, 0.2]]), torch.tensor([[1.0, 0.0, 0.0]])
-        >>> info, idx, t0, t1 = ray_march(o, d, torch.tensor([1.0]), torch.tensor([3.0]), grid,
+        >>> info, idx, t0, t1, wanted = ray_march(o, d, torch.tensor([1.0]), torch.tensor([3.0]), grid,
         ...                               torch.tensor([-1.0, -1, -1, 1, 1, 1]), 0.25)
         >>> info.tolist(), t0[:3].tolist()
         ([[0, 8]], [1.0, 1.25, 1.5])
     """
     if int(max_steps) < 1:
         raise ValueError(f"ray_march: max_steps must be >= 1, got {max_steps}")
+    if int(capacity) < -1:
+        raise ValueError(f"ray_march: capacity must be -1 (sized by the data) or >= 0, got {capacity}")
     R = rays_o.shape[0]
     dev = rays_o.device
     step, cone = _f32(step_size), _f32(cone_angle)
@@ -145,5 +161,17 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
         t_ends = torch.zeros(0, dtype=torch.float32, device=dev)
     counts = torch.bincount(ray_indices, minlength=R) if R > 0 else torch.zeros(0, dtype=torch.int64, device=dev)
     starts = torch.cumsum(counts, 0) - counts
+    wanted = counts.sum()
+    if int(capacity) >= 0:
+        cap = int(capacity)
+        kept = torch.minimum(counts, (cap - starts).clamp(min=0))
+        rank = torch.arange(ray_indices.numel(), device=dev) - starts[ray_indices]  # position within its ray
+        keep = rank < kept[ray_indices]
+        n = int(keep.sum())
+        pad = cap - n
+        ray_indices = torch.cat([ray_indices[keep], ray_indices.new_full((pad,), max(R - 1, 0))])
+        t_starts = torch.cat([t_starts[keep], t_starts.new_zeros(pad)])
+        t_ends = torch.cat([t_ends[keep], t_ends.new_zeros(pad)])
+        counts, starts = kept, torch.cumsum(kept, 0) - kept
     packed_info = torch.stack([starts, counts], -1)
-    return packed_info, ray_indices, t_starts, t_ends
+    return packed_info, ray_indices, t_starts, t_ends, wanted

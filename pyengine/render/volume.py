@@ -21,7 +21,8 @@ def _background(background, n, device, dtype, rays_d=None):
 def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *, render_step_size: float,
                 near_plane: float = 0.0, far_plane: float = 1e10, background=(1.0, 1.0, 1.0),
                 cone_angle: float = 0.0, alpha_thre: float = 0.0, early_stop_eps: float = 1e-4,
-                stratified: bool = False, with_normals: bool = False, orientation: bool = False) -> dict:
+                stratified: bool = False, with_normals: bool = False, orientation: bool = False,
+                sample_budget: int | None = None) -> dict:
     """Render rays through ``field`` with samples from ``estimator`` (an ``OccupancyGrid``).
 
     Args:
@@ -33,11 +34,20 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
 
         orientation: also composite Ref-NeRF's orientation penalty ``max(0, n . d)^2`` (normals
             facing away from the camera), exact per sample; implies normals.
+        sample_budget: None: the field runs on as many samples as the rays have, which reads two
+            counts back from the device (the marcher's, and the early stop's). An int: the field
+            runs on exactly this many sample slots and nothing is read back, so the whole step
+            has static shapes (CUDA graphs, ``torch.compile`` without graph breaks). Rays are
+            served in order and the last ones are cut when the budget runs out (see
+            ``OccupancyGrid.sampling``); with a large enough budget the result is the
+            data-sized one.
 
     Returns:
         dict(rgb [R, 3], opacity [R], depth [R] (expected distance, divided by opacity where
         non-zero), normal [R, 3] if asked (opacity-weighted, not renormalised), orientation [R] if
-        asked (the weighted sum of the penalty along the ray), n_samples int).
+        asked (the weighted sum of the penalty along the ray), n_samples int (the samples the
+        field ran on: the budget, when one is given), and with a budget ``wanted_samples``, a 0-d
+        int64 device tensor: the samples the rays had (``> sample_budget``: some were cut)).
     """
     with_normals = with_normals or orientation
     R = rays_o.shape[0]
@@ -46,25 +56,34 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
         mid = (t_starts + t_ends)[:, None] * 0.5
         return field.density(rays_o[ray_indices] + rays_d[ray_indices] * mid)
 
-    ray_indices, t_starts, t_ends = estimator.sampling(
+    budget = {} if sample_budget is None else {"capacity": sample_budget}
+    sampled = estimator.sampling(
         rays_o, rays_d, sigma_fn=sigma_fn, near_plane=near_plane, far_plane=far_plane,
         render_step_size=render_step_size, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre,
-        stratified=stratified, cone_angle=cone_angle)
+        stratified=stratified, cone_angle=cone_angle, **budget)
+    ray_indices, t_starts, t_ends = sampled[:3]
     mid = (t_starts + t_ends)[:, None] * 0.5
     x = rays_o[ray_indices] + rays_d[ray_indices] * mid
     out = field(x, with_normals=with_normals)
+    density = out["density"]
+    if sample_budget is not None:
+        # padding and dropped samples are zero-length: zero their density too, so that even an
+        # infinite one composites to nothing (inf * 0 would be NaN)
+        density = torch.where(t_ends > t_starts, density, torch.zeros_like(density))
     values = out["albedo"] if not with_normals else torch.cat([out["albedo"], out["normal"]], -1)
     if orientation:
         facing = (out["normal"] * rays_d[ray_indices]).sum(-1, keepdim=True)
         values = torch.cat([values, torch.relu(facing) ** 2], -1)
     # the marcher's indices are sorted and in range: skip both checks (each costs a device sync)
-    res = composite(pack_info(ray_indices, R, validate=False), t_starts, t_ends, densities=out["density"],
+    res = composite(pack_info(ray_indices, R, validate=False), t_starts, t_ends, densities=density,
                     values=values, validate=False)
     opacity = res.opacity
     bg = _background(background, R, rays_o.device, rays_o.dtype, rays_d)
     rgb = res.accumulated[:, :3] + (1.0 - opacity)[:, None] * bg
     depth = torch.where(opacity > 0, res.depth / opacity.clamp_min(1e-10), torch.zeros_like(opacity))
     result = {"rgb": rgb, "opacity": opacity, "depth": depth, "n_samples": int(t_starts.shape[0])}
+    if sample_budget is not None:
+        result["wanted_samples"] = sampled[3]
     if with_normals:
         result["normal"] = res.accumulated[:, 3:6]
     if orientation:
@@ -84,7 +103,7 @@ def render_image(field, estimator, cams, *, chunk: int = 8192, **kwargs) -> dict
              for s in range(0, o.shape[0], chunk)]
     out = {}
     for k in parts[0]:
-        if k == "n_samples":
+        if k in ("n_samples", "wanted_samples"):
             out[k] = sum(p[k] for p in parts)
         else:
             v = torch.cat([p[k] for p in parts])

@@ -184,7 +184,7 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tmp_path, name):
 
 # Operators that make the host wait for the device on a GPU: reading a value back, and outputs
 # whose size depends on the data. pyengine::ray_march reads its total sample count back to size
-# its outputs (inside the op, so it is counted here by name).
+# its outputs (inside the op, so it is counted here by name) unless it is given a capacity.
 _SYNC_OPS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::bincount",
              "aten::_unique2", "aten::unique_consecutive", "aten::repeat_interleave", "aten::item",
              "pyengine::ray_march"}
@@ -202,7 +202,8 @@ class _SyncCounter(torch.utils._python_dispatch.TorchDispatchMode):
             return func(*args, **(kwargs or {}))
         bool_index = name == "aten::index" and any(
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []) or [])
-        if name in _SYNC_OPS or bool_index:
+        sized = name == "pyengine::ray_march" and args[10] >= 0  # a fixed capacity: no read-back
+        if (name in _SYNC_OPS and not sized) or bool_index:
             self.seen.append(name)
         return func(*args, **(kwargs or {}))
 
@@ -247,3 +248,112 @@ def test_compiled_render_step_breaks_only_at_data_dependent_sizes(tmp_path):
         else:
             reasons = [b.reason for b in ex.break_reasons]
             assert reasons and all("pyengine.ray_march" in r or "aten.nonzero" in r for r in reasons), reasons
+
+
+def test_training_step_with_a_sample_budget_never_syncs(tmp_path):
+    """With sample_budget the step has static shapes: no read-back at all, early stop or not."""
+    for eps in (1e-4, 0.0):
+        cfg = FitNeRFConfig(steps=40, out=str(tmp_path / f"eps{eps}"), early_stop_eps=eps, sample_budget=4096, **TINY)
+        trainer = NeRFTrainer(cfg)
+        for _ in range(cfg.occ_warmup_steps + 1):
+            trainer.train_step()
+        trainer.step = 1
+        with _SyncCounter() as counter:
+            trainer.train_step()
+        assert counter.seen == [], counter.seen
+        assert trainer.last_wanted.shape == () and 0 < int(trainer.last_wanted) <= 4096
+
+
+def _warm_trainer(tmp_path, steps=30):
+    trainer = NeRFTrainer(FitNeRFConfig(steps=steps, out=str(tmp_path), **TINY))
+    for _ in range(steps):
+        trainer.train_step()
+    g = torch.Generator().manual_seed(5)
+    cams = trainer.train["cameras"]
+    from pyengine.render.camera import rays_for_pixels
+
+    n = 96
+    idx = [torch.randint(0, s, (n,), generator=g) for s in (len(cams), 16, 16)]
+    rays_o, rays_d = rays_for_pixels(cams, *idx)
+    return trainer, rays_o, rays_d
+
+
+def test_sample_budget_renders_what_the_data_sized_path_renders(tmp_path):
+    """Budget above the need: colours, opacity, depth, normals and every parameter gradient equal
+    the data-sized rendering (padding and early-stopped samples are zero-length). Budget below it:
+    the first rays are still exact, the rest are cut, and wanted_samples says how many there were."""
+    from pyengine.render.volume import render_rays
+
+    trainer, rays_o, rays_d = _warm_trainer(tmp_path)
+    kw = dict(trainer.render_kwargs(False), with_normals=True)
+
+    def run(**extra):
+        trainer.field.zero_grad(set_to_none=True)
+        out = render_rays(trainer.field, trainer.estimator, rays_o, rays_d, **kw, **extra)
+        (out["rgb"].square().sum() + out["normal"].sum() + out["depth"].sum()).backward()
+        return out, [p.grad.clone() for p in trainer.field.parameters()]
+
+    want, want_grads = run()
+    S = want["n_samples"]
+    assert S > 200
+    got, grads = run(sample_budget=S + 100)
+    assert int(got["wanted_samples"]) >= S and got["n_samples"] == S + 100
+    for k in ("rgb", "opacity", "depth", "normal"):
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5, msg=k)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+    cut, _ = run(sample_budget=S // 2)
+    assert cut["n_samples"] == S // 2 and int(cut["wanted_samples"]) > S // 2
+    same = (cut["rgb"] - want["rgb"]).abs().amax(-1) < 1e-5
+    first_bad = int(torch.nonzero(~same)[0, 0]) if not same.all() else len(same)
+    assert 0 < first_bad < len(same), "the first rays render exactly, a later one is cut"
+    assert same[:first_bad].all()
+
+
+def test_compiled_render_step_with_a_sample_budget_is_one_graph(tmp_path):
+    """With a sample budget the renderer's training forward traces to one graph with no graph
+    break and no dynamic-shape capture switched on (what CUDA graphs need)."""
+    import torch._dynamo
+
+    from pyengine.render.volume import render_rays
+
+    trainer, rays_o, rays_d = _warm_trainer(tmp_path, steps=8)
+
+    def step(o, d):
+        return render_rays(trainer.field, trainer.estimator, o, d, sample_budget=2048,
+                           **trainer.render_kwargs(True))["rgb"].sum()
+
+    torch._dynamo.reset()
+    ex = torch._dynamo.explain(step)(rays_o, rays_d)
+    assert ex.graph_break_count == 0 and ex.graph_count == 1, [b.reason for b in ex.break_reasons]
+
+
+def test_sample_budget_is_checked_and_a_cut_is_reported(tmp_path, capsys):
+    with pytest.raises(ValueError, match="sample_budget must be an int >= 0"):
+        NeRFTrainer(FitNeRFConfig(out=str(tmp_path / "bad"), sample_budget=-1, **TINY))
+    res = run(FitNeRFConfig(steps=10, out=str(tmp_path / "cut"), sample_budget=64, **TINY))
+    assert res["samples_cut_max"] > 0
+    assert "over sample_budget=64" in capsys.readouterr().out
+
+
+def test_compiled_training_step_with_a_budget_learns(tmp_path):
+    """compile="default": the rendering and loss run as one inductor graph, and twelve steps follow
+    the eager steps' losses (up to the stratified jitter, drawn by inductor's generator)."""
+    with pytest.raises(ValueError, match="compile needs sample_budget > 0"):
+        NeRFTrainer(FitNeRFConfig(out=str(tmp_path / "a"), compile="default", **TINY))
+    with pytest.raises(ValueError, match="compile must be"):
+        NeRFTrainer(FitNeRFConfig(out=str(tmp_path / "b"), compile="max", sample_budget=4096, **TINY))
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    losses = {}
+    for mode in ("", "default"):
+        trainer = NeRFTrainer(FitNeRFConfig(steps=20, out=str(tmp_path / f"m{mode}"), sample_budget=8192,
+                                            compile=mode, **TINY))
+        losses[mode] = [float(trainer.train_step()) for _ in range(12)]
+        assert trainer.last_wanted is not None
+    eager, compiled = losses[""], losses["default"]
+    # step by step the compiled training follows the eager one (same batches, same updates)
+    assert all(abs(c - e) < 0.03 * e for c, e in zip(compiled, eager)), losses
+    assert compiled[-1] < 0.95 * compiled[0], losses

@@ -172,3 +172,38 @@ def test_early_stop_behind_an_opaque_wall():
     assert idx.numel() == 64 and (mids(idx, t0, t1) > 0).all()
     with pytest.raises(ValueError, match="sigma_fn must return"):
         grid.sampling(o, d, render_step_size=step, sigma_fn=lambda t0, t1, r: t0[:, None])
+
+
+def test_sampling_with_a_capacity_masks_what_compaction_drops():
+    """capacity: the same samples as the data-sized path once the zero-length entries (padding,
+    early-stopped and transparent samples) are left out; wanted counts the marcher's samples."""
+    grid = full_grid()
+    o, d = rays_along_x(64, seed=3)
+    step = 0.01
+
+    def mids(idx, t0, t1):
+        return (o[idx] + d[idx] * ((t0 + t1) / 2)[:, None])[:, 0]
+
+    def sigma_fn(t0, t1, ray_indices):
+        return torch.where(mids(ray_indices, t0, t1) > 0, 1e3, 0.0)
+
+    def alpha_fn(t0, t1, ray_indices):
+        return (mids(ray_indices, t0, t1) > 0).float()
+
+    marched = grid.sampling(o, d, render_step_size=step)[0].numel()
+    for kw in ({}, {"sigma_fn": sigma_fn}, {"alpha_fn": alpha_fn, "alpha_thre": 0.5}):
+        want = grid.sampling(o, d, render_step_size=step, **kw)
+        idx, t0, t1, wanted = grid.sampling(o, d, render_step_size=step, capacity=marched + 50, **kw)
+        assert idx.shape == (marched + 50,) and int(wanted) == marched
+        assert (idx[1:] >= idx[:-1]).all()
+        real = t1 > t0
+        for a, b in zip((idx[real], t0[real], t1[real]), want):
+            assert torch.equal(a, b), kw
+    # a capacity below the need keeps the first rays whole
+    idx, t0, t1, wanted = grid.sampling(o, d, render_step_size=step, capacity=marched // 2)
+    assert int(wanted) == marched
+    full = grid.sampling(o, d, render_step_size=step)
+    assert torch.equal(idx, full[0][:marched // 2]) and torch.equal(t0, full[1][:marched // 2])
+    assert grid.sampling(o[:0], d[:0], render_step_size=step, capacity=7)[0].numel() == 0
+    with pytest.raises(ValueError, match="capacity must be None or an int >= 0"):
+        grid.sampling(o, d, render_step_size=step, capacity=-3)

@@ -301,7 +301,7 @@ def test_max_steps_counts_empty_steps_and_defaults_to_2_pow_20():
         with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
             compiled_march(args, bad)
         with pytest.raises(ValueError, match="max_steps must be >= 1"):
-            torch.ops.pyengine.ray_march(*args.values(), 0.0, None, bad, "cpu")
+            torch.ops.pyengine.ray_march(*args.values(), 0.0, None, bad, -1, "cpu")
         with pytest.raises(ValueError, match="max_steps must be >= 1"):
             ref_mod.ray_march(**args, max_steps=bad)
 
@@ -356,25 +356,103 @@ def test_fill_pass_writes_exactly_the_counted_slices_when_inputs_change():
     print(f"{padded} zero-length samples padded where the fill pass found fewer than counted")
 
 
+# --------------------------------------------------------------------------------- fixed capacity
+
+
+@pytest.mark.parametrize("cone_angle,jitter", [(0.0, False), (0.03, True)])
+def test_capacity_keeps_the_first_rays_prefixes_bitwise(cone_angle, jitter):
+    """With a capacity the outputs have exactly that size: every ray keeps the prefix of its
+    data-sized samples that fits after the rays before it, the rest is zero-length padding on the
+    last ray, and ``wanted`` is the data-sized total. The kernels match the reference bit for bit."""
+    R = 257
+    args, g = make_case(R, 2, (16, 8, 12), seed=21 + int(jitter))
+    args.update(cone_angle=cone_angle, jitter=torch.rand(R, generator=g) if jitter else None)
+    full = ray_march(**args, backend="cpu")
+    S = full[1].numel()
+    assert S > 1000
+    for cap in (0, 1, 17, S // 3, S - 1, S, S + 9):
+        got = ray_march(**args, capacity=cap, backend="cpu")
+        want = ref_mod.ray_march(**args, capacity=cap)
+        assert len(got) == 5 and got[4].shape == () and int(got[4]) == int(want[4]) == S
+        assert_same(got, want, f"capacity={cap}")
+        info, idx, t0, t1, _ = got
+        assert idx.shape == t0.shape == t1.shape == (cap,)
+        kept = min(cap, S)
+        assert int(info[:, 1].sum()) == kept
+        check_packing(info, idx[:kept], t0[:kept], t1[:kept], R)
+        # the kept samples are the data-sized ones up to the cut, in order
+        assert torch.equal(idx[:kept], full[1][:kept]) and torch.equal(t0[:kept], full[2][:kept])
+        assert torch.equal(t1[:kept], full[3][:kept])
+        assert (idx[kept:] == R - 1).all() and (t0[kept:] == 0).all() and (t1[kept:] == 0).all()
+        assert torch.equal(info[:, 1], torch.minimum(full[0][:, 1], (cap - full[0][:, 0]).clamp(min=0)))
+
+
+def test_capacity_with_no_rays_or_no_samples():
+    args, _ = make_case(10, 2, (4, 4, 4), seed=0)
+    none = {k: (v[:0] if isinstance(v, torch.Tensor) and k not in ("binaries", "roi_aabb") else v)
+            for k, v in args.items()}
+    for backend in ("reference", "cpu"):
+        info, idx, t0, t1, wanted = ray_march(**none, capacity=5, backend=backend)
+        assert info.shape == (0, 2) and idx.tolist() == [0] * 5 and t0.tolist() == t1.tolist() == [0.0] * 5
+        assert int(wanted) == 0
+        empty = dict(args, binaries=torch.zeros(1, 4, 4, 4, dtype=torch.bool))
+        info, idx, t0, t1, wanted = ray_march(**empty, capacity=3, backend=backend)
+        assert (info == 0).all() and idx.tolist() == [9] * 3 and int(wanted) == 0
+
+
+def test_capacity_is_checked():
+    args, _ = make_case(10, 2, (4, 4, 4), seed=0)
+    for bad in (-1, -5, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="capacity must be None or an int >= 0"):
+            ray_march(**args, capacity=bad)
+    with pytest.raises(ValueError, match=r"capacity must be -1 \(sized by the data\) or >= 0"):
+        torch.ops.pyengine.ray_march(*args.values(), 0.0, None, 8, -2, "cpu")
+    with pytest.raises(ValueError, match=r"capacity must be -1 \(sized by the data\) or >= 0"):
+        ref_mod.ray_march(**args, capacity=-2)
+
+
+def test_capacity_gives_static_output_sizes():
+    """Traced with fake tensors (as torch.compile does), data-sized outputs have an unbacked size
+    (reading it is the op's device sync); with a capacity the size is the capacity."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    args, _ = make_case(64, 2, (8, 8, 8), seed=1)
+    for capacity in (-1, 300):
+        with FakeTensorMode(shape_env=ShapeEnv()) as mode:
+            fake = [mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for v in args.values()]
+            out = torch.ops.pyengine.ray_march(*fake, 0.0, None, 8, capacity, "cpu")
+        assert len(out) == 5 and out[4].shape == ()
+        assert isinstance(out[1].shape[0], int) == (capacity >= 0), (capacity, out[1].shape)
+        if capacity >= 0:
+            assert out[1].shape == out[2].shape == out[3].shape == (capacity,)
+
+
 # --------------------------------------------------------------------------------- the harness
 
 
-def _case(R, levels, res, cone_angle, jitter, step=0.02, cpu=True, p=0.5):
+def _case(R, levels, res, cone_angle, jitter, step=0.02, cpu=True, p=0.5, capacity=None):
     def make(g, dtype, device):
         args, g2 = make_case(R, levels, res, seed=int(torch.randint(0, 2**31, (1,), generator=g)), step=step, p=p)
         args["cone_angle"] = cone_angle
         args["jitter"] = torch.rand(R, generator=g2) if jitter else None
+        if capacity is not None:
+            args["capacity"] = capacity
         return (), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
     sparse = "" if p == 0.5 else f"-p{p}"
-    return Case(f"R{R}-L{levels}-{'x'.join(map(str, res))}-cone{cone_angle}-{'jit' if jitter else 'fixed'}{sparse}",
-                make, dtypes=(torch.float32,), cpu=cpu)
+    cap = "" if capacity is None else f"-cap{capacity}"
+    name = f"R{R}-L{levels}-{'x'.join(map(str, res))}-cone{cone_angle}-{'jit' if jitter else 'fixed'}{sparse}{cap}"
+    return Case(name, make, dtypes=(torch.float32,), cpu=cpu)
 
 
 # bit-identical to the reference (atol = rtol = 0) on every case
 CASES = ([_case(257, L, r, c, j) for L, r in [(1, (16, 8, 12)), (2, (16, 8, 12)), (2, (5, 7, 3))]
           for c in (0.0, 0.03) for j in (False, True)]
          + [_case(R, 2, (4, 4, 4), 0.0, False) for R in (0, 1, 3)]
+         # fixed capacity: cut (about a third of the ~2900 samples), ample, zero, and no rays
+         + [_case(257, 2, (16, 8, 12), 0.03, True, capacity=cap) for cap in (1000, 4000, 0)]
+         + [_case(0, 2, (4, 4, 4), 0.0, False, capacity=5)]
          # sparse grids with small steps: long runs of empty steps
          + [_case(257, L, r, c, j, step=0.004, p=0.03) for L, r in [(1, (16, 8, 12)), (3, (9, 7, 5))]
             for c, j in ((0.0, False), (0.02, True))]
