@@ -259,6 +259,8 @@ def main(argv=None):
     # on CPU nerfacc's packed functions need CUDA: it is compared batched in its own section
     provs = args.providers or (["reference", "cuda", "triton", "cuda novalidate", "triton novalidate",
                                 "cuda kernels", "triton kernels", "compat", "nerfacc"] if gpu else ["reference", "cpu"])
+    if args.compile_step:  # the compiled composite beside the eager one (CUDA graphs on a GPU)
+        provs = provs + [f"{p} compiled" for p in provs if p in ("cuda", "triton", "cpu")]
     sizes = args.sizes or ([20, 22] if gpu else [20])
     gen = torch.Generator().manual_seed(0)
     rows, skipped = [], []
@@ -294,6 +296,17 @@ def main(argv=None):
                         (r.accumulated.sum() + r.weights.sum() + r.opacity.sum() + r.depth.sum()).backward()
                 elif prov.endswith(" kernels"):
                     fn = kernels_only(prov.split()[0], packed, ts, te, sig, vals)
+                elif prov.endswith(" compiled"):
+                    b = prov.split()[0]
+
+                    def loss(sg, vg, b=b):
+                        r = composite(packed, ts, te, densities=sg, values=vg, backend=b, validate=False)
+                        return r.accumulated.sum() + r.weights.sum() + r.opacity.sum() + r.depth.sum()
+
+                    compiled = torch.compile(loss, fullgraph=True, mode="reduce-overhead" if gpu else "default")
+
+                    def fn(compiled=compiled):
+                        compiled(sg, vg).backward()
                 elif prov == "compat":
                     def fn():
                         w, acc = nerfacc_composite(packed, ts, te, sg, vg, ray_indices, mod=dropin)
@@ -357,14 +370,16 @@ def main(argv=None):
         opt = torch.optim.Adam(field.parameters(), lr=1e-3)
         step = 2 * half * math.sqrt(3) / args.march_steps
 
-        def step_loss(budget=None):
-            out = render_rays(field, est, o, d, render_step_size=step, with_normals=True, stratified=True,
+        def step_loss(budget=None, normals=True):
+            out = render_rays(field, est, o, d, render_step_size=step, with_normals=normals, stratified=True,
                               **({} if budget is None else {"sample_budget": budget}))
-            normal_term = (out["normal"].norm(dim=-1) - out["opacity"]).square().mean()
-            return ((out["rgb"] - target) ** 2).mean() + 1e-3 * normal_term
+            loss = ((out["rgb"] - target) ** 2).mean()
+            if normals:
+                loss = loss + 1e-3 * (out["normal"].norm(dim=-1) - out["opacity"]).square().mean()
+            return loss
 
-        def train_step(budget=None, loss_fn=step_loss):
-            loss = loss_fn(budget)
+        def train_step(budget=None, loss_fn=step_loss, normals=True):
+            loss = loss_fn(budget, normals)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -373,23 +388,29 @@ def main(argv=None):
         # up to a multiple of 4096 samples
         wanted = render_rays(field, est, o, d, render_step_size=step, stratified=True, sample_budget=1)
         budget = -(-int(int(wanted["wanted_samples"]) * 1.25) // 4096) * 4096
-        variants = [("reference", train_step), ("fused", train_step),
-                    (f"fused, sample_budget={budget}", lambda: train_step(budget))]
+        title = "NeRF train step (64x64, 512 spp, analytic normals)"
+        variants = [(title, "reference", train_step), (title, "fused", train_step),
+                    (title, f"fused, sample_budget={budget}", lambda: train_step(budget))]
         if args.compile_step:
-            mode = "reduce-overhead" if dev.type == "cuda" else "default"
+            # analytic normals call autograd.grad inside the forward, which torch.compile does not
+            # trace in one graph: the compiled step is timed without them, beside its eager twin
+            mode = "reduce-overhead" if torch.device(dev).type == "cuda" else "default"
             compiled = torch.compile(step_loss, fullgraph=True, mode=mode)
-            variants.append((f"fused, sample_budget={budget}, compiled ({mode})",
-                             lambda: train_step(budget, compiled)))
+            plain = "NeRF train step (64x64, 512 spp, no normals)"
+            variants += [(plain, f"fused, sample_budget={budget}", lambda: train_step(budget, normals=False)),
+                         (plain, f"fused, sample_budget={budget}, compiled ({mode})",
+                          lambda: train_step(budget, compiled, normals=False))]
         base = None
-        for name, fn in variants:
+        for what, name, fn in variants:
             with pyengine.use_backend("reference" if name == "reference" else None):
                 try:
                     ms = bench(fn, dev, reps=args.reps, warmup=1)
                 except Exception as exc:
                     skipped.append(f"train step {name}: {type(exc).__name__}: {exc}")
                     continue
-            base = ms if name == "reference" else base
-            row("NeRF train step (64x64, 512 spp, analytic normals)", "4096 rays", name, ms, base)
+            base = ms if name == "reference" or (what != title and "compiled" not in name) else base
+            row(what, "4096 rays", name, ms, base,
+                base_name="reference" if what == title else f"fused, sample_budget={budget}")
 
     print(f"render benchmark: {machine(dev)}; commit {commit()}; torch {torch.__version__}")
     print_table(rows, ["benchmark", "size", "provider", "ms", "speed-up", "vs", "x peer", "GB/s"])

@@ -151,9 +151,10 @@ if [ $DRY = 0 ]; then
     --json "$L/bench_sds.json"
   want bench_inverse && run bench_inverse 90 $PY bench/bench_inverse.py --device cuda --images 32 --steps-scale 0.1 \
     --json "$L/bench_inverse.json"
-  # last, alone: compiling the step (CUDA graphs) takes tens of seconds
-  want bench_step_compiled && run bench_step_compiled 120 $PY bench/bench_render.py --device cuda \
-    --skip composite nerfacc floor march --compile-step --json "$L/bench_step_compiled.json"
+  # last, alone: the compiled composite and training step (CUDA graphs); compiling takes tens of seconds
+  want bench_step_compiled && run bench_step_compiled 180 $PY bench/bench_render.py --device cuda \
+    --skip nerfacc floor march --providers reference cuda triton nerfacc --compile-step \
+    --json "$L/bench_step_compiled.json"
 else
   want bench_hash && run bench_hash_fp32 120 $PY bench/bench_hash_encode.py --device cpu --sizes 10 --reps 1 \
     --providers reference cpu tcnn --json "$L/bench_hash_encode_fp32.json"
