@@ -153,7 +153,7 @@ class SDSConfig:
     eval_size: int = 0  # 0: the prior's resolution (what the classifier judges)
     eval_elevation: float = 20.0
     mesh_resolution: int = 64
-    mesh_threshold: float = 10.0
+    mesh_threshold: float = 10.0  # density level of the mesh; a field that never reaches it: half its maximum
     mesh_formats: list = field(default_factory=lambda: ["obj", "glb"])
     video_formats: list = field(default_factory=lambda: ["gif", "mp4"])
     classifier: str = "bundled"  # the evaluation classifier (pyengine train-prior images train-classifier)
@@ -607,7 +607,7 @@ def write_outputs(run: SDSRun) -> dict:
             h = cfg.aabb_half
             with torch.no_grad():
                 mesh = meshio.extract_mesh(run.field.density, [-h, -h, -h, h, h, h], resolution=cfg.mesh_resolution,
-                                           threshold=cfg.mesh_threshold,
+                                           threshold=cfg.mesh_threshold, fallback=0.5,
                                            color_fn=lambda p: run.field(p)["albedo"], device=run.dev)
             files += meshio.write_mesh(mesh, os.path.join(out, "mesh"), formats=tuple(cfg.mesh_formats))
         except ValueError as exc:  # an empty field: say so, keep the other outputs

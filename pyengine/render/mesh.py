@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,7 +147,8 @@ def _largest_component(vertices, faces, colors):
 
 
 def extract_mesh(density_fn, aabb, resolution: int = 128, threshold: float = 25.0, chunk: int = 65536,
-                 color_fn=None, device=None, largest_component: bool = False) -> Mesh:
+                 color_fn=None, device=None, largest_component: bool = False,
+                 fallback: float | None = None) -> Mesh:
     """Marching cubes on the ``threshold`` level set of a density field inside an axis-aligned box.
 
     ``density_fn`` is sampled under ``torch.no_grad`` on the ``resolution^3`` grid of points
@@ -165,6 +167,10 @@ def extract_mesh(density_fn, aabb, resolution: int = 128, threshold: float = 25.
         device: where the points are made; default: the device of the module behind ``density_fn``
             (a module or its bound method, e.g. ``field.density``), else CPU.
         largest_component: keep only the connected piece with the most faces (drops floaters).
+        fallback: None: a density that stays below ``threshold`` everywhere is an error. A
+            fraction in (0, 1): extract at ``fallback`` times the largest density found instead,
+            with a warning that names the level (for fields whose density scale varies from run
+            to run, as in score distillation).
 
     Returns:
         :class:`Mesh` with vertices [V, 3] float32 in world coordinates, faces [F, 3] int64 with
@@ -191,8 +197,15 @@ def extract_mesh(density_fn, aabb, resolution: int = 128, threshold: float = 25.
     threshold = float(threshold)
     device = torch.device(device) if device is not None else _infer_device(density_fn)
 
+    if fallback is not None and not (isinstance(fallback, (int, float)) and 0 < fallback < 1):
+        raise ValueError(f"fallback: expected None or a fraction in (0, 1), got {fallback!r}")
     volume = _grid_density(density_fn, lo, hi, resolution, chunk, device)
     vmin, vmax = float(volume.min()), float(volume.max())
+    if fallback is not None and vmin < vmax <= threshold and vmin < fallback * vmax:
+        level = fallback * vmax
+        warnings.warn(f"extract_mesh: the density stays below the threshold {threshold:g} (max {vmax:.6g}); "
+                      f"extracting at {fallback:g} x max = {level:.6g} instead", RuntimeWarning, stacklevel=2)
+        threshold = level
     if not vmin < threshold < vmax:
         raise ValueError(f"extract_mesh: the density never crosses the threshold {threshold:g} inside the aabb "
                          f"(density found: min {vmin:.6g}, max {vmax:.6g} on a {resolution}^3 grid); "

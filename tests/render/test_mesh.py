@@ -144,6 +144,31 @@ def test_empty_density_raises():
         extract_mesh(lambda x: sphere(x) + 100, BOX, resolution=8, threshold=THRESHOLD)
 
 
+def test_fallback_level_for_a_weak_density():
+    """A field whose density never reaches the threshold: with fallback, the surface is the level
+    at that fraction of the largest density (said in a warning); a constant field still raises."""
+    weak = lambda x: 0.2 * sphere(x)  # max 0.2 * (25 + 50) = 15 < 25: below the threshold everywhere
+    with pytest.raises(ValueError, match="never crosses"):
+        extract_mesh(weak, BOX, resolution=RES, threshold=THRESHOLD)
+    with pytest.warns(RuntimeWarning, match="stays below the threshold 25"):
+        m = extract_mesh(weak, BOX, resolution=RES, threshold=THRESHOLD, fallback=0.5)
+    axis = torch.linspace(-1.1, 1.1, RES)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    vmax = float(weak(grid).max())  # the largest density on the grid
+    # weak = 0.2 * (25 + 50 (1 - 2 r)) inside: the level 0.5 * vmax lies at this radius
+    r = (1 - (0.5 * vmax / 0.2 - 25) / 50) / 2
+    err = np.abs(np.linalg.norm(m.vertices, axis=1) - r)
+    assert err.max() < CELL, (r, err.max())
+    # a field above the threshold is unaffected by fallback
+    same = extract_mesh(sphere, BOX, resolution=RES, threshold=THRESHOLD, fallback=0.5)
+    assert same.vertices.shape == extract_mesh(sphere, BOX, resolution=RES, threshold=THRESHOLD).vertices.shape
+    with pytest.raises(ValueError, match="never crosses"):
+        extract_mesh(lambda x: torch.full((x.shape[0],), 3.0), BOX, resolution=8, threshold=THRESHOLD, fallback=0.5)
+    for bad in (0, 1, 1.5, -0.2, "half"):
+        with pytest.raises(ValueError, match="fallback: expected None or a fraction"):
+            extract_mesh(weak, BOX, resolution=8, threshold=THRESHOLD, fallback=bad)
+
+
 @pytest.mark.parametrize("aabb", [[0, 0, 0, 1, 1], [0, 0, 0, 1, 0, 1], [1, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, np.inf],
                                   "box"])
 def test_bad_aabb(aabb):
