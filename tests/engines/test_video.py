@@ -357,7 +357,8 @@ def test_train_sample_export_and_eval_jobs(tmp_path, capsys, monkeypatch):
 
 
 @needs_unet
-def test_cli_smoke(tmp_path, capsys):
+def test_cli_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(V, "BUNDLED", str(tmp_path / "none.safetensors"))  # as if none shipped
     args = _overrides(tmp_path, steps=2)
     assert main(["video", "train", *args]) == 0
     assert main(["video", "a red cube moving left", *args, "sampler=ddim", "guidance=2"]) == 0
