@@ -460,6 +460,9 @@ def diffusers_rows(args, dev, dtype, rows, skipped, mismatches):
             model = model.to(dtype)
         ours = copy.deepcopy(model)
         set_pyengine_processors(ours)
+        ours_other = copy.deepcopy(model)  # the other choice for spatial self-attention
+        other = "sdpa" if torch.device(dev).type == "cpu" else "st_attention"
+        set_pyengine_processors(ours_other, spatial=other)
         gen = torch.Generator().manual_seed(3)
         sample = torch.randn(B, 4, Fr, S, S, generator=gen).to(dev, dtype)
         context = torch.randn(B, 8, 32, generator=gen).to(dev, dtype)
@@ -471,7 +474,8 @@ def diffusers_rows(args, dev, dtype, rows, skipped, mismatches):
 
         peer = "diffusers default processors"
         fns = {peer: lambda: run(model),
-               f"set_pyengine_processors (auto: {auto_backend(dev, dtype)})": lambda: run(ours)}
+               f"set_pyengine_processors (auto: {auto_backend(dev, dtype)})": lambda: run(ours),
+               f"set_pyengine_processors(spatial='{other}')": lambda: run(ours_other)}
         model_rows(what, size, fns, dev, dtype, args, rows, mismatches, peer)
     except Exception as exc:
         skipped.append(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")

@@ -9,7 +9,8 @@ What each layer receives, and what runs:
 
 * Spatial layers (``Transformer2DModel`` blocks): ``hidden_states`` ``[B T, H W, C]``, one
   sequence per frame. Self-attention runs ``st_attention(mode="spatial")`` on the
-  ``[B T, 1, 1, H W, C]`` view of q, k, v (:class:`PyengineAttnProcessor`).
+  ``[B T, 1, 1, H W, C]`` view of q, k, v (:class:`PyengineAttnProcessor`) on the CPU, and SDPA
+  on GPUs, where FlashAttention is faster (``spatial=`` chooses).
 * Text cross-attention (``attn2`` of the spatial blocks, keys from ``encoder_hidden_states``
   ``[B T, N_text, C_text]``): the keys have another length than the queries, which
   ``st_attention`` does not cover (its keys are frames of the video), so these layers run
@@ -61,8 +62,21 @@ _REPLACEABLE = ("AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "A
 _OP_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, mode: str, backend):
-    """Shared body of both processors; ``mode`` is the ``st_attention`` mode for self-attention."""
+def _spatial_impl(spatial: str, q: torch.Tensor, backend: str | None = None) -> str:
+    """What runs spatial self-attention. "auto": ``st_attention`` on the CPU, where its kernel beat
+    SDPA in diffusers' UNet3DConditionModel (1.17x against 1.00-1.03x the default processors,
+    bench/RESULTS.md, 2026-11-28), or when a backend was named; SDPA elsewhere, since on an H200
+    FlashAttention was 2-5x faster than the Triton kernel on spatial attention (bench/RESULTS.md,
+    2026-11-27)."""
+    if spatial != "auto":
+        return spatial
+    return "st_attention" if q.device.type == "cpu" or backend is not None else "sdpa"
+
+
+def _attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, mode: str, backend,
+               spatial: str = "auto"):
+    """Shared body of both processors; ``mode`` is the ``st_attention`` mode for self-attention,
+    ``spatial`` what runs spatial self-attention ("auto", "sdpa" or "st_attention")."""
     residual = hidden_states
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -90,7 +104,8 @@ def _attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
         k = attn.norm_k(k.unflatten(-1, (heads, -1))).flatten(-2)
 
     use_op = (attention_mask is None and q.shape == k.shape == v.shape and q.dtype in _OP_DTYPES
-              and q.dtype == k.dtype == v.dtype and q.shape[-1] % heads == 0 and d <= 256 and q.shape[0] > 0)
+              and q.dtype == k.dtype == v.dtype and q.shape[-1] % heads == 0 and d <= 256 and q.shape[0] > 0
+              and (mode == "temporal" or _spatial_impl(spatial, q, backend) == "st_attention"))
     if use_op:
         if mode == "temporal":  # sequences: the B H W pixels, positions: frames
             view = lambda t: t[:, :, None, None]  # noqa: E731  [N, T, 1, 1, C]
@@ -130,6 +145,10 @@ class PyengineAttnProcessor:
 
     Args:
         backend: ``st_attention``'s backend (None: automatic dispatch).
+        spatial: what runs spatial self-attention: "st_attention", "sdpa" (SDPA on strided views
+            of q, k, v, as the fallback), or "auto" (st_attention on the CPU or when ``backend`` is
+            named, SDPA on GPUs: the faster of the two on each, see ``_spatial_impl``). Temporal
+            layers always run the op.
 
     Example:
         >>> unet.set_attn_processor(PyengineAttnProcessor())
@@ -137,10 +156,14 @@ class PyengineAttnProcessor:
 
     mode = "spatial"
 
-    def __init__(self, backend: str | None = None):
+    def __init__(self, backend: str | None = None, spatial: str = "auto"):
         if backend is not None and not isinstance(backend, str):
             raise TypeError(f"{type(self).__name__}: backend must be None or a backend name, got {backend!r}")
+        if spatial not in ("auto", "sdpa", "st_attention"):
+            raise ValueError(f"{type(self).__name__}: spatial must be 'auto', 'sdpa' or 'st_attention', "
+                             f"got {spatial!r}")
         self.backend = backend
+        self.spatial = spatial
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args,
@@ -151,10 +174,11 @@ class PyengineAttnProcessor:
         if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() not in (3, 4):
             got = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states)
             raise ValueError(f"{type(self).__name__}: hidden_states must be [N, L, C] or [B, C, H, W], got {got}")
-        return _attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.mode, self.backend)
+        return _attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.mode, self.backend,
+                          self.spatial)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(backend={self.backend!r})"
+        return f"{type(self).__name__}(backend={self.backend!r}, spatial={self.spatial!r})"
 
 
 class PyengineTemporalAttnProcessor(PyengineAttnProcessor):
@@ -187,7 +211,7 @@ def _temporal_attention_ids(model) -> set[int]:
     return ids
 
 
-def set_pyengine_processors(model, backend: str | None = None) -> int:
+def set_pyengine_processors(model, backend: str | None = None, spatial: str = "auto") -> int:
     """Installs :class:`PyengineTemporalAttnProcessor` on the attention layers inside temporal
     transformers (:data:`TEMPORAL_CONTAINERS`) and :class:`PyengineAttnProcessor` on every other
     attention layer of ``model``.
@@ -202,6 +226,8 @@ def set_pyengine_processors(model, backend: str | None = None) -> int:
     Args:
         model: a diffusers ``torch.nn.Module`` (a U-Net, motion adapter or transformer).
         backend: ``st_attention``'s backend for the installed processors (None: automatic).
+        spatial: what runs spatial self-attention ("auto", "sdpa" or "st_attention"; see
+            :class:`PyengineAttnProcessor`).
 
     Returns:
         The number of attention layers now running a pyengine processor.
@@ -214,7 +240,7 @@ def set_pyengine_processors(model, backend: str | None = None) -> int:
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"set_pyengine_processors: model must be a torch.nn.Module, got {type(model).__name__}")
-    spatial, temporal = PyengineAttnProcessor(backend), PyengineTemporalAttnProcessor(backend)
+    spatial, temporal = PyengineAttnProcessor(backend, spatial), PyengineTemporalAttnProcessor(backend, spatial)
     temporal_ids = _temporal_attention_ids(model)
     chosen: dict[str, object] = {}
     for name, m in model.named_modules():

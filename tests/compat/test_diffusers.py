@@ -209,6 +209,34 @@ def test_op_used_only_where_it_applies(monkeypatch):
     assert counter.calls == {"spatial": 1, "temporal": 1}
 
 
+def test_spatial_choice_routes_spatial_self_attention(monkeypatch):
+    """spatial="auto" runs st_attention on the CPU (SDPA on GPUs), "sdpa" runs SDPA, with the
+    same outputs; temporal layers take the op whatever the choice; other values are refused."""
+    counter = _Counter(monkeypatch)
+    attn = _layer()
+    x = torch.randn(3, 5, 16)
+    attn.set_processor(AttnProcessor2_0())
+    ref = attn(x)
+    outs = {}
+    for spatial, want in (("auto", 1), ("st_attention", 1), ("sdpa", 0)):
+        counter.calls["spatial"] = 0
+        attn.set_processor(PyengineAttnProcessor(spatial=spatial))
+        outs[spatial] = attn(x)
+        assert counter.calls["spatial"] == want, spatial
+        assert_close(outs[spatial], ref, 2e-5, 2e-5, what=spatial)
+    attn.set_processor(PyengineTemporalAttnProcessor(spatial="sdpa"))
+    attn(x)
+    assert counter.calls["temporal"] == 1
+    assert pd._spatial_impl("auto", torch.empty(1)) == "st_attention"
+    assert pd._spatial_impl("auto", torch.empty(1, device="meta")) == "sdpa"
+    assert pd._spatial_impl("auto", torch.empty(1, device="meta"), backend="triton") == "st_attention"
+    with pytest.raises(ValueError, match="spatial must be 'auto', 'sdpa' or 'st_attention'"):
+        PyengineAttnProcessor(spatial="flash")
+    model = _unet3d()
+    set_pyengine_processors(model, spatial="sdpa")
+    assert all(p.spatial == "sdpa" for p in model.attn_processors.values())
+
+
 def test_wrong_processor_is_detected():
     """The comparison can fail: a processor that attends over the wrong axis gives other outputs."""
 
