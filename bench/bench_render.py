@@ -372,7 +372,7 @@ def main(argv=None):
 
         def step_loss(budget=None, normals=True):
             out = render_rays(field, est, o, d, render_step_size=step, with_normals=normals, stratified=True,
-                              **({} if budget is None else {"sample_budget": budget}))
+                              **({} if budget is None else {"sample_budget": budget[0], "march_budget": budget[1]}))
             loss = ((out["rgb"] - target) ** 2).mean()
             if normals:
                 loss = loss + 1e-3 * (out["normal"].norm(dim=-1) - out["opacity"]).square().mean()
@@ -384,21 +384,27 @@ def main(argv=None):
             loss.backward()
             opt.step()
 
-        # the static-shape step (no device sync): a budget 25% above what the rays want, rounded
-        # up to a multiple of 4096 samples
-        wanted = render_rays(field, est, o, d, render_step_size=step, stratified=True, sample_budget=1)
-        budget = -(-int(int(wanted["wanted_samples"]) * 1.25) // 4096) * 4096
+        # the static-shape step (no device sync): budgets 25% above what the rays want (marched, and
+        # kept by the early stop), rounded up to a multiple of 4096 samples
+        def probe(march):
+            return render_rays(field, est, o, d, render_step_size=step, stratified=True, sample_budget=1,
+                               march_budget=march)["wanted_samples"].tolist()
+
+        marched = probe(None)[0]
+        kept = probe(marched)[1]
+        up = lambda n: -(-int(n * 1.25) // 4096) * 4096  # noqa: E731
+        budget = (up(kept), up(marched))
         title = "NeRF train step (64x64, 512 spp, analytic normals)"
         variants = [(title, "reference", train_step), (title, "fused", train_step),
-                    (title, f"fused, sample_budget={budget}", lambda: train_step(budget))]
+                    (title, f"fused, sample_budget={budget[0]} march_budget={budget[1]}", lambda: train_step(budget))]
         if args.compile_step:
             # analytic normals call autograd.grad inside the forward, which torch.compile does not
             # trace in one graph: the compiled step is timed without them, beside its eager twin
             mode = "reduce-overhead" if torch.device(dev).type == "cuda" else "default"
             compiled = torch.compile(step_loss, fullgraph=True, mode=mode)
             plain = "NeRF train step (64x64, 512 spp, no normals)"
-            variants += [(plain, f"fused, sample_budget={budget}", lambda: train_step(budget, normals=False)),
-                         (plain, f"fused, sample_budget={budget}, compiled ({mode})",
+            variants += [(plain, f"fused, budgets {budget[0]}/{budget[1]}", lambda: train_step(budget, normals=False)),
+                         (plain, f"fused, budgets {budget[0]}/{budget[1]}, compiled ({mode})",
                           lambda: train_step(budget, compiled, normals=False))]
         base = None
         for what, name, fn in variants:
@@ -410,7 +416,7 @@ def main(argv=None):
                     continue
             base = ms if name == "reference" or (what != title and "compiled" not in name) else base
             row(what, "4096 rays", name, ms, base,
-                base_name="reference" if what == title else f"fused, sample_budget={budget}")
+                base_name="reference" if what == title else f"fused, budgets {budget[0]}/{budget[1]}")
 
     print(f"render benchmark: {machine(dev)}; commit {commit()}; torch {torch.__version__}")
     print_table(rows, ["benchmark", "size", "provider", "ms", "speed-up", "vs", "x peer", "GB/s"])

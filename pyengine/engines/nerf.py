@@ -60,6 +60,7 @@ class FitNeRFConfig:
     # count and the early stop's). > 0: on exactly this many sample slots and with no sync (static
     # shapes, for CUDA graphs / torch.compile); rays past the budget are cut, and the run says so.
     sample_budget: int = 0
+    march_budget: int = 0  # with sample_budget: the marcher's slots (0: sample_budget); the early stop packs into those
     # "": eager. "default" or "reduce-overhead" (CUDA graphs on a GPU): torch.compile of the
     # rendering and the loss as one graph (fullgraph), which needs sample_budget > 0
     compile: str = ""
@@ -76,7 +77,7 @@ class FitNeRFConfig:
 #: Fields that may change when a run is resumed: they are left out of the run's hash and of the
 #: comparison with the saved config. Everything else defines the run.
 RESUME_FREE = frozenset({"steps", "eval_every", "checkpoint_every", "out", "resume", "turntable_frames",
-                         "device", "backend", "sample_budget", "compile"})
+                         "device", "backend", "sample_budget", "march_budget", "compile"})
 #: Learning-rate decay: times GAMMA at these fractions of ``steps``.
 LR_MILESTONES = (0.5, 0.75, 0.9)
 LR_GAMMA = 0.33
@@ -139,9 +140,12 @@ class NeRFTrainer:
         ], lr=cfg.lr, betas=(0.9, 0.99))
         self.step = 0
         self.last_wanted = None
-        if isinstance(cfg.sample_budget, bool) or not isinstance(cfg.sample_budget, int) or cfg.sample_budget < 0:
-            raise ValueError(f"fit-nerf: sample_budget must be an int >= 0 (0: sized by the data), "
-                             f"got {cfg.sample_budget!r}")
+        for name in ("sample_budget", "march_budget"):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"fit-nerf: {name} must be an int >= 0 (0: sized by the data), got {v!r}")
+        if cfg.march_budget and not cfg.sample_budget:
+            raise ValueError("fit-nerf: march_budget needs sample_budget > 0")
         self.render_loss = self._render_loss
         if cfg.compile:
             if cfg.compile not in ("default", "reduce-overhead"):
@@ -192,6 +196,7 @@ class NeRFTrainer:
                   early_stop_eps=self.cfg.early_stop_eps, stratified=train)
         if train and self.cfg.sample_budget > 0:
             kw["sample_budget"] = self.cfg.sample_budget
+            kw["march_budget"] = self.cfg.march_budget or None
         return kw
 
     def train_step(self) -> torch.Tensor:
@@ -263,12 +268,14 @@ def run(cfg: FitNeRFConfig) -> dict:
         if trainer.step % 10 == 0:
             bar.set_postfix(train_psnr=f"{-10 * math.log10(max(float(mse), 1e-12)):.2f}")
             if trainer.last_wanted is not None:
-                wanted = int(trainer.last_wanted)
-                cut_max = max(cut_max, wanted - cfg.sample_budget)
-                if wanted > cfg.sample_budget and not warned:
-                    bar.write(f"fit-nerf: step {trainer.step}: the rays wanted {wanted} samples, over "
-                              f"sample_budget={cfg.sample_budget}; the last rays of the batch were cut "
-                              f"(raise sample_budget, or lower batch_rays)")
+                marched, kept = trainer.last_wanted.tolist()
+                march = cfg.march_budget or cfg.sample_budget
+                cut = max(marched - march, kept - cfg.sample_budget, 0)
+                cut_max = max(cut_max, cut)
+                if cut > 0 and not warned:
+                    bar.write(f"fit-nerf: step {trainer.step}: the rays wanted {marched} marched and {kept} kept "
+                              f"samples, over march_budget={march} / sample_budget={cfg.sample_budget}; the last "
+                              f"rays of the batch were cut (raise the budgets, or lower batch_rays)")
                     warned = True
         if cfg.eval_every and trainer.step % cfg.eval_every == 0:
             bar.write(f"step {trainer.step}: held-out PSNR {trainer.evaluate():.2f} dB")

@@ -94,7 +94,8 @@ class OccupancyGrid(torch.nn.Module):
                  near_plane: float = 0.0, far_plane: float = 1e10,
                  t_min: torch.Tensor | None = None, t_max: torch.Tensor | None = None,
                  render_step_size: float = 1e-3, early_stop_eps: float = 1e-4, alpha_thre: float = 0.0,
-                 stratified: bool = False, cone_angle: float = 0.0, capacity: int | None = None):
+                 stratified: bool = False, cone_angle: float = 0.0, capacity: int | None = None,
+                 march_capacity: int | None = None):
         """Samples along rays, skipping empty cells and (given sigma_fn / alpha_fn) occluded space.
 
         Each ray is marched over its intersection with the coarsest level's box, clamped to
@@ -126,11 +127,18 @@ class OccupancyGrid(torch.nn.Module):
                 out (see ``ray_march``), the unused entries and the dropped samples become
                 zero-length intervals (``t_ends = t_starts``), which composite to nothing, so
                 the rendering equals the data-sized one whenever nothing is cut.
+            march_capacity: with ``capacity``, the marcher's slots (default: ``capacity``). When
+                larger, the samples that survive the early stop (and the alpha threshold) are
+                packed into the ``capacity`` returned slots on the device (a prefix sum and a
+                scatter, no sync), so the caller's field runs on ``capacity`` samples, not on
+                every marched one: the static-shape form of the early-stop compaction.
 
         Returns:
             ``(ray_indices [S] int64, t_starts [S], t_ends [S])``, grouped by ray. Not differentiable.
-            With ``capacity``, also ``wanted``: a 0-d int64 device tensor, the samples the rays
-            had before the cut (``wanted > capacity``: some were cut; reading it syncs).
+            With ``capacity``, also ``counts``: a [2] int64 device tensor, the samples the marcher
+            wanted (before its cut) and the marched samples that the early stop kept (before the
+            packing's cut); ``counts[0] > march_capacity`` or ``counts[1] > capacity``: some were
+            cut. Reading it syncs.
         """
         rays_o = rays_o.to(torch.float32)
         rays_d = rays_d.to(torch.float32)
@@ -145,12 +153,16 @@ class OccupancyGrid(torch.nn.Module):
         start = torch.maximum(t_enter[:, 0], near)  # a miss reports inf: no samples
         end = torch.minimum(t_exit[:, 0], far)
         jitter = torch.rand(n, device=rays_o.device) if stratified else None
-        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0):
-            raise ValueError(f"OccupancyGrid.sampling: capacity must be None or an int >= 0, got {capacity!r}")
+        for name, v in (("capacity", capacity), ("march_capacity", march_capacity)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"OccupancyGrid.sampling: {name} must be None or an int >= 0, got {v!r}")
+        if march_capacity is not None and capacity is None:
+            raise ValueError("OccupancyGrid.sampling: march_capacity needs capacity (the slots returned)")
+        slots = march_capacity if march_capacity is not None else capacity
         # the grid's own box and torch.rand's jitter are valid: no value check (it would sync)
         marched = ray_march(
             rays_o, rays_d, start, end, self.binaries, self.aabbs[0], render_step_size, cone_angle, jitter,
-            capacity=None if capacity is None else (capacity if n > 0 else 0), validate=False, backend=self.backend)
+            capacity=None if capacity is None else (slots if n > 0 else 0), validate=False, backend=self.backend)
         packed_info, ray_indices, t_starts, t_ends = marched[:4]
         if capacity is not None:
             # the padding joins the last ray as zero-length samples: composite sees every entry
@@ -181,11 +193,31 @@ class OccupancyGrid(torch.nn.Module):
             if capacity is None:
                 kept = torch.nonzero(keep)[:, 0]  # the one sync that sizes the compacted samples
                 ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
-            else:  # no compaction: a dropped sample becomes zero-length (alpha 0), as if removed
+            else:  # no compaction here: a dropped sample becomes zero-length (alpha 0), as if removed
                 t_ends = torch.where(keep, t_ends, t_starts)
-        if capacity is not None:
-            return ray_indices, t_starts, t_ends, marched[4]
-        return ray_indices, t_starts, t_ends
+        if capacity is None:
+            return ray_indices, t_starts, t_ends
+        real = t_ends > t_starts  # marched and kept (padding and dropped samples are zero-length)
+        counts = torch.stack([marched[4], real.sum()])
+        if ray_indices.shape[0] != (capacity if n > 0 else 0):
+            ray_indices, t_starts, t_ends = self._pack(real, ray_indices, t_starts, t_ends, capacity, n)
+        return ray_indices, t_starts, t_ends, counts
+
+    @staticmethod
+    def _pack(keep, ray_indices, t_starts, t_ends, capacity: int, n_rays: int):
+        """The entries where ``keep`` holds, in order, into ``capacity`` slots (the rest: padding on
+        the last ray, zero-length at t = 0); entries past ``capacity`` are cut. No device sync: a
+        prefix sum gives each kept entry its slot, the others go to a spare slot that is dropped."""
+        pos = torch.cumsum(keep, 0) - 1
+        dest = torch.where(keep & (pos < capacity), pos, capacity)
+        out_idx = ray_indices.new_full((capacity + 1,), max(n_rays - 1, 0))
+        out_t0 = t_starts.new_zeros(capacity + 1)
+        out_t1 = t_ends.new_zeros(capacity + 1)
+        out_idx[dest] = ray_indices
+        out_t0[dest] = t_starts
+        out_t1[dest] = t_ends
+        out_idx[capacity:] = max(n_rays - 1, 0)  # the spare slot (written by every dropped entry)
+        return out_idx[:capacity], out_t0[:capacity], out_t1[:capacity]
 
     # ----------------------------------------------------------------------------- updates
 

@@ -22,7 +22,7 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
                 near_plane: float = 0.0, far_plane: float = 1e10, background=(1.0, 1.0, 1.0),
                 cone_angle: float = 0.0, alpha_thre: float = 0.0, early_stop_eps: float = 1e-4,
                 stratified: bool = False, with_normals: bool = False, orientation: bool = False,
-                sample_budget: int | None = None) -> dict:
+                sample_budget: int | None = None, march_budget: int | None = None) -> dict:
     """Render rays through ``field`` with samples from ``estimator`` (an ``OccupancyGrid``).
 
     Args:
@@ -41,13 +41,18 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
             served in order and the last ones are cut when the budget runs out (see
             ``OccupancyGrid.sampling``); with a large enough budget the result is the
             data-sized one.
+        march_budget: with ``sample_budget``, the marcher's slots (default: ``sample_budget``).
+            Larger, the samples that survive the early stop are packed into the
+            ``sample_budget`` slots the field runs on (no sync either), as the data-sized path
+            compacts them: size it for the marched samples, ``sample_budget`` for the kept ones.
 
     Returns:
         dict(rgb [R, 3], opacity [R], depth [R] (expected distance, divided by opacity where
         non-zero), normal [R, 3] if asked (opacity-weighted, not renormalised), orientation [R] if
         asked (the weighted sum of the penalty along the ray), n_samples int (the samples the
-        field ran on: the budget, when one is given), and with a budget ``wanted_samples``, a 0-d
-        int64 device tensor: the samples the rays had (``> sample_budget``: some were cut)).
+        field ran on: the budget, when one is given), and with a budget ``wanted_samples``, a [2]
+        int64 device tensor: the samples the marcher wanted and the marched samples the early stop
+        kept (``[0] > march_budget`` or ``[1] > sample_budget``: some were cut)).
     """
     with_normals = with_normals or orientation
     R = rays_o.shape[0]
@@ -56,7 +61,7 @@ def render_rays(field, estimator, rays_o: torch.Tensor, rays_d: torch.Tensor, *,
         mid = (t_starts + t_ends)[:, None] * 0.5
         return field.density(rays_o[ray_indices] + rays_d[ray_indices] * mid)
 
-    budget = {} if sample_budget is None else {"capacity": sample_budget}
+    budget = {} if sample_budget is None else {"capacity": sample_budget, "march_capacity": march_budget}
     sampled = estimator.sampling(
         rays_o, rays_d, sigma_fn=sigma_fn, near_plane=near_plane, far_plane=far_plane,
         render_step_size=render_step_size, early_stop_eps=early_stop_eps, alpha_thre=alpha_thre,
@@ -103,8 +108,10 @@ def render_image(field, estimator, cams, *, chunk: int = 8192, **kwargs) -> dict
              for s in range(0, o.shape[0], chunk)]
     out = {}
     for k in parts[0]:
-        if k in ("n_samples", "wanted_samples"):
+        if k == "n_samples":
             out[k] = sum(p[k] for p in parts)
+        elif k == "wanted_samples":
+            out[k] = torch.stack([p[k] for p in parts]).sum(0)
         else:
             v = torch.cat([p[k] for p in parts])
             out[k] = v.reshape(B, H, W, *v.shape[1:])

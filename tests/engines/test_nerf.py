@@ -251,9 +251,11 @@ def test_compiled_render_step_breaks_only_at_data_dependent_sizes(tmp_path):
 
 
 def test_training_step_with_a_sample_budget_never_syncs(tmp_path):
-    """With sample_budget the step has static shapes: no read-back at all, early stop or not."""
-    for eps in (1e-4, 0.0):
-        cfg = FitNeRFConfig(steps=40, out=str(tmp_path / f"eps{eps}"), early_stop_eps=eps, sample_budget=4096, **TINY)
+    """With sample_budget the step has static shapes: no read-back at all, early stop or not, with
+    the early stop packing into a smaller budget (march_budget) or masking in place."""
+    for eps, march in ((1e-4, 0), (0.0, 0), (1e-4, 8192)):
+        cfg = FitNeRFConfig(steps=40, out=str(tmp_path / f"eps{eps}-{march}"), early_stop_eps=eps,
+                            sample_budget=4096, march_budget=march, **TINY)
         trainer = NeRFTrainer(cfg)
         for _ in range(cfg.occ_warmup_steps + 1):
             trainer.train_step()
@@ -261,7 +263,8 @@ def test_training_step_with_a_sample_budget_never_syncs(tmp_path):
         with _SyncCounter() as counter:
             trainer.train_step()
         assert counter.seen == [], counter.seen
-        assert trainer.last_wanted.shape == () and 0 < int(trainer.last_wanted) <= 4096
+        marched, kept = trainer.last_wanted.tolist()
+        assert 0 < kept <= marched <= (march or 4096) and kept <= 4096
 
 
 def _warm_trainer(tmp_path, steps=30):
@@ -285,7 +288,8 @@ def test_sample_budget_renders_what_the_data_sized_path_renders(tmp_path):
     from pyengine.render.volume import render_rays
 
     trainer, rays_o, rays_d = _warm_trainer(tmp_path)
-    kw = dict(trainer.render_kwargs(False), with_normals=True)
+    # a high early-stop threshold, so that this barely trained field has samples to drop
+    kw = dict(trainer.render_kwargs(False), with_normals=True, early_stop_eps=0.5)
 
     def run(**extra):
         trainer.field.zero_grad(set_to_none=True)
@@ -296,15 +300,19 @@ def test_sample_budget_renders_what_the_data_sized_path_renders(tmp_path):
     want, want_grads = run()
     S = want["n_samples"]
     assert S > 200
-    got, grads = run(sample_budget=S + 100)
-    assert int(got["wanted_samples"]) >= S and got["n_samples"] == S + 100
-    for k in ("rgb", "opacity", "depth", "normal"):
-        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5, msg=k)
-    for a, b in zip(grads, want_grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    marched = int(run(sample_budget=20 * S)[0]["wanted_samples"][0])
+    assert marched > S, "the early stop dropped samples"
+    # masked in place (the budget covers the march), or packed from the march into S + 7 slots
+    for budget in ({"sample_budget": marched + 100}, {"sample_budget": S + 7, "march_budget": marched + 50}):
+        got, grads = run(**budget)
+        assert got["wanted_samples"].tolist() == [marched, S] and got["n_samples"] == budget["sample_budget"]
+        for k in ("rgb", "opacity", "depth", "normal"):
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5, msg=f"{k} {budget}")
+        for a, b in zip(grads, want_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
     cut, _ = run(sample_budget=S // 2)
-    assert cut["n_samples"] == S // 2 and int(cut["wanted_samples"]) > S // 2
+    assert cut["n_samples"] == S // 2 and cut["wanted_samples"][0] > S // 2
     same = (cut["rgb"] - want["rgb"]).abs().amax(-1) < 1e-5
     first_bad = int(torch.nonzero(~same)[0, 0]) if not same.all() else len(same)
     assert 0 < first_bad < len(same), "the first rays render exactly, a later one is cut"
@@ -320,21 +328,24 @@ def test_compiled_render_step_with_a_sample_budget_is_one_graph(tmp_path):
 
     trainer, rays_o, rays_d = _warm_trainer(tmp_path, steps=8)
 
-    def step(o, d):
-        return render_rays(trainer.field, trainer.estimator, o, d, sample_budget=2048,
-                           **trainer.render_kwargs(True))["rgb"].sum()
+    for march in (None, 8192):  # masked in place, or packed from a larger march
+        def step(o, d, march=march):
+            return render_rays(trainer.field, trainer.estimator, o, d, sample_budget=2048, march_budget=march,
+                               **trainer.render_kwargs(True))["rgb"].sum()
 
-    torch._dynamo.reset()
-    ex = torch._dynamo.explain(step)(rays_o, rays_d)
-    assert ex.graph_break_count == 0 and ex.graph_count == 1, [b.reason for b in ex.break_reasons]
+        torch._dynamo.reset()
+        ex = torch._dynamo.explain(step)(rays_o, rays_d)
+        assert ex.graph_break_count == 0 and ex.graph_count == 1, [b.reason for b in ex.break_reasons]
 
 
 def test_sample_budget_is_checked_and_a_cut_is_reported(tmp_path, capsys):
     with pytest.raises(ValueError, match="sample_budget must be an int >= 0"):
         NeRFTrainer(FitNeRFConfig(out=str(tmp_path / "bad"), sample_budget=-1, **TINY))
+    with pytest.raises(ValueError, match="march_budget needs sample_budget"):
+        NeRFTrainer(FitNeRFConfig(out=str(tmp_path / "bad2"), march_budget=100, **TINY))
     res = run(FitNeRFConfig(steps=10, out=str(tmp_path / "cut"), sample_budget=64, **TINY))
     assert res["samples_cut_max"] > 0
-    assert "over sample_budget=64" in capsys.readouterr().out
+    assert "over march_budget=64 / sample_budget=64" in capsys.readouterr().out
 
 
 def test_compiled_training_step_with_a_budget_learns(tmp_path):

@@ -193,17 +193,29 @@ def test_sampling_with_a_capacity_masks_what_compaction_drops():
     marched = grid.sampling(o, d, render_step_size=step)[0].numel()
     for kw in ({}, {"sigma_fn": sigma_fn}, {"alpha_fn": alpha_fn, "alpha_thre": 0.5}):
         want = grid.sampling(o, d, render_step_size=step, **kw)
-        idx, t0, t1, wanted = grid.sampling(o, d, render_step_size=step, capacity=marched + 50, **kw)
-        assert idx.shape == (marched + 50,) and int(wanted) == marched
-        assert (idx[1:] >= idx[:-1]).all()
-        real = t1 > t0
-        for a, b in zip((idx[real], t0[real], t1[real]), want):
-            assert torch.equal(a, b), kw
-    # a capacity below the need keeps the first rays whole
-    idx, t0, t1, wanted = grid.sampling(o, d, render_step_size=step, capacity=marched // 2)
-    assert int(wanted) == marched
+        S = want[0].numel()
+        # masked in place (march_capacity = capacity), or packed from a larger march into S + 5
+        for cap in ({"capacity": marched + 50}, {"capacity": S + 5, "march_capacity": marched + 50}):
+            idx, t0, t1, counts = grid.sampling(o, d, render_step_size=step, **cap, **kw)
+            assert idx.shape == (cap["capacity"],) and counts.tolist() == [marched, S], (kw, cap)
+            assert (idx[1:] >= idx[:-1]).all()
+            real = t1 > t0
+            for a, b in zip((idx[real], t0[real], t1[real]), want):
+                assert torch.equal(a, b), (kw, cap)
+            if "march_capacity" in cap:  # packed: the kept samples first, then padding
+                assert real[:S].all() and not real[S:].any() and (idx[S:] == 63).all()
+    # packing into too few slots keeps the first kept samples
+    want = grid.sampling(o, d, render_step_size=step, sigma_fn=sigma_fn)
+    idx, t0, t1, counts = grid.sampling(o, d, render_step_size=step, sigma_fn=sigma_fn, capacity=10,
+                                        march_capacity=marched)
+    assert torch.equal(idx, want[0][:10]) and torch.equal(t0, want[1][:10]) and int(counts[1]) == want[0].numel()
+    # a capacity below the need keeps the first rays whole (counts[1]: what was marched and kept)
+    idx, t0, t1, counts = grid.sampling(o, d, render_step_size=step, capacity=marched // 2)
+    assert counts.tolist() == [marched, marched // 2]
     full = grid.sampling(o, d, render_step_size=step)
     assert torch.equal(idx, full[0][:marched // 2]) and torch.equal(t0, full[1][:marched // 2])
     assert grid.sampling(o[:0], d[:0], render_step_size=step, capacity=7)[0].numel() == 0
     with pytest.raises(ValueError, match="capacity must be None or an int >= 0"):
         grid.sampling(o, d, render_step_size=step, capacity=-3)
+    with pytest.raises(ValueError, match="march_capacity needs capacity"):
+        grid.sampling(o, d, render_step_size=step, march_capacity=30)
