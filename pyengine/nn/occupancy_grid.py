@@ -140,6 +140,11 @@ class OccupancyGrid(torch.nn.Module):
             packing's cut); ``counts[0] > march_capacity`` or ``counts[1] > capacity``: some were
             cut. Reading it syncs.
         """
+        for name, v in (("capacity", capacity), ("march_capacity", march_capacity)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"OccupancyGrid.sampling: {name} must be None or an int >= 0, got {v!r}")
+        if march_capacity is not None and capacity is None:
+            raise ValueError("OccupancyGrid.sampling: march_capacity needs capacity (the slots returned)")
         rays_o = rays_o.to(torch.float32)
         rays_d = rays_d.to(torch.float32)
         n = rays_o.shape[0]
@@ -153,20 +158,12 @@ class OccupancyGrid(torch.nn.Module):
         start = torch.maximum(t_enter[:, 0], near)  # a miss reports inf: no samples
         end = torch.minimum(t_exit[:, 0], far)
         jitter = torch.rand(n, device=rays_o.device) if stratified else None
-        for name, v in (("capacity", capacity), ("march_capacity", march_capacity)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"OccupancyGrid.sampling: {name} must be None or an int >= 0, got {v!r}")
-        if march_capacity is not None and capacity is None:
-            raise ValueError("OccupancyGrid.sampling: march_capacity needs capacity (the slots returned)")
         slots = march_capacity if march_capacity is not None else capacity
         # the grid's own box and torch.rand's jitter are valid: no value check (it would sync)
         marched = ray_march(
             rays_o, rays_d, start, end, self.binaries, self.aabbs[0], render_step_size, cone_angle, jitter,
             capacity=None if capacity is None else (slots if n > 0 else 0), validate=False, backend=self.backend)
         packed_info, ray_indices, t_starts, t_ends = marched[:4]
-        if capacity is not None:
-            # the padding joins the last ray as zero-length samples: composite sees every entry
-            packed_info = pack_info(ray_indices, n, validate=False)
 
         # guard_or_true: no samples skips the density function; a traced (torch.compile) size that
         # is not known yet does not break the graph
@@ -174,6 +171,9 @@ class OccupancyGrid(torch.nn.Module):
                 and guard_or_true(ray_indices.numel() > 0)):
             # nerfacc's min(alpha_thre, mean occupancy), kept on the device (no sync)
             alpha_thre_t = self.occs.mean().clamp(max=alpha_thre)
+            if capacity is not None:
+                # the padding joins the last ray as zero-length samples: composite sees every entry
+                packed_info = pack_info(ray_indices, n, validate=False)
             # transmittance and alphas from the fused compositing op (ray_march built packed_info)
             if sigma_fn is not None:
                 sigmas = sigma_fn(t_starts, t_ends, ray_indices)
@@ -216,7 +216,6 @@ class OccupancyGrid(torch.nn.Module):
         out_idx[dest] = ray_indices
         out_t0[dest] = t_starts
         out_t1[dest] = t_ends
-        out_idx[capacity:] = max(n_rays - 1, 0)  # the spare slot (written by every dropped entry)
         return out_idx[:capacity], out_t0[:capacity], out_t1[:capacity]
 
     # ----------------------------------------------------------------------------- updates
