@@ -215,6 +215,9 @@ def test_eval_job_prints_a_table(tmp_path, capsys):
     assert [r["class"] for r in res["rows"]] == ["cube", "torus", "mean"]
     assert all(0 <= r["1nna_cd"] <= 100 for r in res["rows"])
     assert os.path.exists(os.path.join(res["out"], "eval.json"))
+    quick = P.run(P.replace(cfg, eval_complete=False), "eval")  # generation only: no completion column
+    assert all("completion_cd" not in r and 0 <= r["1nna_cd"] <= 100 for r in quick["rows"])
+    assert [r["1nna_cd"] for r in quick["rows"]] == [r["1nna_cd"] for r in res["rows"]]  # same seeds, same clouds
 
 
 def test_cli_smoke(tmp_path, capsys, monkeypatch):
