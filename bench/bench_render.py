@@ -257,8 +257,11 @@ def main(argv=None):
     dev = args.device
     gpu = dev.startswith("cuda")
     # on CPU nerfacc's packed functions need CUDA: it is compared batched in its own section
-    provs = args.providers or (["reference", "cuda", "triton", "cuda novalidate", "triton novalidate",
-                                "cuda kernels", "triton kernels", "compat", "nerfacc"] if gpu else ["reference", "cpu"])
+    # "<b>": default validation, the same packed_info every call (checked on the first call only);
+    # "<b> checked": a new packed_info every call, each checked (one sync each); "<b> novalidate": none
+    provs = args.providers or (["reference", "cuda", "triton", "cuda checked", "triton checked", "cuda novalidate",
+                                "triton novalidate", "cuda kernels", "triton kernels", "compat", "nerfacc"]
+                               if gpu else ["reference", "cpu", "cpu checked"])
     if args.compile_step:  # the compiled composite beside the eager one (CUDA graphs on a GPU)
         provs = provs + [f"{p} compiled" for p in provs if p in ("cuda", "triton", "cpu")]
     sizes = args.sizes or ([20, 22] if gpu else [20])
@@ -293,6 +296,12 @@ def main(argv=None):
 
                     def fn(b=b):
                         r = composite(packed, ts, te, densities=sg, values=vg, backend=b, validate=False)
+                        (r.accumulated.sum() + r.weights.sum() + r.opacity.sum() + r.depth.sum()).backward()
+                elif prov.endswith(" checked"):
+                    b = prov.split()[0]
+
+                    def fn(b=b):
+                        r = composite(packed.clone(), ts, te, densities=sg, values=vg, backend=b)
                         (r.accumulated.sum() + r.weights.sum() + r.opacity.sum() + r.depth.sum()).backward()
                 elif prov.endswith(" kernels"):
                     fn = kernels_only(prov.split()[0], packed, ts, te, sig, vals)

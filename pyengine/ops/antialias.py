@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import FLOAT, INDEX, T, check, define
 from pyengine.reference import antialias as _ref
 from pyengine.reference.antialias import antialias_topology
@@ -45,10 +46,16 @@ class _ScaleGrad(torch.autograd.Function):
 
 def _check_values(tri: torch.Tensor, n_vertices: int, rast: torch.Tensor) -> None:
     """Raises ValueError unless tri's indices lie in [0, V) and rast's ids, rounded, in [0, T].
-    One device sync."""
+    One device sync, skipped for what already passed or was made valid (``_checked``: a mesh's
+    unchanged faces, ``rasterize``'s output)."""
     T_ = tri.shape[0]
-    bad_tri = ((tri < 0) | (tri >= n_vertices)) if tri.numel() else tri.new_zeros(0, 3, dtype=torch.bool)
-    ids = torch.round(rast[..., 3]) if rast.numel() else rast.new_zeros(0)
+    tri_key, ids_key = ("tri", n_vertices), ("rast_ids", T_)
+    need_tri = tri.numel() > 0 and not _checked.passed(tri, tri_key)
+    need_ids = rast.numel() > 0 and not _checked.passed(rast, ids_key)
+    if not (need_tri or need_ids):
+        return
+    bad_tri = ((tri < 0) | (tri >= n_vertices)) if need_tri else tri.new_zeros(0, 3, dtype=torch.bool)
+    ids = torch.round(rast[..., 3]) if need_ids else rast.new_zeros(0)
     bad_ids = ~((ids >= 0) & (ids <= T_))  # NaN is bad too
     flags = torch.stack([bad_tri.any(), bad_ids.any()]).tolist()
     if flags[0]:
@@ -59,6 +66,10 @@ def _check_values(tri: torch.Tensor, n_vertices: int, rast: torch.Tensor) -> Non
         b, y, x = (int(i) for i in torch.nonzero(bad_ids)[0])
         raise ValueError(f"antialias: rast[..., 3] must hold triangle ids + 1 in [0, T] = [0, {T_}]; "
                          f"rast[{b}, {y}, {x}, 3] = {float(rast[b, y, x, 3])}")
+    if need_tri:
+        _checked.mark(tri, tri_key)
+    if need_ids:
+        _checked.mark(rast, ids_key)
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor,

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import FLOAT, T, check, define
 from pyengine.ops.furthest_point_sample import check_count, compute_dtype
 from pyengine.reference import ball_query as _ref
@@ -53,5 +54,8 @@ def ball_query(centers_coords: torch.Tensor, points_coords: torch.Tensor, radius
         raise ValueError(f"ball_query: radius must be a finite number >= 0, got {radius!r}")
     check_count("ball_query", "num_neighbors", num_neighbors, 1)
     dtype = compute_dtype(centers_coords, points_coords)
-    return OP(centers_coords.to(dtype).contiguous(), points_coords.to(dtype).contiguous(), float(radius),
-              num_neighbors, backend=backend)
+    out = OP(centers_coords.to(dtype).contiguous(), points_coords.to(dtype).contiguous(), float(radius),
+             num_neighbors, backend=backend)
+    if points_coords.shape[2] > 0:  # indices of points_coords (with no points, the fill 0 is out of range)
+        _checked.mark(out, ("indices", points_coords.shape[2]))
+    return out

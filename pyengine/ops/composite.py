@@ -1,6 +1,7 @@
 """``composite``: volume-rendering compositing over packed samples (nerfacc's maths), with backward.
 
-``composite()`` checks its inputs (packed_info's values too, unless ``validate=False``) and runs
+``composite()`` checks its inputs (packed_info's values too, unless ``validate=False``, once per
+unchanged packed_info: ``_checked``) and runs
 the op defined below. Kernels (``pyengine.reference.composite``, ``pyengine._C``,
 ``pyengine.kernels.composite``): ``composite_fwd(packed_info, t_starts, t_ends, x, values,
 alpha_mode)`` where x is the densities (``alpha_mode`` false) or the alphas and ``values`` is
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import FLOAT, INDEX, T, check, define
 from pyengine.reference import composite as _ref
 from pyengine.reference.composite import CompositeResult
@@ -104,8 +106,9 @@ def composite(packed_info: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.T
             then [R, 0]).
         backend: "cuda", "triton", "cpu" or "reference"; default: automatic (see ``_dispatch``).
         validate: check packed_info's values (``check_packed_info``). The check synchronises
-            with the device, which on a GPU costs more than the kernels at 2^20 samples; pass
-            False for packed_info from ``pack_info`` or a ray marcher in a hot loop. Unchecked,
+            with the device, which on a GPU costs more than the kernels at 2^20 samples, so it
+            runs once per packed_info: a tensor that passed, or that ``pack_info`` or
+            ``ray_march`` made, is not checked again until it is written in place. Unchecked,
             ranges outside [0, S) are clamped by the kernels and overlapping ranges give
             undefined outputs.
 
@@ -132,8 +135,9 @@ def composite(packed_info: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.T
     specs[("alphas" if alpha_mode else "densities")] = specs.pop("x")
     check("composite", specs, {"packed_info": packed_info, "t_starts": t_starts, "t_ends": t_ends,
                                "densities": densities, "alphas": alphas, "values": values})
-    if validate:
+    if validate and not _checked.passed(packed_info, ("packed_info", t_starts.shape[0])):
         check_packed_info(packed_info, t_starts.shape[0])
+        _checked.mark(packed_info, ("packed_info", t_starts.shape[0]))
     floats = [t_starts, t_ends, x] + ([values] if values is not None else [])
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in floats) else torch.float32
     v = values if values is not None else t_starts.new_empty(t_starts.shape[0], 0)
@@ -150,7 +154,7 @@ def pack_info(ray_indices: torch.Tensor, n_rays: int, *, validate: bool = True) 
         ray_indices: [S] int, the ray of each sample, non-decreasing, in [0, n_rays).
         n_rays: R, the number of rays (rays without samples get count 0).
         validate: check that ray_indices are sorted and in range, which reads one small result
-            back from the device; pass False for indices that a marcher produced (no sync then).
+            back from the device; once per unchanged tensor, and never for ``ray_march``'s.
 
     Returns:
         [R, 2] int64 on ray_indices' device: ``count_r`` = number of samples of ray r and
@@ -172,7 +176,7 @@ def pack_info(ray_indices: torch.Tensor, n_rays: int, *, validate: bool = True) 
     if isinstance(n_rays, bool) or not isinstance(n_rays, int) or n_rays < 0:
         raise ValueError(f"pack_info: n_rays must be an int >= 0, got {n_rays!r}")
     idx = ray_indices.long()
-    if validate and idx.numel() > 0:
+    if validate and idx.numel() > 0 and not _checked.passed(ray_indices, ("ray_indices", n_rays)):
         unsorted = idx[1:] < idx[:-1]
         lo, hi, bad = torch.stack([idx.min(), idx.max(), unsorted.any().long()]).tolist()
         if bad:
@@ -182,6 +186,9 @@ def pack_info(ray_indices: torch.Tensor, n_rays: int, *, validate: bool = True) 
         if lo < 0 or hi >= n_rays:
             raise ValueError(f"pack_info: ray_indices must lie in [0, n_rays) = [0, {n_rays}), "
                              f"got values in [{lo}, {hi}]")
+        _checked.mark(ray_indices, ("ray_indices", n_rays))
     # index_add rather than bincount: bincount reads the largest index back to size its output
     counts = torch.zeros(n_rays, dtype=torch.int64, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-    return torch.stack([torch.cumsum(counts, 0) - counts, counts], -1)
+    packed_info = torch.stack([torch.cumsum(counts, 0) - counts, counts], -1)
+    _checked.mark(packed_info, ("packed_info", idx.numel()))  # in order, inside [0, S): valid by construction
+    return packed_info

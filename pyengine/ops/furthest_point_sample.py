@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import FLOAT, T, check, define
 from pyengine.reference import furthest_point_sample as _ref
 
@@ -60,4 +61,6 @@ def furthest_point_sample(coords: torch.Tensor, num_samples: int, *, backend: st
     """
     sizes = check("furthest_point_sample", {"coords": T(FLOAT, "B 3 N")}, {"coords": coords})
     check_count("furthest_point_sample", "num_samples", num_samples, 0, sizes["N"])
-    return OP(coords.to(compute_dtype(coords)).contiguous(), num_samples, backend=backend)
+    out = OP(coords.to(compute_dtype(coords)).contiguous(), num_samples, backend=backend)
+    _checked.mark(out, ("indices", sizes["N"]))  # points of coords: what gather and grouping check
+    return out

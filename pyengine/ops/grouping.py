@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import FLOAT, INDEX, T, check, define
 from pyengine.ops.furthest_point_sample import compute_dtype
 from pyengine.ops.voxelize import _deterministic
@@ -32,14 +33,16 @@ GROUPING_OP = define("grouping", "(Tensor features, Tensor indices, bool determi
 
 
 def check_indices(op: str, name: str, indices: torch.Tensor, n: int) -> None:
-    """Raises ValueError unless every index lies in [0, n). One device sync."""
-    if indices.numel() == 0:
+    """Raises ValueError unless every index lies in [0, n). One device sync, none for unchanged
+    indices that passed or that ``ball_query`` / ``furthest_point_sample`` made (``_checked``)."""
+    if indices.numel() == 0 or _checked.passed(indices, ("indices", n)):
         return
     bad = (indices < 0) | (indices >= n)
     if bool(bad.any()):
         pos = tuple(int(i) for i in torch.nonzero(bad)[0])
         raise ValueError(f"{op}: {name} must lie in [0, N) = [0, {n}); {name}[{', '.join(map(str, pos))}] = "
                          f"{int(indices[pos])} (pass validate=False to clamp into [0, N - 1])")
+    _checked.mark(indices, ("indices", n))
 
 
 def _indices(op: str, indices: torch.Tensor, n: int, validate: bool) -> torch.Tensor:

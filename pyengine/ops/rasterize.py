@@ -24,6 +24,7 @@ import operator
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import F32_F64, INDEX, T, check, define
 from pyengine.reference import rasterize as _ref
 
@@ -43,15 +44,17 @@ INTERP_OP = define(
     reference=_ref, cpu=True, cuda=True)
 
 
-def _check_tri(op: str, tri: torch.Tensor, n_vertices: int) -> None:
-    """Raises ValueError unless every index of tri lies in [0, n_vertices). One device sync."""
-    if tri.numel() == 0:
+def check_tri(op: str, tri: torch.Tensor, n_vertices: int) -> None:
+    """Raises ValueError unless every index of tri lies in [0, n_vertices). One device sync, once
+    per unchanged ``tri`` and ``n_vertices`` (``_checked``)."""
+    if tri.numel() == 0 or _checked.passed(tri, ("tri", n_vertices)):
         return
     bad = (tri < 0) | (tri >= n_vertices)
     if bool(bad.any()):
         t, k = (int(i) for i in torch.nonzero(bad)[0])
         raise ValueError(f"{op}: tri must hold vertex indices in [0, V) = [0, {n_vertices}); tri[{t}, {k}] = "
                          f"{int(tri[t, k])}")
+    _checked.mark(tri, ("tri", n_vertices))
 
 
 def _resolution(resolution) -> tuple[int, int]:
@@ -122,20 +125,24 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, *, backend: str 
         raise ValueError(f"rasterize: float32 pos allows at most 2^24 triangles (ids exact in float32), got "
                          f"{tri.shape[0]}; pass float64 pos")
     if validate:
-        _check_tri("rasterize", tri, pos.shape[1])
-    return RAST_OP(pos.contiguous(), tri.to(torch.int64).contiguous(), H, W, backend=backend)
+        check_tri("rasterize", tri, pos.shape[1])
+    rast = RAST_OP(pos.contiguous(), tri.to(torch.int64).contiguous(), H, W, backend=backend)
+    _checked.mark(rast, ("rast_ids", tri.shape[0]))  # ids + 1 of these triangles, or 0
+    return rast
 
 
-def _check_ids(rast: torch.Tensor, n_tri: int) -> None:
-    """Raises ValueError unless rast's id channel, rounded, lies in [0, n_tri]. One device sync."""
-    if rast.numel() == 0:
+def check_rast_ids(op: str, rast: torch.Tensor, n_tri: int) -> None:
+    """Raises ValueError unless rast's id channel, rounded, lies in [0, n_tri]. One device sync,
+    none for an unchanged ``rast`` that ``rasterize`` made for ``n_tri`` triangles or that passed."""
+    if rast.numel() == 0 or _checked.passed(rast, ("rast_ids", n_tri)):
         return
     ids = torch.round(rast[..., 3])
     bad = ~((ids >= 0) & (ids <= n_tri))  # NaN is bad too
     if bool(bad.any()):
         b, y, x = (int(i) for i in torch.nonzero(bad)[0])
-        raise ValueError(f"interpolate: rast[..., 3] must hold triangle ids + 1 in [0, T] = [0, {n_tri}]; "
+        raise ValueError(f"{op}: rast[..., 3] must hold triangle ids + 1 in [0, T] = [0, {n_tri}]; "
                          f"rast[{b}, {y}, {x}, 3] = {float(rast[b, y, x, 3])}")
+    _checked.mark(rast, ("rast_ids", n_tri))
 
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, *, backend: str | None = None,
@@ -176,8 +183,8 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, *, ba
     if flat:
         attr = attr[None]
     if validate:
-        _check_tri("interpolate", tri, attr.shape[1])
-        _check_ids(rast, tri.shape[0])
+        check_tri("interpolate", tri, attr.shape[1])
+        check_rast_ids("interpolate", rast, tri.shape[0])
     dtype = torch.float64 if torch.float64 in (attr.dtype, rast.dtype) else torch.float32
     return INTERP_OP(attr.to(dtype).contiguous(), rast.to(dtype).contiguous(), tri.to(torch.int64).contiguous(),
                      backend=backend)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import BOOL, F32, T, check, define
 from pyengine.reference import ray_march as _ref
 
@@ -117,4 +118,9 @@ def ray_march(rays_o: torch.Tensor, rays_d: torch.Tensor, t_min: torch.Tensor, t
     out = OP(c(rays_o), c(rays_d), c(t_min), c(t_max), c(binaries), c(roi_aabb), float(step_size),
              float(cone_angle), c(jitter), int(max_steps), -1 if capacity is None else int(capacity),
              backend=backend)
+    # in ray order and inside [0, S) and [0, R) by construction: what composite and pack_info check
+    # (not the padding of a capacity with no rays, which names ray 0 of none)
+    _checked.mark(out[0], ("packed_info", out[1].shape[0]))
+    if rays_o.shape[0] > 0 or out[1].shape[0] == 0:
+        _checked.mark(out[1], ("ray_indices", rays_o.shape[0]))
     return tuple(out) if capacity is not None else tuple(out[:4])

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from pyengine.ops import _checked
 from pyengine.ops._define import FLOAT, INDEX, T, check, define
 from pyengine.reference import voxelize as _ref
 
@@ -61,12 +62,16 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def check_coords(coords: torch.Tensor, resolution: int) -> None:
-    """Raises ValueError unless every integer coordinate lies in [0, resolution). One device sync."""
+    """Raises ValueError unless every integer coordinate lies in [0, resolution). One device sync,
+    once per unchanged ``coords`` and ``resolution`` (``_checked``)."""
+    if coords.numel() == 0 or _checked.passed(coords, ("voxel_coords", resolution)):
+        return
     bad = (coords < 0) | (coords >= resolution)
-    if coords.numel() and bool(bad.any()):
+    if bool(bad.any()):
         b, d, n = (int(i) for i in torch.nonzero(bad)[0])
         raise ValueError(f"avg_voxelize: coords must lie in [0, resolution) = [0, {resolution}); coords[{b}, {d}, "
                          f"{n}] = {int(coords[b, d, n])} (pass validate=False to clamp into [0, {resolution - 1}])")
+    _checked.mark(coords, ("voxel_coords", resolution))
 
 
 def avg_voxelize(features: torch.Tensor, coords: torch.Tensor, resolution: int, *, return_indices: bool = False,
