@@ -32,7 +32,8 @@ SPECIAL = ("<pad>", "<empty>")
 class Tokenizer:
     """Words of a fixed vocabulary -> integer ids; ``""`` -> ``[EMPTY]``.
 
-    Lower-cases and splits on anything that is not a letter, digit or apostrophe. Ids 0 and 1 are
+    Lower-cases and splits on anything that is not a letter, digit or apostrophe, and makes "a" /
+    "an" agree with the next word (``_agree``). Ids 0 and 1 are
     ``<pad>`` and ``<empty>``; word ``k`` of ``vocab`` is id ``k + 2``.
 
     Args:
@@ -65,8 +66,20 @@ class Tokenizer:
         if bad:
             raise ValueError(f"Tokenizer: unknown word(s) {', '.join(repr(w) for w in bad)} in {text!r}; "
                              f"the vocabulary is: {' '.join(self.vocab)}")
-        ids = [self.ids[w] for w in self.words(text)]
+        ids = [self.ids[w] for w in self._agree(self.words(text))]
         return ids or [EMPTY]
+
+    def _agree(self, words: list[str]) -> list[str]:
+        """"a" before a vowel becomes "an", "an" before a consonant "a", when the vocabulary has
+        both: captions are written grammatically ("an orange cube"), so a model trained on them
+        must not read "a orange cube" as another caption."""
+        if "a" not in self.ids or "an" not in self.ids:
+            return words
+        out = list(words)
+        for i in range(len(out) - 1):
+            if out[i] in ("a", "an"):
+                out[i] = "an" if out[i + 1][0] in "aeiou" else "a"
+        return out
 
     def __call__(self, texts, device=None) -> torch.Tensor:
         """[B, L] int64 ids of ``texts`` (a str or a list of them), right-padded with ``PAD``."""

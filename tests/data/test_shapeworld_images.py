@@ -25,6 +25,14 @@ def test_captions_parse_back_and_use_only_the_vocabulary():
         swi.parse_caption("a red blue cube")
 
 
+def test_the_article_agrees_with_the_next_word_as_in_the_captions():
+    tok = Tokenizer(swi.vocabulary())
+    assert tok.encode("a orange torus") == tok.encode("an orange torus") == tok.encode(swi.caption("torus", "orange"))
+    assert tok.encode("an red cube, side view") == tok.encode("a red cube, side view")
+    assert tok.encode("a red cube") != tok.encode("an orange cube")
+    assert Tokenizer(["a", "orange"]).encode("a orange") == [2, 3]  # no "an" to agree with: unchanged
+
+
 def test_dataset_is_deterministic_balanced_and_labelled():
     a, la = swi.dataset("heldout", 35, size=8)
     b, lb = swi.dataset("heldout", 35, size=8)
