@@ -615,9 +615,23 @@ def write_outputs(run: SDSRun) -> dict:
     return {"files": files}
 
 
+def _earlier_seconds(run_dir: str, start: int) -> float:
+    """The seconds the invocations before this one spent on the run, from the result.json of the
+    last one when it ended where this one resumes (0 for a fresh run or a lost record)."""
+    try:
+        with open(os.path.join(run_dir, "result.json")) as f:
+            prev = json.load(f)
+    except (OSError, ValueError):
+        return 0.0
+    if start == 0 or prev.get("iterations") != start:
+        return 0.0
+    return float(prev.get("seconds", 0.0))
+
+
 def run_one(cfg: SDSConfig, prior=None, run_dir: str | None = None) -> dict:
     """Run (or resume) one prompt to ``cfg.iterations`` and write its outputs. Ctrl-C saves the
-    checkpoint, writes the outputs and re-raises."""
+    checkpoint, writes the outputs and re-raises. ``seconds`` in the result counts every
+    invocation of the run (``seconds_this_run``: this one)."""
     from tqdm import tqdm
 
     check_config(cfg)
@@ -626,6 +640,7 @@ def run_one(cfg: SDSConfig, prior=None, run_dir: str | None = None) -> dict:
     if ckpt is not None and run.load():
         print(f"sds: resumed {cfg.prompt!r} from {run.ckpt_path} at iteration {run.step}")
     start = run.step
+    before = _earlier_seconds(run_dir, start)
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.iterations, initial=run.step, desc=f"sds {cfg.prompt}"[:40], unit="it",
                disable=not cfg.progress)
@@ -648,7 +663,8 @@ def run_one(cfg: SDSConfig, prior=None, run_dir: str | None = None) -> dict:
     run.save()
     res = write_outputs(run)
     result = {"prompt": cfg.prompt, "method": cfg.method, "iterations": run.step, "start": start,
-              "seconds": seconds, "seconds_per_iteration": seconds / max(run.step - start, 1),
+              "seconds": before + seconds, "seconds_this_run": seconds,
+              "seconds_per_iteration": seconds / max(run.step - start, 1),
               "timing": {k: v / max(run.step - start, 1) for k, v in run.timing.items()}, "out": run_dir,
               "files": res["files"], "interrupted": interrupted}
     with open(os.path.join(run_dir, "result.json"), "w") as f:

@@ -214,9 +214,13 @@ def test_shadings_albedo_diffuse_textureless(tmp_path, prior_file):
 
 def test_resume_continues_from_the_saved_iteration(tmp_path, prior_file):
     straight = S.run_one(tiny_cfg(tmp_path / "a", prior_file, iterations=4, turntable_frames=0, mesh_formats=[]))
-    S.run_one(tiny_cfg(tmp_path / "b", prior_file, iterations=2, turntable_frames=0, mesh_formats=[]))
+    first = S.run_one(tiny_cfg(tmp_path / "b", prior_file, iterations=2, turntable_frames=0, mesh_formats=[]))
     resumed = S.run_one(tiny_cfg(tmp_path / "b", prior_file, iterations=4, turntable_frames=0, mesh_formats=[]))
     assert resumed["start"] == 2 and resumed["iterations"] == 4
+    # the run's seconds count both invocations
+    assert resumed["seconds"] == pytest.approx(first["seconds"] + resumed["seconds_this_run"])
+    again = S.run_one(tiny_cfg(tmp_path / "b", prior_file, iterations=4, turntable_frames=0, mesh_formats=[]))
+    assert again["start"] == 4 and again["seconds"] == pytest.approx(resumed["seconds"] + again["seconds_this_run"])
     for (n, p), q in zip(straight["run"].field.named_parameters(), resumed["run"].field.parameters()):
         torch.testing.assert_close(p, q, msg=n)
 
