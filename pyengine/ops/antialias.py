@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from pyengine.ops import _checked
 from pyengine.ops._define import FLOAT, INDEX, T, check, define
+from pyengine.ops.rasterize import check_rast_ids, check_tri
 from pyengine.reference import antialias as _ref
 from pyengine.reference.antialias import antialias_topology
 
@@ -42,34 +42,6 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return g * ctx.scale, None
-
-
-def _check_values(tri: torch.Tensor, n_vertices: int, rast: torch.Tensor) -> None:
-    """Raises ValueError unless tri's indices lie in [0, V) and rast's ids, rounded, in [0, T].
-    One device sync, skipped for what already passed or was made valid (``_checked``: a mesh's
-    unchanged faces, ``rasterize``'s output)."""
-    T_ = tri.shape[0]
-    tri_key, ids_key = ("tri", n_vertices), ("rast_ids", T_)
-    need_tri = tri.numel() > 0 and not _checked.passed(tri, tri_key)
-    need_ids = rast.numel() > 0 and not _checked.passed(rast, ids_key)
-    if not (need_tri or need_ids):
-        return
-    bad_tri = ((tri < 0) | (tri >= n_vertices)) if need_tri else tri.new_zeros(0, 3, dtype=torch.bool)
-    ids = torch.round(rast[..., 3]) if need_ids else rast.new_zeros(0)
-    bad_ids = ~((ids >= 0) & (ids <= T_))  # NaN is bad too
-    flags = torch.stack([bad_tri.any(), bad_ids.any()]).tolist()
-    if flags[0]:
-        t, k = (int(i) for i in torch.nonzero(bad_tri)[0])
-        raise ValueError(f"antialias: tri must hold vertex indices in [0, V) = [0, {n_vertices}); tri[{t}, {k}] = "
-                         f"{int(tri[t, k])}")
-    if flags[1]:
-        b, y, x = (int(i) for i in torch.nonzero(bad_ids)[0])
-        raise ValueError(f"antialias: rast[..., 3] must hold triangle ids + 1 in [0, T] = [0, {T_}]; "
-                         f"rast[{b}, {y}, {x}, 3] = {float(rast[b, y, x, 3])}")
-    if need_tri:
-        _checked.mark(tri, tri_key)
-    if need_ids:
-        _checked.mark(rast, ids_key)
 
 
 def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: torch.Tensor,
@@ -105,7 +77,8 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
             nvdiffrast's 1e-3 by default (a relative error of ``1e-3 / |dy|`` that tames
             sub-pixel edges); 0 gives the exact derivative of the forward.
         backend: "cuda", "cpu" or "reference"; default: automatic (see ``_dispatch``).
-        validate: check tri's indices and rast's ids (one device sync); unchecked, the kernels
+        validate: check tri's indices and rast's ids (a device sync each, once per unchanged tensor;
+            none for ``rasterize``'s rast); unchecked, the kernels
             skip pairs whose ids or triangles are out of range.
 
     Returns:
@@ -137,7 +110,8 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         raise ValueError(f"antialias: a float32 rast holds at most 2^24 triangle ids, got {tri.shape[0]} triangles; "
                          "pass float64")
     if validate:
-        _check_values(tri, pos.shape[1], rast)
+        check_tri("antialias", tri, pos.shape[1])  # each once per unchanged tensor (_checked)
+        check_rast_ids("antialias", rast, tri.shape[0])
     if topology is None:
         topology = antialias_topology(tri)
     if not (isinstance(pos_grad_eps, (int, float)) and not isinstance(pos_grad_eps, bool) and pos_grad_eps >= 0):

@@ -102,8 +102,8 @@ def rasterize(pos: torch.Tensor, tri: torch.Tensor, resolution, *, backend: str 
             kernels). Float32 pos allows at most 2^24 triangles (ids exact in float32).
         resolution: (H, W), ints in [0, 32768] (0 gives an empty image).
         backend: "cuda", "cpu" or "reference"; default: automatic (see ``_dispatch``).
-        validate: check tri's indices (one device sync); pass False in a hot loop with a mesh
-            known to be valid.
+        validate: check tri's indices (one device sync, once per unchanged tri and vertex count:
+            a mesh reused in a loop is checked on its first call only).
 
     Returns:
         rast: [B, H, W, 4] in pos's dtype ([1, H, W, 4] for a [V, 4] pos); all zeros at pixels
@@ -162,7 +162,8 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, *, ba
             either input is).
         tri: [T, 3] int32 / int64, the triangles rast was made with; indices in [0, V).
         backend: "cuda", "cpu" or "reference"; default: automatic.
-        validate: check tri's indices and rast's ids (one device sync); unchecked, the cpu / cuda
+        validate: check tri's indices and rast's ids (a device sync each, once per unchanged tensor;
+            none for ``rasterize``'s rast); unchecked, the cpu / cuda
             kernels give zeros at pixels whose id or triangle is out of range.
 
     Returns:
