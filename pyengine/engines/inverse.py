@@ -67,6 +67,9 @@ class InverseConfig:
     eval_reference: str = "dps"
     eval_bootstrap: int = 1000
     eval_data_seed: int = 0
+    eval_samples: int = 1  # posterior samples per image: PSNR, SSIM and masked PSNR are of their mean
+    eval_shard: str = ""  # "i/n": solve every n-th chunk only (n processes or machines split one evaluation)
+    eval_resume: bool = True  # reuse the chunks already in out/chunks written under the same settings
 
 
 def _device(cfg: InverseConfig) -> torch.device:
@@ -113,6 +116,9 @@ def check_config(cfg: InverseConfig) -> None:
         bad("eval_t0", "a list of numbers in (0, 1]")
     if cfg.eval_images < 1 or cfg.eval_batch < 1:
         raise ValueError("inverse: eval_images and eval_batch must be >= 1")
+    if not isinstance(cfg.eval_samples, int) or cfg.eval_samples < 1:
+        bad("eval_samples", "an int >= 1")
+    _parse_shard(cfg.eval_shard)
 
 
 # -- images ----------------------------------------------------------------------------------------
@@ -377,12 +383,67 @@ def run_one(cfg: InverseConfig) -> dict:
 # -- evaluation ------------------------------------------------------------------------------------
 
 
+def _fingerprint(cfg: InverseConfig) -> dict:
+    """The settings a chunk's numbers depend on besides its cell and images (a chunk written under other
+    ones is solved again, not reused)."""
+    return {"prior": cfg.prior, "text": cfg.text, "seed": cfg.seed, "steps": cfg.steps, "t0": cfg.t0,
+            "ccdf_init": cfg.ccdf_init, "options": dict(cfg.options), "samples": cfg.eval_samples,
+            "data_seed": cfg.eval_data_seed, "batch": cfg.eval_batch}
+
+
+def _parse_shard(shard: str) -> tuple[int, int]:
+    if not shard:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in str(shard).split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"inverse: eval_shard must be 'i/n' with 0 <= i < n, got {shard!r}")
+    return i, n
+
+
+def _solve_chunk(method, t0, task, sigma, truth, labels, s, prior, judge, cfg) -> dict:
+    """One chunk of a cell: ``eval_samples`` posterior samples of each of ``truth``'s images in one
+    batched solve, reduced to per-image numbers (PSNR / SSIM / masked PSNR of the posterior mean, the
+    mean PSNR of single samples, the samples' residual and classifier hits, the first sample's
+    classifier features for KID) and the solver's cost."""
+    from pyengine.inverse.base import Problem
+
+    K, B = cfg.eval_samples, truth.shape[0]
+    op, problem = _problem(task, truth, float(sigma), cfg.seed + s)
+    if K > 1:
+        problem = Problem(op, problem.y.repeat_interleave(K, 0), problem.sigma_y)
+    g = torch.Generator(device=truth.device).manual_seed(cfg.seed + s)
+    res = solve_batch(method, prior, problem, cfg, g, t0=t0)
+    x = res.x.reshape(B, K, *res.x.shape[1:])
+    mean = x.mean(1)
+    m = _mask(op)
+    mask = None if m is None else m.expand(B, *m.shape[1:])
+    pred, feats = judge(res.x)
+    hits = (pred[:, :2] == labels.repeat_interleave(K, 0)[:, :2]).all(1).float().reshape(B, K).mean(1)
+    rep = truth.repeat_interleave(K, 0)
+    return {"psnr": psnr(mean, truth), "psnr_sample": psnr(res.x, rep).reshape(B, K).mean(1),
+            "ssim": ssim(mean, truth), "psnr_masked": psnr(mean, truth, mask) if mask is not None else None,
+            "residual": residual(problem, res.x).reshape(B, K).mean(1).cpu(), "accuracy": hits,
+            "features": feats.reshape(B, K, -1)[:, 0], "calls": res.calls, "backward": res.backward,
+            "seconds": res.seconds, "denoiser_seconds": res.denoiser_seconds}
+
+
 def evaluate(cfg: InverseConfig) -> dict:
     """Every task x sigma_y x method (and baseline, and the CCDF rows) on ``eval_images`` held-out images;
-    writes ``summary.md`` / ``summary.json`` under ``out`` (default ``runs/inverse/eval``)."""
+    writes ``summary.md`` / ``summary.json`` under ``out`` (default ``runs/inverse/eval``).
+
+    The work is cut into chunks (one cell: task, sigma_y, method; ``eval_batch`` images), each saved
+    to ``out/chunks/`` as it finishes. A chunk already there under the same settings is reused
+    (``eval_resume``), so an interrupted evaluation continues where it stopped, and ``eval_shard="i/n"``
+    has this process solve every n-th chunk only: n processes (or machines, their ``chunks/`` folders
+    copied into one) split an evaluation, and a last run with the same lists assembles the summary
+    from their chunks. The summary holds the cells whose chunks are all there, and names the others."""
     from pyengine.diffusion.prior import load_prior
 
     check_config(cfg)
+    shard_i, shard_n = _parse_shard(cfg.eval_shard)
     dev = _device(cfg)
     prior = load_prior(cfg.prior, device=str(dev))
     size = prior.resolution
@@ -391,72 +452,98 @@ def evaluate(cfg: InverseConfig) -> dict:
     judge = Judge(dev)
     _, real_feats = judge(truth_all)
     out = cfg.out or os.path.join("runs", JOB, "eval")
-    os.makedirs(out, exist_ok=True)
-    rows, per_image = [], {}
+    chunk_dir = os.path.join(out, "chunks")
+    os.makedirs(chunk_dir, exist_ok=True)
+    key = json.loads(json.dumps(_fingerprint(cfg)))  # as it reads back: lists, not tuples
     variants = [(m, None) for m in cfg.eval_methods] + [(m, float(t)) for t in cfg.eval_t0 for m in cfg.eval_methods]
-    for task in cfg.eval_tasks:
-        for sigma in cfg.eval_sigmas:
-            for method, t0 in [("baseline", None)] + variants:
-                name = method if t0 is None else f"{method}@t0={t0:g}"
-                xs, calls, backward, seconds, den_s = [], 0, 0, 0.0, 0.0
-                ys_res, masks = [], []
-                for s in range(0, cfg.eval_images, cfg.eval_batch):
-                    truth = truth_all[s:s + cfg.eval_batch]
-                    op, problem = _problem(task, truth, float(sigma), cfg.seed + s)
-                    g = torch.Generator(device=dev).manual_seed(cfg.seed + s)
-                    res = solve_batch(method, prior, problem, cfg, g, t0=t0)
-                    xs.append(res.x)
-                    calls, backward = res.calls, res.backward  # per batch (each image gets this many)
-                    seconds += res.seconds
-                    den_s += res.denoiser_seconds
-                    ys_res.append(residual(problem, res.x))
-                    m = _mask(op)
-                    masks.append(None if m is None else m.expand(truth.shape[0], *m.shape[1:]))
-                x = torch.cat(xs)
-                p = psnr(x, truth_all)
-                mask = torch.cat(masks) if masks[0] is not None else None
-                pred, feats = judge(x)
-                row = {"task": task, "sigma_y": float(sigma), "method": name,
-                       "psnr": float(p.mean()), "ssim": float(ssim(x, truth_all).mean()),
-                       "psnr_masked": float(psnr(x, truth_all, mask).mean()) if mask is not None else None,
-                       "residual": float(torch.cat(ys_res).mean()),
-                       "accuracy": float((pred[:, :2] == labels[:, :2]).all(1).float().mean()),
-                       "kid": kid(feats, real_feats), "calls_per_image": calls, "backward_per_image": backward,
-                       "seconds_per_image": seconds / cfg.eval_images,
-                       "denoiser_share": den_s / seconds if seconds > 0 else 0.0}
-                rows.append(row)
-                per_image[(task, float(sigma), name)] = p
-                print(f"inverse eval: {task} sigma_y {sigma:g} {name}: PSNR {row['psnr']:.2f} dB, SSIM "
-                      f"{row['ssim']:.3f}, residual {row['residual']:.2f}, accuracy {row['accuracy']:.2f}, "
-                      f"{calls} calls, {row['seconds_per_image']:.2f} s/image", flush=True)
+    cells = [(task, float(sigma), method, t0) for task in cfg.eval_tasks for sigma in cfg.eval_sigmas
+             for method, t0 in [("baseline", None)] + variants]
+    starts = list(range(0, cfg.eval_images, cfg.eval_batch))
+    name_of = lambda method, t0: method if t0 is None else f"{method}@t0={t0:g}"
+
+    def chunk_path(task, sigma, name, s):
+        count = min(cfg.eval_batch, cfg.eval_images - s)
+        return os.path.join(chunk_dir, f"{task}_sigma{sigma:g}_{name}_{s:05d}+{count}.pt")
+
+    def load_chunk(path):
+        if not (cfg.eval_resume and os.path.isfile(path)):
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["values"] if saved.get("key") == key else None
+
+    # 1. solve this shard's chunks that are not there yet
+    for k, ((task, sigma, method, t0), s) in enumerate((c, s) for c in cells for s in starts):
+        if k % shard_n != shard_i:
+            continue
+        name = name_of(method, t0)
+        path = chunk_path(task, sigma, name, s)
+        if load_chunk(path) is not None:
+            continue
+        truth, lab = truth_all[s:s + cfg.eval_batch], labels[s:s + cfg.eval_batch]
+        values = _solve_chunk(method, t0, task, sigma, truth, lab, s, prior, judge, cfg)
+        values = {k2: (v.detach().cpu() if torch.is_tensor(v) else v) for k2, v in values.items()}
+        torch.save({"key": key, "values": values}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        print(f"inverse eval: {task} sigma_y {sigma:g} {name} images {s}..{s + truth.shape[0] - 1}: PSNR "
+              f"{float(values['psnr'].mean()):.2f} dB, {values['calls']} calls, "
+              f"{values['seconds'] / truth.shape[0]:.2f} s/image", flush=True)
+
+    # 2. assemble every cell whose chunks are all there
+    rows, per_image, missing = [], {}, []
+    for task, sigma, method, t0 in cells:
+        name = name_of(method, t0)
+        parts = [load_chunk(chunk_path(task, sigma, name, s)) for s in starts]
+        if any(p is None for p in parts):
+            missing.append(f"{task} sigma_y {sigma:g} {name} ({sum(p is None for p in parts)}/{len(parts)} chunks)")
+            continue
+        cat = lambda k: torch.cat([p[k] for p in parts])
+        seconds = sum(p["seconds"] for p in parts)
+        den_s = sum(p["denoiser_seconds"] for p in parts)
+        row = {"task": task, "sigma_y": sigma, "method": name, "samples": cfg.eval_samples,
+               "psnr": float(cat("psnr").mean()), "psnr_sample": float(cat("psnr_sample").mean()),
+               "ssim": float(cat("ssim").mean()),
+               "psnr_masked": float(cat("psnr_masked").mean()) if parts[0]["psnr_masked"] is not None else None,
+               "residual": float(cat("residual").mean()), "accuracy": float(cat("accuracy").mean()),
+               "kid": kid(cat("features"), real_feats), "calls_per_image": parts[0]["calls"],
+               "backward_per_image": parts[0]["backward"], "seconds_per_image": seconds / cfg.eval_images,
+               "denoiser_share": den_s / seconds if seconds > 0 else 0.0}
+        rows.append(row)
+        per_image[(task, sigma, name)] = cat("psnr")
+        print(f"inverse eval: {task} sigma_y {sigma:g} {name}: PSNR {row['psnr']:.2f} dB, SSIM "
+              f"{row['ssim']:.3f}, residual {row['residual']:.2f}, accuracy {row['accuracy']:.2f}, "
+              f"{row['calls_per_image']} calls, {row['seconds_per_image']:.2f} s/image", flush=True)
     ref = cfg.eval_reference
     for row in rows:
-        key = (row["task"], row["sigma_y"], ref)
-        if key in per_image and row["method"] != ref:
-            d, lo, hi = paired_bootstrap(per_image[(row["task"], row["sigma_y"], row["method"])], per_image[key],
+        ref_key = (row["task"], row["sigma_y"], ref)
+        if ref_key in per_image and row["method"] != ref:
+            d, lo, hi = paired_bootstrap(per_image[(row["task"], row["sigma_y"], row["method"])], per_image[ref_key],
                                          cfg.eval_bootstrap, cfg.seed)
             row[f"psnr_vs_{ref}"] = [d, lo, hi]
     summary = {"config": dataclasses.asdict(cfg), "rows": rows, "images": cfg.eval_images,
-               "classifier": judge.info.get("path")}
+               "samples": cfg.eval_samples, "incomplete": missing, "classifier": judge.info.get("path")}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    table = summary_table(rows, ref)
+    if missing:
+        table += "\nIncomplete (chunks not yet solved, e.g. by another shard): " + "; ".join(missing) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(summary_table(rows, ref))
-    print(summary_table(rows, ref))
+        f.write(table)
+    print(table)
     print(f"inverse eval: wrote {out}/summary.md")
     return summary
 
 
 def summary_table(rows: list[dict], ref: str = "dps") -> str:
-    head = ["task", "sigma_y", "method", "PSNR", f"dPSNR vs {ref} [95% CI]", "SSIM", "masked PSNR", "residual",
-            "accuracy", "KID", "calls", "s/image"]
+    head = ["task", "sigma_y", "method", "PSNR", f"dPSNR vs {ref} [95% CI]", "1-sample PSNR", "SSIM", "masked PSNR",
+            "residual", "accuracy", "KID", "calls", "s/image"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ci = r.get(f"psnr_vs_{ref}")
         lines.append("| " + " | ".join([
             r["task"], f"{r['sigma_y']:g}", r["method"], f"{r['psnr']:.2f}",
             f"{ci[0]:+.2f} [{ci[1]:+.2f}, {ci[2]:+.2f}]" if ci else "",
-            f"{r['ssim']:.3f}", f"{r['psnr_masked']:.2f}" if r["psnr_masked"] is not None else "",
+            f"{r['psnr_sample']:.2f}" if "psnr_sample" in r else "", f"{r['ssim']:.3f}",
+            f"{r['psnr_masked']:.2f}" if r["psnr_masked"] is not None else "",
             f"{r['residual']:.2f}", f"{r['accuracy']:.2f}", f"{r['kid']:.4f}", str(r["calls_per_image"]),
             f"{r['seconds_per_image']:.2f}"]) + " |")
     return "\n".join(lines) + "\n"
