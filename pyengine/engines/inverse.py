@@ -70,6 +70,8 @@ class InverseConfig:
     eval_samples: int = 1  # posterior samples per image: PSNR, SSIM and masked PSNR are of their mean
     eval_shard: str = ""  # "i/n": solve every n-th chunk only (n processes or machines split one evaluation)
     eval_resume: bool = True  # reuse the chunks already in out/chunks written under the same settings
+    eval_solve: bool = True  # false: solve nothing, only assemble the summary from the chunks there
+    eval_budget_s: float = 0.0  # > 0: after this many seconds (and one chunk) start no new chunk; a rerun goes on
 
 
 def _device(cfg: InverseConfig) -> torch.device:
@@ -119,6 +121,8 @@ def check_config(cfg: InverseConfig) -> None:
     if not isinstance(cfg.eval_samples, int) or cfg.eval_samples < 1:
         bad("eval_samples", "an int >= 1")
     _parse_shard(cfg.eval_shard)
+    if not (isinstance(cfg.eval_budget_s, (int, float)) and cfg.eval_budget_s >= 0):
+        bad("eval_budget_s", "a number of seconds >= 0 (0: no limit)")
 
 
 # -- images ----------------------------------------------------------------------------------------
@@ -438,8 +442,9 @@ def evaluate(cfg: InverseConfig) -> dict:
     to ``out/chunks/`` as it finishes. A chunk already there under the same settings is reused
     (``eval_resume``), so an interrupted evaluation continues where it stopped, and ``eval_shard="i/n"``
     has this process solve every n-th chunk only: n processes (or machines, their ``chunks/`` folders
-    copied into one) split an evaluation, and a last run with the same lists assembles the summary
-    from their chunks. The summary holds the cells whose chunks are all there, and names the others."""
+    copied into one) split an evaluation, and a last run with the same lists (``eval_solve=false``:
+    solving nothing) assembles the summary from their chunks. ``eval_budget_s`` stops starting chunks
+    after that long. The summary holds the cells whose chunks are all there, and names the others."""
     from pyengine.diffusion.prior import load_prior
 
     check_config(cfg)
@@ -456,8 +461,16 @@ def evaluate(cfg: InverseConfig) -> dict:
     os.makedirs(chunk_dir, exist_ok=True)
     key = json.loads(json.dumps(_fingerprint(cfg)))  # as it reads back: lists, not tuples
     variants = [(m, None) for m in cfg.eval_methods] + [(m, float(t)) for t in cfg.eval_t0 for m in cfg.eval_methods]
+    from pyengine.inverse.operators import make_operator
+    from pyengine.inverse.solvers import NEEDS, supports
+
+    shape = tuple(truth_all.shape[1:])
+    takes = {task: make_operator(task, shape, generator=torch.Generator().manual_seed(0)) for task in cfg.eval_tasks}
+    skipped = sorted({f"{task} {method} (needs a {NEEDS[method]} operator)" for task in cfg.eval_tasks
+                      for method, _ in variants if not supports(method, takes[task])})
     cells = [(task, float(sigma), method, t0) for task in cfg.eval_tasks for sigma in cfg.eval_sigmas
-             for method, t0 in [("baseline", None)] + variants]
+             for method, t0 in [("baseline", None)] + variants
+             if method == "baseline" or supports(method, takes[task])]
     starts = list(range(0, cfg.eval_images, cfg.eval_batch))
     name_of = lambda method, t0: method if t0 is None else f"{method}@t0={t0:g}"
 
@@ -472,9 +485,14 @@ def evaluate(cfg: InverseConfig) -> dict:
         return saved["values"] if saved.get("key") == key else None
 
     # 1. solve this shard's chunks that are not there yet
+    began, solved = time.perf_counter(), 0
     for k, ((task, sigma, method, t0), s) in enumerate((c, s) for c in cells for s in starts):
-        if k % shard_n != shard_i:
+        if not cfg.eval_solve or k % shard_n != shard_i:
             continue
+        if solved and cfg.eval_budget_s > 0 and time.perf_counter() - began > cfg.eval_budget_s:
+            print(f"inverse eval: eval_budget_s={cfg.eval_budget_s:g} spent; the chunks left wait for a rerun",
+                  flush=True)
+            break
         name = name_of(method, t0)
         path = chunk_path(task, sigma, name, s)
         if load_chunk(path) is not None:
@@ -484,6 +502,7 @@ def evaluate(cfg: InverseConfig) -> dict:
         values = {k2: (v.detach().cpu() if torch.is_tensor(v) else v) for k2, v in values.items()}
         torch.save({"key": key, "values": values}, path + ".tmp")
         os.replace(path + ".tmp", path)
+        solved += 1
         print(f"inverse eval: {task} sigma_y {sigma:g} {name} images {s}..{s + truth.shape[0] - 1}: PSNR "
               f"{float(values['psnr'].mean()):.2f} dB, {values['calls']} calls, "
               f"{values['seconds'] / truth.shape[0]:.2f} s/image", flush=True)
@@ -520,10 +539,13 @@ def evaluate(cfg: InverseConfig) -> dict:
                                          cfg.eval_bootstrap, cfg.seed)
             row[f"psnr_vs_{ref}"] = [d, lo, hi]
     summary = {"config": dataclasses.asdict(cfg), "rows": rows, "images": cfg.eval_images,
-               "samples": cfg.eval_samples, "incomplete": missing, "classifier": judge.info.get("path")}
+               "samples": cfg.eval_samples, "incomplete": missing, "not_applicable": skipped,
+               "classifier": judge.info.get("path")}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     table = summary_table(rows, ref)
+    if skipped:
+        table += "\nNot run (the method refuses the task's operator): " + "; ".join(skipped) + "\n"
     if missing:
         table += "\nIncomplete (chunks not yet solved, e.g. by another shard): " + "; ".join(missing) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:

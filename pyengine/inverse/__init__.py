@@ -21,6 +21,7 @@ from pyengine.inverse.operators import (
 from pyengine.inverse.solvers import (
                                         DEFAULT_STEPS,
                                         METHODS,
+                                        NEEDS,
                                         SolverResult,
                                         ddrm,
                                         dps,
@@ -31,10 +32,11 @@ from pyengine.inverse.solvers import (
                                         scoresde,
                                         snips,
                                         solve,
+                                        supports,
 )
 
 __all__ = ["DEFAULT_STEPS", "METHODS", "DenseOperator", "SolverResult", "ddrm", "dps", "ilvr", "mcg", "pigdm",
-           "reddiff", "scoresde", "snips", "solve",
+           "reddiff", "scoresde", "snips", "solve", "NEEDS", "supports",
            "TASKS", "AvgPoolSR", "BicubicSR", "CircularBlur", "Colorize", "Inpaint", "LinearOperator", "Operator",
            "PhaseRetrieval", "Problem", "SpectralView", "baseline", "bicubic_upsample", "gaussian_kernel",
            "grey_replicate", "harmonic_fill", "hio", "make_operator", "motion_kernel", "require_linear",

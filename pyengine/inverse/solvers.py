@@ -60,6 +60,17 @@ from pyengine.inverse.base import Operator, Problem, SpectralView, require_linea
 
 METHODS = ("scoresde", "ilvr", "snips", "ddrm", "dps", "pigdm", "mcg", "reddiff")
 
+# what each method needs of the operator: "spectral" (a spectral view), "linear" or "any"
+NEEDS = {"scoresde": "linear", "ilvr": "linear", "snips": "spectral", "ddrm": "spectral", "dps": "any",
+         "pigdm": "spectral", "mcg": "linear", "reddiff": "any"}
+
+
+def supports(method: str, op: Operator) -> bool:
+    """Whether ``method`` takes the operator ``op`` (:data:`NEEDS`); :func:`solve` refuses it otherwise."""
+    need = NEEDS[method]
+    return need == "any" or (op.linear and (need == "linear" or op.spectral is not None))
+
+
 DEFAULT_STEPS = {"scoresde": 1000, "ilvr": 100, "snips": 500, "ddrm": 20, "dps": 1000, "pigdm": 100,
                  "mcg": 1000, "reddiff": 1000}
 
@@ -370,7 +381,7 @@ def scoresde(prior: Prior, problem: Problem, *, steps: int | None = None, t0: fl
     (score_sde's default sampling config), one corrector step: ``steps (1 + corrector_steps)``
     denoiser calls, no backward pass.
     """
-    run = _Run("scoresde", prior, problem, steps, t0, generator, text, need="linear", init=init)
+    run = _Run("scoresde", prior, problem, steps, t0, generator, text, need=NEEDS["scoresde"], init=init)
     snr = _number("scoresde", "snr", snr, 0.0, lo_open=True)
     corrector_steps = _integer("scoresde", "corrector_steps", corrector_steps, 0)
     with torch.no_grad():
@@ -408,7 +419,7 @@ def ilvr(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float 
     Defaults: 100 steps (the ILVR README's ``timestep_respacing 100``), ``range_t = 0``: ``steps``
     denoiser calls, no backward pass.
     """
-    run = _Run("ilvr", prior, problem, steps, t0, generator, text, need="linear", init=init)
+    run = _Run("ilvr", prior, problem, steps, t0, generator, text, need=NEEDS["ilvr"], init=init)
     range_t = _integer("ilvr", "range_t", range_t, 0, run.steps)
     with torch.no_grad():
         x = run.start()
@@ -445,7 +456,7 @@ def snips(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float
     levels (SNIPS's CelebA run), 5 steps each and ``step_lr = 3.3e-6`` (its CelebA config, for
     ``sigma_L = 0.01``): ``steps * steps_each`` denoiser calls, no backward pass.
     """
-    run = _Run("snips", prior, problem, steps, t0, generator, text, need="spectral", init=init)
+    run = _Run("snips", prior, problem, steps, t0, generator, text, need=NEEDS["snips"], init=init)
     steps_each = _integer("snips", "steps_each", steps_each, 1)
     step_lr = _number("snips", "step_lr", step_lr, 0.0, lo_open=True)
     view = run.view
@@ -503,7 +514,7 @@ def ddrm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float 
     ``sigma_T z``. Defaults: ``eta = 0.85``, ``eta_b = 1``, 20 steps with the uniform skip (``t = 950,
     900, .., 0``): ``steps`` denoiser calls, no backward pass.
     """
-    run = _Run("ddrm", prior, problem, steps, t0, generator, text, need="spectral", init=init)
+    run = _Run("ddrm", prior, problem, steps, t0, generator, text, need=NEEDS["ddrm"], init=init)
     eta = _number("ddrm", "eta", eta, 0.0, 1.0)
     eta_b = _number("ddrm", "eta_b", eta_b, 0.0, 1.0)
     view = run.view
@@ -560,7 +571,7 @@ def dps(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float =
     Defaults: 1000 steps: ``steps`` denoiser calls and ``steps`` backward passes. DPS samples with the
     network's learned variance; here the step's variance is the fixed ``beta~`` of ``q(x_s | x_t, x0)``.
     """
-    run = _Run("dps", prior, problem, steps, t0, generator, text, need="any", init=init)
+    run = _Run("dps", prior, problem, steps, t0, generator, text, need=NEEDS["dps"], init=init)
     zeta = DPS_ZETA.get(problem.operator.name, DPS_ZETA_DEFAULT) if zeta is None else zeta
     zeta = _number("dps", "zeta", zeta, 0.0)
     op, y = run.op, run.y
@@ -599,7 +610,7 @@ def pigdm(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float
     Defaults: 100 DDIM steps, ``eta = 1.0``, ``scale = 1``: ``steps`` denoiser calls and ``steps``
     backward passes.
     """
-    run = _Run("pigdm", prior, problem, steps, t0, generator, text, need="spectral", init=init)
+    run = _Run("pigdm", prior, problem, steps, t0, generator, text, need=NEEDS["pigdm"], init=init)
     eta = _number("pigdm", "eta", eta, 0.0, 1.0)
     scale = _number("pigdm", "scale", scale, 0.0)
     view = run.view
@@ -641,7 +652,7 @@ def mcg(prior: Prior, problem: Problem, *, steps: int | None = None, t0: float =
     ``alpha``: default :data:`MCG_ALPHA` by operator name, else :data:`MCG_ALPHA_DEFAULT`. Defaults:
     1000 steps: ``steps`` denoiser calls and ``steps`` backward passes.
     """
-    run = _Run("mcg", prior, problem, steps, t0, generator, text, need="linear", init=init)
+    run = _Run("mcg", prior, problem, steps, t0, generator, text, need=NEEDS["mcg"], init=init)
     alpha = MCG_ALPHA.get(problem.operator.name, MCG_ALPHA_DEFAULT) if alpha is None else alpha
     alpha = _number("mcg", "alpha", alpha, 0.0)
     op, y = run.op, run.y
@@ -683,7 +694,7 @@ def reddiff(prior: Prior, problem: Problem, *, steps: int | None = None, t0: flo
     Defaults (the repository's config): ``lam = 0.25``, ``lr = 0.1``, ``weighting = "linear"``
     (1 / SNR^(1/2); see :data:`REDDIFF_WEIGHTINGS`), 1000 steps: ``steps`` denoiser calls, 0 backward.
     """
-    run = _Run("reddiff", prior, problem, steps, t0, generator, text, need="any", init=init)
+    run = _Run("reddiff", prior, problem, steps, t0, generator, text, need=NEEDS["reddiff"], init=init)
     lam = _number("reddiff", "lam", lam, 0.0)
     lr = _number("reddiff", "lr", lr, 0.0, lo_open=True)
     obs_weight = _number("reddiff", "obs_weight", obs_weight, 0.0)

@@ -110,6 +110,17 @@ def test_eval_resumes_from_its_chunks_and_solves_again_under_other_settings(tmp_
         inv.run(_eval_cfg(tmp_path, seed=1), "eval")
     with pytest.raises(AssertionError, match="already there"):  # nor when resuming is off
         inv.run(_eval_cfg(tmp_path, eval_resume=False), "eval")
+    # assembling only: the chunks that are there make rows, the cells without chunks are named
+    only = inv.run(_eval_cfg(tmp_path, eval_methods=["ddrm", "pigdm"], eval_solve=False), "eval")
+    assert [r["psnr"] for r in only["rows"]] == [r["psnr"] for r in first["rows"]]
+    assert only["incomplete"] == ["sr4 sigma_y 0.05 pigdm (2/2 chunks)"]
+
+
+def test_eval_budget_stops_starting_chunks_and_a_rerun_goes_on(tmp_path):
+    part = inv.run(_eval_cfg(tmp_path, eval_budget_s=1e-9), "eval")  # spent before the second chunk
+    assert len(os.listdir(tmp_path / "eval" / "chunks")) == 1 and len(part["incomplete"]) == 2
+    whole = inv.run(_eval_cfg(tmp_path), "eval")
+    assert not whole["incomplete"] and len(whole["rows"]) == 2
 
 
 def test_eval_shards_split_the_chunks_and_assemble_the_unsplit_table(tmp_path):
@@ -128,10 +139,19 @@ def test_eval_shards_split_the_chunks_and_assemble_the_unsplit_table(tmp_path):
 
 @pytest.mark.parametrize("change,match", [({"eval_shard": "2/2"}, "eval_shard must be"),
                                           ({"eval_shard": "half"}, "eval_shard must be"),
-                                          ({"eval_samples": 0}, "eval_samples must be")])
+                                          ({"eval_samples": 0}, "eval_samples must be"),
+                                          ({"eval_budget_s": -1}, "eval_budget_s must be")])
 def test_bad_eval_settings_raise_clear_errors(tmp_path, change, match):
     with pytest.raises(ValueError, match=match):
         inv.run(_eval_cfg(tmp_path, **change), "eval")
+
+
+def test_eval_skips_the_methods_a_task_refuses_and_names_them(tmp_path):
+    s = inv.run(_eval_cfg(tmp_path, eval_images=2, eval_tasks=["phase"], eval_methods=["ddrm", "dps"], steps=2),
+                "eval")
+    assert [r["method"] for r in s["rows"]] == ["baseline", "dps"]
+    assert s["not_applicable"] == ["phase ddrm (needs a spectral operator)"]
+    assert "Not run" in (tmp_path / "eval" / "summary.md").read_text()
 
 
 def test_cli_flags_reach_the_config(monkeypatch):

@@ -515,6 +515,26 @@ def test_nonlinear_operators_run_with_dps_and_reddiff_only():
     solve("ilvr", case.prior, no_svd, steps=3)  # replacement only needs A^+
 
 
+def test_supports_says_which_operators_solve_refuses():
+    """``supports(method, op)`` (what the evaluation uses to skip cells) agrees with ``solve`` for every
+    method on a spectral, a linear-without-SVD and a nonlinear operator."""
+    from pyengine.inverse import supports
+
+    case = make_case(**ANISO)
+    y = Squared().forward(case.prior.sample(1, torch.Generator().manual_seed(0))).expand(2, -1)
+    ops = [Problem(case.op, case.y.expand(2, -1), 0.05), Problem(Squared(), y, 0.05),
+           Problem(NoSpectral(case.matrix, SHAPE, name="nosvd"), case.y.expand(2, -1), 0.05)]
+    for method in METHODS:
+        for problem in ops:
+            try:
+                solve(method, case.prior, problem, steps=2, generator=torch.Generator().manual_seed(0))
+                accepted = True
+            except ValueError as e:
+                assert "needs" in str(e)
+                accepted = False
+            assert supports(method, problem.operator) == accepted, (method, problem.operator.name)
+
+
 def test_clear_errors():
     case = make_case(**ANISO)
     problem = Problem(case.op, case.y.expand(2, -1), 0.05)
