@@ -68,7 +68,7 @@ class InverseConfig:
     eval_bootstrap: int = 1000
     eval_data_seed: int = 0
     eval_samples: int = 1  # posterior samples per image: PSNR, SSIM and masked PSNR are of their mean
-    eval_shard: str = ""  # "i/n": solve every n-th chunk only (n processes or machines split one evaluation)
+    eval_shard: str = ""  # "i/n": solve a 1/n share of the chunks (n processes or machines split one evaluation)
     eval_resume: bool = True  # reuse the chunks already in out/chunks written under the same settings
     eval_solve: bool = True  # false: solve nothing, only assemble the summary from the chunks there
     eval_budget_s: float = 0.0  # > 0: after this many seconds (and one chunk) start no new chunk; a rerun goes on
@@ -388,11 +388,13 @@ def run_one(cfg: InverseConfig) -> dict:
 
 
 def _fingerprint(cfg: InverseConfig) -> dict:
-    """The settings a chunk's numbers depend on besides its cell and images (a chunk written under other
-    ones is solved again, not reused)."""
+    """The settings a chunk's numbers depend on besides its cell and its images (a chunk written under
+    other ones is solved again, not reused). Its images (first index and count) are in its file name,
+    and its seeds follow from the first index, so a larger evaluation with the same ``eval_batch``
+    reuses a smaller one's chunks: 200 images at batch 8 start with the chunks of 8, 16, ..."""
     return {"prior": cfg.prior, "text": cfg.text, "seed": cfg.seed, "steps": cfg.steps, "t0": cfg.t0,
             "ccdf_init": cfg.ccdf_init, "options": dict(cfg.options), "samples": cfg.eval_samples,
-            "data_seed": cfg.eval_data_seed, "batch": cfg.eval_batch}
+            "data_seed": cfg.eval_data_seed}
 
 
 def _parse_shard(shard: str) -> tuple[int, int]:
@@ -405,6 +407,32 @@ def _parse_shard(shard: str) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"inverse: eval_shard must be 'i/n' with 0 <= i < n, got {shard!r}")
     return i, n
+
+
+def _chunk_cost(method: str, t0: float | None, cfg: InverseConfig, images: int) -> float:
+    """A chunk's expected cost in denoiser forward passes (a backward pass counted as two): what
+    :func:`_shard` balances."""
+    from pyengine.inverse.solvers import DEFAULT_STEPS
+
+    if method == "baseline":
+        return 0.01 * images
+    per_step = {"scoresde": 2, "dps": 3, "mcg": 3, "pigdm": 3}.get(method, 1)
+    steps = cfg.steps or DEFAULT_STEPS[method]
+    return per_step * steps * (cfg.t0 if t0 is None else t0) * images * cfg.eval_samples
+
+
+def _shard(chunks: list, costs: list[float], i: int, n: int) -> set[int]:
+    """The indices of ``chunks`` that shard ``i`` of ``n`` solves: the costliest first, each to the
+    shard with the least so far (the same answer in every process, so the shards partition the work)."""
+    if n == 1:
+        return set(range(len(chunks)))
+    load, mine = [0.0] * n, set()
+    for k in sorted(range(len(chunks)), key=lambda k: (-costs[k], k)):
+        j = min(range(n), key=lambda j: (load[j], j))
+        load[j] += costs[k]
+        if j == i:
+            mine.add(k)
+    return mine
 
 
 def _solve_chunk(method, t0, task, sigma, truth, labels, s, prior, judge, cfg) -> dict:
@@ -440,10 +468,11 @@ def evaluate(cfg: InverseConfig) -> dict:
 
     The work is cut into chunks (one cell: task, sigma_y, method; ``eval_batch`` images), each saved
     to ``out/chunks/`` as it finishes. A chunk already there under the same settings is reused
-    (``eval_resume``), so an interrupted evaluation continues where it stopped, and ``eval_shard="i/n"``
-    has this process solve every n-th chunk only: n processes (or machines, their ``chunks/`` folders
-    copied into one) split an evaluation, and a last run with the same lists (``eval_solve=false``:
-    solving nothing) assembles the summary from their chunks. ``eval_budget_s`` stops starting chunks
+    (``eval_resume``), so an interrupted evaluation continues where it stopped. ``eval_shard="i/n"``
+    has this process solve its share of the chunks only (balanced by expected denoiser passes): n
+    processes (or machines, their ``chunks/`` folders copied into one) split an evaluation, and a
+    last run with the same lists (``eval_solve=false``: solving nothing) assembles the summary from
+    their chunks. ``eval_budget_s`` stops starting chunks
     after that long. The summary holds the cells whose chunks are all there, and names the others."""
     from pyengine.diffusion.prior import load_prior
 
@@ -485,9 +514,12 @@ def evaluate(cfg: InverseConfig) -> dict:
         return saved["values"] if saved.get("key") == key else None
 
     # 1. solve this shard's chunks that are not there yet
+    chunks = [(c, s) for c in cells for s in starts]
+    mine = _shard(chunks, [_chunk_cost(c[2], c[3], cfg, min(cfg.eval_batch, cfg.eval_images - s)) for c, s in chunks],
+                  shard_i, shard_n)
     began, solved = time.perf_counter(), 0
-    for k, ((task, sigma, method, t0), s) in enumerate((c, s) for c in cells for s in starts):
-        if not cfg.eval_solve or k % shard_n != shard_i:
+    for k, ((task, sigma, method, t0), s) in enumerate(chunks):
+        if not cfg.eval_solve or k not in mine:
             continue
         if solved and cfg.eval_budget_s > 0 and time.perf_counter() - began > cfg.eval_budget_s:
             print(f"inverse eval: eval_budget_s={cfg.eval_budget_s:g} spent; the chunks left wait for a rerun",
