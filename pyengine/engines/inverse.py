@@ -570,12 +570,17 @@ def evaluate(cfg: InverseConfig) -> dict:
             d, lo, hi = paired_bootstrap(per_image[(row["task"], row["sigma_y"], row["method"])], per_image[ref_key],
                                          cfg.eval_bootstrap, cfg.seed)
             row[f"psnr_vs_{ref}"] = [d, lo, hi]
+    checks = orderings(per_image, rows, cfg.eval_bootstrap, cfg.seed)
     summary = {"config": dataclasses.asdict(cfg), "rows": rows, "images": cfg.eval_images,
-               "samples": cfg.eval_samples, "incomplete": missing, "not_applicable": skipped,
+               "samples": cfg.eval_samples, "orderings": checks, "incomplete": missing, "not_applicable": skipped,
+               "per_image_psnr": [{"task": k[0], "sigma_y": k[1], "method": k[2],
+                                   "psnr": [round(float(v), 4) for v in p]} for k, p in per_image.items()],
                "classifier": judge.info.get("path")}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     table = summary_table(rows, ref)
+    if checks:
+        table += "\nThe published orderings (paired bootstrap over images):\n\n" + orderings_table(checks)
     if skipped:
         table += "\nNot run (the method refuses the task's operator): " + "; ".join(skipped) + "\n"
     if missing:
@@ -585,6 +590,93 @@ def evaluate(cfg: InverseConfig) -> dict:
     print(table)
     print(f"inverse eval: wrote {out}/summary.md")
     return summary
+
+
+# -- the published orderings ------------------------------------------------------------------------
+
+REPLACEMENT = ("scoresde", "ilvr", "mcg")
+
+
+def _verdict(d: float, lo: float, hi: float, threshold: float) -> str:
+    """Whether ``d > threshold`` holds: ``holds`` when the whole 95% interval is above it, ``fails``
+    when it is all below, and ``holds (n.s.)`` / ``fails (n.s.)`` by the estimate when the interval
+    straddles it."""
+    if lo > threshold:
+        return "holds"
+    if hi < threshold:
+        return "fails"
+    return "holds (n.s.)" if d > threshold else "fails (n.s.)"
+
+
+def orderings(per_image: dict, rows: list[dict], n: int = 1000, seed: int = 0) -> list[dict]:
+    """The issue's published orderings, checked on whatever cells the evaluation has: one entry per
+    claim and place, with the paired-bootstrap estimate and 95% interval of the difference (in dB,
+    per image; the images are the same in every cell) and a verdict (:func:`_verdict`).
+
+    - DDRM-20 within 0.5 dB of DPS-1000 (``ddrm - dps > -0.5``), with the ratio of their times;
+    - at sigma_y 0.05 the replacement methods (ScoreSDE, ILVR, MCG) lose more PSNR from sigma_y 0
+      than DPS and DDRM do (the difference of the two losses, per image, > 0);
+    - MCG beats ScoreSDE on inpainting (``mcg - scoresde > 0``);
+    - CCDF at t0 = 0.3 within 0.5 dB of the full run (``m@t0=0.3 - m > -0.5``), with the calls' ratio;
+    - on phase retrieval, DPS and RED-diff beat HIO (``m - baseline > 0``);
+    - every method beats the classical baseline on SR x4 and Gaussian deblur at sigma_y 0.05.
+    """
+    by = {(r["task"], r["sigma_y"], r["method"]): r for r in rows}
+    out = []
+
+    def add(claim, where, diff, threshold, **extra):
+        d, lo, hi = paired_bootstrap(diff, torch.zeros_like(diff), n, seed)
+        out.append({"claim": claim, "where": where, "diff": d, "low": lo, "high": hi, "threshold": threshold,
+                    "verdict": _verdict(d, lo, hi, threshold), **extra})
+
+    tasks = sorted({k[0] for k in per_image}, key=lambda t: list(DEFAULT_TASKS).index(t) if t in DEFAULT_TASKS else 99)
+    sigmas = sorted({k[1] for k in per_image})
+    for task in tasks:
+        for sigma in sigmas:
+            a, b = per_image.get((task, sigma, "ddrm")), per_image.get((task, sigma, "dps"))
+            if a is not None and b is not None:
+                seconds = [by[(task, sigma, m)]["seconds_per_image"] for m in ("ddrm", "dps")]
+                ratio = seconds[0] / max(seconds[1], 1e-12)
+                add("DDRM-20 within 0.5 dB of DPS-1000", f"{task}, sigma_y {sigma:g}", a - b, -0.5, time_ratio=ratio)
+    for task in tasks:
+        for rep in REPLACEMENT:
+            for other in ("dps", "ddrm"):
+                keys = [(task, 0.0, rep), (task, 0.05, rep), (task, 0.0, other), (task, 0.05, other)]
+                if all(k in per_image for k in keys):
+                    loss = lambda m: per_image[(task, 0.0, m)] - per_image[(task, 0.05, m)]
+                    add(f"{rep} loses more than {other} from sigma_y 0 to 0.05", task, loss(rep) - loss(other), 0.0)
+    for task in ("inpaint_box", "inpaint_random"):
+        for sigma in sigmas:
+            a, b = per_image.get((task, sigma, "mcg")), per_image.get((task, sigma, "scoresde"))
+            if a is not None and b is not None:
+                add("MCG beats ScoreSDE on inpainting", f"{task}, sigma_y {sigma:g}", a - b, 0.0)
+    for (task, sigma, name), v in sorted(per_image.items(), key=lambda kv: (tasks.index(kv[0][0]), kv[0][1], kv[0][2])):
+        if name.endswith("@t0=0.3") and (task, sigma, name.split("@")[0]) in per_image:
+            full = name.split("@")[0]
+            calls = by[(task, sigma, name)]["calls_per_image"] / max(by[(task, sigma, full)]["calls_per_image"], 1)
+            add(f"CCDF t0 = 0.3 within 0.5 dB of the full {full}", f"{task}, sigma_y {sigma:g}",
+                v - per_image[(task, sigma, full)], -0.5, calls_ratio=calls)
+    for sigma in sigmas:
+        for m in ("dps", "reddiff"):
+            a, b = per_image.get(("phase", sigma, m)), per_image.get(("phase", sigma, "baseline"))
+            if a is not None and b is not None:
+                add(f"{m} beats HIO on phase retrieval", f"sigma_y {sigma:g}", a - b, 0.0)
+    for task in ("sr4", "deblur_gauss"):
+        base = per_image.get((task, 0.05, "baseline"))
+        for (t, sigma, name), v in per_image.items():
+            if base is not None and t == task and sigma == 0.05 and name != "baseline" and "@" not in name:
+                add(f"{name} beats the classical baseline", f"{task}, sigma_y 0.05", v - base, 0.0)
+    return out
+
+
+def orderings_table(checks: list[dict]) -> str:
+    lines = ["| claim | where | difference, dB [95% CI] | verdict | note |", "|---|---|---|---|---|"]
+    for c in checks:
+        note = (f"time ratio {c['time_ratio']:.3f}" if "time_ratio" in c else
+                f"calls ratio {c['calls_ratio']:.2f}" if "calls_ratio" in c else "")
+        lines.append(f"| {c['claim']} | {c['where']} | {c['diff']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] | "
+                     f"{c['verdict']} | {note} |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_table(rows: list[dict], ref: str = "dps") -> str:

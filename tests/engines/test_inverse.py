@@ -164,6 +164,41 @@ def test_eval_skips_the_methods_a_task_refuses_and_names_them(tmp_path):
     assert "Not run" in (tmp_path / "eval" / "summary.md").read_text()
 
 
+def test_verdicts_read_the_interval_against_the_threshold():
+    assert inv._verdict(1.0, 0.2, 1.8, 0.0) == "holds"
+    assert inv._verdict(-1.0, -1.8, -0.2, 0.0) == "fails"
+    assert inv._verdict(0.3, -0.1, 0.7, 0.0) == "holds (n.s.)"
+    assert inv._verdict(-0.7, -1.2, -0.4, -0.5) == "fails (n.s.)"
+
+
+def test_orderings_check_each_published_claim_on_the_cells_there():
+    g = torch.Generator().manual_seed(0)
+    base = 20 + torch.rand(40, generator=g)
+    noise = lambda: 0.1 * torch.randn(40, generator=g)
+    per_image = {("sr4", 0.0, "dps"): base + 5 + noise(), ("sr4", 0.05, "dps"): base + 3 + noise(),
+                 ("sr4", 0.0, "ddrm"): base + 5.2 + noise(), ("sr4", 0.05, "ddrm"): base + 3.4 + noise(),
+                 ("sr4", 0.0, "scoresde"): base + 5 + noise(), ("sr4", 0.05, "scoresde"): base + 1 + noise(),
+                 ("sr4", 0.05, "baseline"): base + noise(), ("sr4", 0.05, "ddrm@t0=0.3"): base + 2 + noise(),
+                 ("inpaint_box", 0.05, "mcg"): base + noise(), ("inpaint_box", 0.05, "scoresde"): base + 1 + noise(),
+                 ("phase", 0.05, "dps"): base + 4 + noise(), ("phase", 0.05, "baseline"): base + noise()}
+    rows = [{"task": t, "sigma_y": s, "method": m, "seconds_per_image": {"dps": 40.0, "ddrm": 2.0}.get(m, 1.0),
+             "calls_per_image": {"dps": 1000, "ddrm": 20, "ddrm@t0=0.3": 6}.get(m, 100)} for t, s, m in per_image]
+    checks = inv.orderings(per_image, rows, n=200)
+    got = {(c["claim"], c["where"]): c for c in checks}
+    ddrm = got[("DDRM-20 within 0.5 dB of DPS-1000", "sr4, sigma_y 0.05")]
+    assert ddrm["verdict"] == "holds" and abs(ddrm["diff"] - 0.4) < 0.1 and ddrm["time_ratio"] == 0.05
+    assert got[("scoresde loses more than dps from sigma_y 0 to 0.05", "sr4")]["verdict"] == "holds"
+    assert got[("scoresde loses more than ddrm from sigma_y 0 to 0.05", "sr4")]["diff"] > 2
+    assert got[("MCG beats ScoreSDE on inpainting", "inpaint_box, sigma_y 0.05")]["verdict"] == "fails"
+    ccdf = got[("CCDF t0 = 0.3 within 0.5 dB of the full ddrm", "sr4, sigma_y 0.05")]
+    assert ccdf["verdict"] == "fails" and ccdf["calls_ratio"] == 0.3
+    assert got[("dps beats HIO on phase retrieval", "sigma_y 0.05")]["verdict"] == "holds"
+    for m in ("dps", "ddrm", "scoresde"):
+        assert got[(f"{m} beats the classical baseline", "sr4, sigma_y 0.05")]["verdict"] == "holds"
+    assert not any("reddiff" in c["claim"] or "deblur" in c["where"] for c in checks)  # cells not there: no claim
+    assert "| DDRM-20 within 0.5 dB of DPS-1000 | sr4, sigma_y 0.05 |" in inv.orderings_table(checks)
+
+
 def test_cli_flags_reach_the_config(monkeypatch):
     seen = {}
     monkeypatch.setattr(inv, "run", lambda cfg, command="": seen.update(cfg=cfg, command=command) or {})
