@@ -495,7 +495,8 @@ def evaluate(cfg: InverseConfig) -> dict:
 
     shape = tuple(truth_all.shape[1:])
     takes = {task: make_operator(task, shape, generator=torch.Generator().manual_seed(0)) for task in cfg.eval_tasks}
-    skipped = sorted({f"{task} {method} (needs a {NEEDS[method]} operator)" for task in cfg.eval_tasks
+    wants = {"linear": "a linear operator", "spectral": "an operator with a spectral view"}
+    skipped = sorted({f"{task} {method} (needs {wants[NEEDS[method]]})" for task in cfg.eval_tasks
                       for method, _ in variants if not supports(method, takes[task])})
     cells = [(task, float(sigma), method, t0) for task in cfg.eval_tasks for sigma in cfg.eval_sigmas
              for method, t0 in [("baseline", None)] + variants

@@ -160,7 +160,7 @@ def test_eval_skips_the_methods_a_task_refuses_and_names_them(tmp_path):
     s = inv.run(_eval_cfg(tmp_path, eval_images=2, eval_tasks=["phase"], eval_methods=["ddrm", "dps"], steps=2),
                 "eval")
     assert [r["method"] for r in s["rows"]] == ["baseline", "dps"]
-    assert s["not_applicable"] == ["phase ddrm (needs a spectral operator)"]
+    assert s["not_applicable"] == ["phase ddrm (needs an operator with a spectral view)"]
     assert "Not run" in (tmp_path / "eval" / "summary.md").read_text()
 
 
