@@ -1,14 +1,16 @@
-"""Real text-to-image priors from a local diffusers pipeline folder: Stable Diffusion and DeepFloyd IF.
+"""Real priors from a local diffusers pipeline folder: Stable Diffusion, DeepFloyd IF and pixel DDPMs.
 
-:class:`StableDiffusionPrior` (Stable Diffusion 1.x / 2.x, a latent prior) and
-:class:`DeepFloydIFPrior` (DeepFloyd IF stage I, a 64 x 64 pixel prior) wrap the networks of a
+:class:`StableDiffusionPrior` (Stable Diffusion 1.x / 2.x, a latent prior),
+:class:`DeepFloydIFPrior` (DeepFloyd IF stage I, a 64 x 64 pixel prior) and
+:class:`UnconditionalPixelPrior` (an unconditional pixel ``UNet2DModel``, as in a diffusers
+``DDPMPipeline`` folder: the kind of prior the inverse-problem papers use) wrap the networks of a
 pipeline folder saved by diffusers (``pipe.save_pretrained(folder)`` or a Hugging Face snapshot)
 behind the :class:`~pyengine.diffusion.prior.Prior` interface that the SDS engines use. Nothing is
 downloaded: every part is read with ``local_files_only=True``.
 
 Folder layout (one subfolder per part, as diffusers writes it)::
 
-    FOLDER/unet/          UNet2DConditionModel (config.json and weights)
+    FOLDER/unet/          UNet2DConditionModel (config.json and weights); UNet2DModel for a pixel DDPM
     FOLDER/vae/           AutoencoderKL                      (Stable Diffusion only)
     FOLDER/text_encoder/  CLIPTextModel (SD) / T5EncoderModel (IF)
     FOLDER/tokenizer/     CLIPTokenizer (SD) / T5Tokenizer (IF)
@@ -345,3 +347,81 @@ class DeepFloydIFPrior(_DiffusersPrior):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, h, w]`` in [-1, 1] -> RGB in [0, 1] (clamped)."""
         return ((x + 1) / 2).clamp(0, 1)
+
+
+class UnconditionalPixelPrior(Prior):
+    """An unconditional pixel-space diffusion model (a diffusers ``UNet2DModel``, e.g. a ``DDPMPipeline``
+    folder: ``unet/`` and ``scheduler/``) as a :class:`~pyengine.diffusion.prior.Prior` with
+    ``latent=False``: the kind of prior the inverse-problem solvers (``pyengine.inverse``) are written
+    for. ``channels`` is the UNet's ``in_channels``, ``resolution`` its ``sample_size``; a UNet with
+    twice as many output channels (a learned variance) gives its first half as the prediction.
+
+    There is no text: ``encode_text`` takes only empty prompts and returns ``[B, 1]`` zeros, which
+    the UNet ignores. ``encode_images`` resizes to ``resolution`` and maps [0, 1] to [-1, 1];
+    ``decode`` maps back and clamps. All weights are frozen.
+
+    Example:
+        >>> prior = load_prior("ddpm:/models/ddpm-celebahq-256", device="cuda")     # doctest: +SKIP
+        >>> from pyengine.inverse import make_operator, Problem, solve               # doctest: +SKIP
+    """
+
+    latent = False
+
+    def __init__(self, unet, schedule: NoiseSchedule, prediction: str = "eps", name: str = "pixel DDPM prior"):
+        super().__init__()
+        _freeze(unet)
+        self.unet, self.schedule, self.prediction, self.name = unet, schedule, prediction, name
+        self.channels = int(unet.config.in_channels)
+        size = unet.config.sample_size
+        self.resolution = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str, device="cpu", dtype: torch.dtype = torch.float32,
+                        variant: str | None = None) -> UnconditionalPixelPrior:
+        """Loads ``path`` (a local folder with ``unet/`` holding a ``UNet2DModel`` and ``scheduler/``;
+        nothing is downloaded).
+
+        Raises:
+            ValueError: ``path`` is not such a folder, or its UNet is class- or text-conditional, or
+                its output channels are neither ``in_channels`` nor twice that.
+        """
+        from diffusers import UNet2DModel
+
+        name = "UnconditionalPixelPrior"
+        _check_folder(name, path, ("unet", "scheduler"))
+        schedule, prediction = _schedule(name, path)
+        unet = _load(name, "the UNet (a UNet2DModel)", UNet2DModel.from_pretrained, os.path.join(path, "unet"),
+                     **_diffusers_kwargs(dtype, variant))
+        cfg = unet.config
+        if cfg.get("num_class_embeds") or cfg.get("class_embed_type"):
+            raise ValueError(f"{name}: {path!r}: the UNet is class-conditional (num_class_embeds / class_embed_type); "
+                             "only unconditional pixel UNets are supported")
+        if cfg.out_channels not in (cfg.in_channels, 2 * cfg.in_channels):
+            raise ValueError(f"{name}: {path!r}: expected out_channels = in_channels ({cfg.in_channels}) or twice that "
+                             f"(a learned variance), got {cfg.out_channels}")
+        prior = cls(unet, schedule, prediction, name=f"pixel DDPM prior ({os.path.basename(os.path.normpath(path))})")
+        return prior.to(device=device)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """``[B, 1]`` zeros: the prior is unconditional, so every prompt must be ``""``."""
+        prompts = _check_prompts(self.name, prompts)
+        if any(p.strip() for p in prompts):
+            raise ValueError(f"{self.name}: the prior is unconditional; prompts must be empty, got {prompts!r}")
+        return torch.zeros(len(prompts), 1, device=next(self.unet.parameters()).device)
+
+    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> ``[B, channels, resolution, resolution]`` in [-1, 1] (differentiable)."""
+        _check_rgb(self.name, rgb)
+        if self.channels != 3:
+            raise ValueError(f"{self.name}: encode_images makes RGB images but the prior denoises "
+                             f"{self.channels}-channel ones")
+        return _resize(rgb, self.resolution) * 2 - 1
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, channels, h, w]`` in [-1, 1] -> [0, 1] (clamped)."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def _denoise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        out = self.unet(x_t.to(self.unet.dtype), t.to(x_t.device), return_dict=False)[0]
+        return out[:, : self.channels]

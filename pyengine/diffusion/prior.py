@@ -155,19 +155,22 @@ def load_prior(spec: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     - ``"shapeworld"`` (the bundled ``pyengine/assets/image_prior.safetensors``) or a path to a
       ``.safetensors`` file written by ``pyengine train-prior images export``;
     - ``"sd:FOLDER"``: a local diffusers Stable Diffusion 1.x/2.x pipeline folder;
-    - ``"if:FOLDER"``: a local DeepFloyd IF stage I pipeline folder.
+    - ``"if:FOLDER"``: a local DeepFloyd IF stage I pipeline folder;
+    - ``"ddpm:FOLDER"``: a local unconditional pixel diffusion folder (``unet/`` a diffusers
+      ``UNet2DModel``, ``scheduler/``), e.g. a saved ``DDPMPipeline``.
     """
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"load_prior: spec must be 'shapeworld', a .safetensors path, 'sd:FOLDER' or 'if:FOLDER', "
-                         f"got {spec!r}")
-    if spec.startswith(("sd:", "if:")):
+        raise ValueError(f"load_prior: spec must be 'shapeworld', a .safetensors path, 'sd:FOLDER', 'if:FOLDER' or "
+                         f"'ddpm:FOLDER', got {spec!r}")
+    if spec.startswith(("sd:", "if:", "ddpm:")):
         kind, path = spec.split(":", 1)
         if not os.path.isdir(path):
             raise ValueError(f"load_prior: {path!r} is not a folder (a local diffusers pipeline is expected for "
                              f"{kind}:)")
         from pyengine.diffusion import diffusers_prior
 
-        cls = diffusers_prior.StableDiffusionPrior if kind == "sd" else diffusers_prior.DeepFloydIFPrior
+        cls = {"sd": diffusers_prior.StableDiffusionPrior, "if": diffusers_prior.DeepFloydIFPrior,
+               "ddpm": diffusers_prior.UnconditionalPixelPrior}[kind]
         return cls.from_pretrained(path, device=device, dtype=dtype)
     from pyengine.diffusion.shapeworld_prior import BUNDLED, ShapeWorldPrior
 

@@ -332,3 +332,85 @@ def test_bad_folders_raise_naming_the_path(tmp_path, if_folder):
     with pytest.raises(ValueError, match="config.json") as e:
         StableDiffusionPrior.from_pretrained(str(empty))
     assert str(empty) in str(e.value)
+
+
+# -- an unconditional pixel DDPM (UNet2DModel) ------------------------------------------------------------------------
+def ddpm_unet(out_channels=3, **kw):
+    return diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=out_channels, layers_per_block=1,
+                                 block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
+                                 attention_head_dim=8, **kw)
+
+
+@pytest.fixture(scope="module")
+def ddpm_folders(tmp_path_factory):
+    """A DDPMPipeline folder (linear betas, epsilon) and a learned-variance one (6 outputs, v)."""
+    torch.manual_seed(2)
+    eps = tmp_path_factory.mktemp("ddpm")
+    diffusers.DDPMPipeline(unet=ddpm_unet(), scheduler=diffusers.DDPMScheduler(num_train_timesteps=T)).save_pretrained(
+        str(eps))
+    v = _save(tmp_path_factory.mktemp("ddpm_v"), unet=ddpm_unet(6),
+              scheduler=diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
+                                                prediction_type="v_prediction"))
+    return {"eps": str(eps), "v": v}
+
+
+def test_ddpm_prior_is_the_unet_on_the_scheduler_betas(ddpm_folders):
+    from pyengine.diffusion.diffusers_prior import UnconditionalPixelPrior
+
+    prior = load_prior("ddpm:" + ddpm_folders["eps"])
+    assert isinstance(prior, UnconditionalPixelPrior) and not prior.latent and _frozen(prior)
+    assert (prior.channels, prior.resolution, prior.prediction) == (3, 16, "eps")
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)  # DDPMScheduler's default linear betas
+    close(prior.alphas_cumprod(dtype=torch.float64), torch.cumprod(1 - betas, 0), atol=1e-10, what="abar")
+    unet = diffusers.UNet2DModel.from_pretrained(ddpm_folders["eps"] + "/unet").eval()
+    torch.manual_seed(7)
+    x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 700])
+    text = prior.encode_text(["", ""])
+    with torch.no_grad():
+        close(prior.predict_noise(x_t, t, text), unet(x_t, t).sample, what="epsilon")
+    with pytest.raises(ValueError, match="unconditional"):
+        prior.encode_text(["a red cube"])
+    rgb = torch.rand(1, 3, 24, 24)
+    assert prior.encode_images(rgb).shape == (1, 3, 16, 16)
+    close(prior.decode(prior.encode_images(torch.rand(1, 3, 16, 16)) * 0 + 2), torch.ones(1, 3, 16, 16), what="clamp")
+
+
+def test_ddpm_prior_learned_variance_and_v(ddpm_folders):
+    prior = load_prior("ddpm:" + ddpm_folders["v"])
+    unet = diffusers.UNet2DModel.from_pretrained(ddpm_folders["v"] + "/unet").eval()
+    torch.manual_seed(8)
+    x_t, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    with torch.no_grad():
+        v = unet(x_t, t).sample[:, :3]
+        abar = prior.alphas_cumprod(dtype=torch.float64)[t].float().view(-1, 1, 1, 1)
+        eps = abar.sqrt() * v + (1 - abar).sqrt() * x_t  # epsilon from a v prediction
+        close(prior.predict_noise(x_t, t, prior.encode_text([""])), eps, atol=1e-4, what="v -> epsilon")
+    assert prior.prediction == "v"
+
+
+def test_ddpm_prior_runs_the_inverse_solvers(ddpm_folders):
+    """The inverse-problem solvers take it as they take the bundled prior: DDRM on SR x4 in 3 steps."""
+    from pyengine.inverse import Problem, make_operator, solve
+
+    prior = load_prior("ddpm:" + ddpm_folders["eps"])
+    op = make_operator("sr4", (3, 16, 16))
+    x = torch.rand(2, 3, 16, 16)
+    res = solve("ddrm", prior, Problem(op, op.forward(x), 0.05), steps=3, generator=torch.Generator().manual_seed(0))
+    assert res.x.shape == (2, 3, 16, 16) and res.calls == 3 and bool(torch.isfinite(res.x).all())
+
+
+def test_ddpm_bad_folders(tmp_path, ddpm_folders, if_folder):
+    from pyengine.diffusion.diffusers_prior import UnconditionalPixelPrior
+
+    with pytest.raises(ValueError, match="unet") as e:
+        load_prior("ddpm:" + str(tmp_path))
+    assert str(tmp_path) in str(e.value)
+    with pytest.raises(ValueError, match="UNet2DModel"):  # an IF folder's UNet is text-conditional
+        load_prior("ddpm:" + if_folder)
+    cond = _save(tmp_path / "cond", unet=ddpm_unet(num_class_embeds=4), scheduler=diffusers.DDPMScheduler())
+    with pytest.raises(ValueError, match="class-conditional"):
+        UnconditionalPixelPrior.from_pretrained(cond)
+    odd = _save(tmp_path / "odd", unet=ddpm_unet(out_channels=4), scheduler=diffusers.DDPMScheduler())
+    with pytest.raises(ValueError, match="out_channels"):
+        load_prior("ddpm:" + odd)
