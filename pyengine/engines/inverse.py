@@ -409,6 +409,14 @@ def _parse_shard(shard: str) -> tuple[int, int]:
     return i, n
 
 
+def _write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (shards of one evaluation may finish together)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _chunk_cost(method: str, t0: float | None, cfg: InverseConfig, images: int) -> float:
     """A chunk's expected cost in denoiser forward passes (a backward pass counted as two): what
     :func:`_shard` balances."""
@@ -533,8 +541,8 @@ def evaluate(cfg: InverseConfig) -> dict:
         truth, lab = truth_all[s:s + cfg.eval_batch], labels[s:s + cfg.eval_batch]
         values = _solve_chunk(method, t0, task, sigma, truth, lab, s, prior, judge, cfg)
         values = {k2: (v.detach().cpu() if torch.is_tensor(v) else v) for k2, v in values.items()}
-        torch.save({"key": key, "values": values}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        torch.save({"key": key, "values": values}, f"{path}.{os.getpid()}.tmp")
+        os.replace(f"{path}.{os.getpid()}.tmp", path)
         solved += 1
         print(f"inverse eval: {task} sigma_y {sigma:g} {name} images {s}..{s + truth.shape[0] - 1}: PSNR "
               f"{float(values['psnr'].mean()):.2f} dB, {values['calls']} calls, "
@@ -577,8 +585,7 @@ def evaluate(cfg: InverseConfig) -> dict:
                "per_image_psnr": [{"task": k[0], "sigma_y": k[1], "method": k[2],
                                    "psnr": [round(float(v), 4) for v in p]} for k, p in per_image.items()],
                "classifier": judge.info.get("path")}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    _write(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
     table = summary_table(rows, ref)
     if checks:
         table += "\nThe published orderings (paired bootstrap over images):\n\n" + orderings_table(checks)
@@ -586,8 +593,7 @@ def evaluate(cfg: InverseConfig) -> dict:
         table += "\nNot run (the method refuses the task's operator): " + "; ".join(skipped) + "\n"
     if missing:
         table += "\nIncomplete (chunks not yet solved, e.g. by another shard): " + "; ".join(missing) + "\n"
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(table)
+    _write(os.path.join(out, "summary.md"), table)
     print(table)
     print(f"inverse eval: wrote {out}/summary.md")
     return summary
