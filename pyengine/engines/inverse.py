@@ -480,9 +480,11 @@ def evaluate(cfg: InverseConfig) -> dict:
     has this process solve its share of the chunks only (balanced by expected denoiser passes): n
     processes (or machines, their ``chunks/`` folders copied into one) split an evaluation, and a
     last run with the same lists (``eval_solve=false``: solving nothing) assembles the summary from
-    their chunks. ``eval_budget_s`` stops starting chunks
-    after that long. The summary holds the cells whose chunks are all there, and names the others."""
+    their chunks. ``eval_budget_s`` stops starting chunks after that long. The summary holds the
+    cells whose chunks are all there, and names the others."""
     from pyengine.diffusion.prior import load_prior
+    from pyengine.inverse.operators import make_operator
+    from pyengine.inverse.solvers import NEEDS, supports
 
     check_config(cfg)
     shard_i, shard_n = _parse_shard(cfg.eval_shard)
@@ -498,9 +500,6 @@ def evaluate(cfg: InverseConfig) -> dict:
     os.makedirs(chunk_dir, exist_ok=True)
     key = json.loads(json.dumps(_fingerprint(cfg)))  # as it reads back: lists, not tuples
     variants = [(m, None) for m in cfg.eval_methods] + [(m, float(t)) for t in cfg.eval_t0 for m in cfg.eval_methods]
-    from pyengine.inverse.operators import make_operator
-    from pyengine.inverse.solvers import NEEDS, supports
-
     shape = tuple(truth_all.shape[1:])
     takes = {task: make_operator(task, shape, generator=torch.Generator().manual_seed(0)) for task in cfg.eval_tasks}
     wants = {"linear": "a linear operator", "spectral": "an operator with a spectral view"}
