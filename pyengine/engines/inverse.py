@@ -586,6 +586,8 @@ def evaluate(cfg: InverseConfig) -> dict:
                "classifier": judge.info.get("path")}
     _write(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
     table = summary_table(rows, ref)
+    if rows:
+        table += "\nPSNR (dB) of each method:\n\n" + psnr_grid(rows)
     if checks:
         table += "\nThe published orderings (paired bootstrap over images):\n\n" + orderings_table(checks)
     if skipped:
@@ -698,6 +700,21 @@ def summary_table(rows: list[dict], ref: str = "dps") -> str:
             f"{r['psnr_masked']:.2f}" if r["psnr_masked"] is not None else "",
             f"{r['residual']:.2f}", f"{r['accuracy']:.2f}", f"{r['kid']:.4f}", str(r["calls_per_image"]),
             f"{r['seconds_per_image']:.2f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def psnr_grid(rows: list[dict]) -> str:
+    """PSNR (dB) at a glance: a row per task and sigma_y, a column per method (the baseline first; CCDF
+    rows left out), the best of each row in bold; blank where a cell was not run."""
+    methods = list(dict.fromkeys(r["method"] for r in rows if "@" not in r["method"]))
+    places = list(dict.fromkeys((r["task"], r["sigma_y"]) for r in rows))
+    by = {(r["task"], r["sigma_y"], r["method"]): r["psnr"] for r in rows}
+    lines = ["| task | sigma_y | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for task, sigma in places:
+        vals = [by.get((task, sigma, m)) for m in methods]
+        best = max((v for v in vals if v is not None), default=None)
+        cells = ["" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}") for v in vals]
+        lines.append(f"| {task} | {sigma:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

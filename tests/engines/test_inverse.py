@@ -199,6 +199,16 @@ def test_orderings_check_each_published_claim_on_the_cells_there():
     assert "| DDRM-20 within 0.5 dB of DPS-1000 | sr4, sigma_y 0.05 |" in inv.orderings_table(checks)
 
 
+def test_psnr_grid_has_a_row_per_place_and_bolds_the_best():
+    rows = [{"task": "sr4", "sigma_y": 0.05, "method": m, "psnr": p} for m, p in
+            (("baseline", 20.0), ("ddrm", 26.1), ("dps", 24.9), ("ddrm@t0=0.3", 30.0))]
+    rows.append({"task": "phase", "sigma_y": 0.0, "method": "dps", "psnr": 30.4})
+    lines = inv.psnr_grid(rows).splitlines()
+    assert lines[0] == "| task | sigma_y | baseline | ddrm | dps |"
+    assert lines[2] == "| sr4 | 0.05 | 20.00 | **26.10** | 24.90 |"  # CCDF rows are not columns
+    assert lines[3] == "| phase | 0 |  |  | **30.40** |"
+
+
 def test_cli_flags_reach_the_config(monkeypatch):
     seen = {}
     monkeypatch.setattr(inv, "run", lambda cfg, command="": seen.update(cfg=cfg, command=command) or {})
