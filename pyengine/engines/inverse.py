@@ -425,13 +425,13 @@ def _write(path: str, text: str) -> None:
 
 
 def _chunk_cost(method: str, t0: float | None, cfg: InverseConfig, images: int) -> float:
-    """A chunk's expected cost in denoiser forward passes (a backward pass counted as two): what
-    :func:`_shard` balances."""
+    """A chunk's expected cost in denoiser forward passes (a backward pass counted as two; SNIPS at
+    its default 5 Langevin steps a level, ScoreSDE at one corrector step): what :func:`_shard` balances."""
     from pyengine.inverse.solvers import DEFAULT_STEPS
 
     if method == "baseline":
         return 0.01 * images
-    per_step = {"scoresde": 2, "dps": 3, "mcg": 3, "pigdm": 3}.get(method, 1)
+    per_step = {"scoresde": 2, "snips": 5, "dps": 3, "mcg": 3, "pigdm": 3}.get(method, 1)
     steps = cfg.steps or DEFAULT_STEPS[method]
     return per_step * steps * (cfg.t0 if t0 is None else t0) * images * cfg.eval_samples
 
