@@ -488,7 +488,8 @@ def evaluate(cfg: InverseConfig) -> dict:
     processes (or machines, their ``chunks/`` folders copied into one) split an evaluation, and a
     last run with the same lists (``eval_solve=false``: solving nothing) assembles the summary from
     their chunks. ``eval_budget_s`` stops starting chunks after that long. The summary holds the
-    cells whose chunks are all there, and names the others."""
+    cells whose chunks are all there, and names the others. A chunk's key covers the settings, not
+    the code: clear ``out/chunks`` after changing a solver or an operator."""
     from pyengine.diffusion.prior import load_prior
     from pyengine.inverse.operators import make_operator
     from pyengine.inverse.solvers import NEEDS, supports
