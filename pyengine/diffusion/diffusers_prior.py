@@ -129,6 +129,28 @@ def _resize(rgb: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(rgb, (side, side), mode="bilinear", align_corners=False, antialias=True)
 
 
+def _sample_side(unet) -> int:
+    """The side of the UNet's ``sample_size`` (an int or an ``(H, W)`` pair)."""
+    size = unet.config.sample_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+class _PixelImages:
+    """``encode_images`` / ``decode`` of a pixel prior (IF stage I, a pixel DDPM): [0, 1] <-> [-1, 1]."""
+
+    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, resolution, resolution]`` in [-1, 1] (differentiable)."""
+        _check_rgb(self.name, rgb)
+        if self.channels != 3:
+            raise ValueError(f"{self.name}: encode_images makes RGB images but the prior denoises "
+                             f"{self.channels}-channel ones")
+        return _resize(rgb, self.resolution) * 2 - 1
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, channels, h, w]`` in [-1, 1] -> [0, 1] (clamped)."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+
 def _check_prompts(name: str, prompts) -> list[str]:
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"{name}: prompts must be a list of strings, got {prompts!r}")
@@ -185,9 +207,7 @@ class StableDiffusionPrior(_DiffusersPrior):
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling_factor = float(vae.config.scaling_factor)
         if resolution is None:
-            size = unet.config.sample_size
-            size = size[0] if isinstance(size, (tuple, list)) else size
-            resolution = int(size) * self.vae_scale
+            resolution = _sample_side(unet) * self.vae_scale
         if not isinstance(resolution, int) or resolution <= 0 or resolution % self.vae_scale:
             raise ValueError(f"{name}: resolution must be a positive multiple of the VAE's factor {self.vae_scale}, "
                              f"got {resolution!r}")
@@ -263,7 +283,7 @@ class StableDiffusionPrior(_DiffusersPrior):
         return ((img + 1) / 2).clamp(0, 1).to(x.dtype)
 
 
-class DeepFloydIFPrior(_DiffusersPrior):
+class DeepFloydIFPrior(_PixelImages, _DiffusersPrior):
     """DeepFloyd IF stage I as a pixel prior (``latent=False``, ``channels=3``, ``resolution`` 64).
 
     The UNet predicts epsilon and a learned variance (6 output channels): the first 3 are the
@@ -294,8 +314,7 @@ class DeepFloydIFPrior(_DiffusersPrior):
         _freeze(unet, text_encoder)
         self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
         self.schedule, self.prediction, self.name = schedule, prediction, name
-        size = unet.config.sample_size
-        self.resolution = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.resolution = _sample_side(unet)
         self.eval()
 
     @classmethod
@@ -339,17 +358,9 @@ class DeepFloydIFPrior(_DiffusersPrior):
         with torch.no_grad():
             return self.text_encoder(tok.input_ids.to(dev), attention_mask=tok.attention_mask.to(dev))[0]
 
-    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in [0, 1] -> ``[B, 3, resolution, resolution]`` in [-1, 1] (differentiable)."""
-        _check_rgb(self.name, rgb)
-        return _resize(rgb, self.resolution) * 2 - 1
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, h, w]`` in [-1, 1] -> RGB in [0, 1] (clamped)."""
-        return ((x + 1) / 2).clamp(0, 1)
 
 
-class UnconditionalPixelPrior(Prior):
+class UnconditionalPixelPrior(_PixelImages, Prior):
     """An unconditional pixel-space diffusion model (a diffusers ``UNet2DModel``, e.g. a ``DDPMPipeline``
     folder: ``unet/`` and ``scheduler/``) as a :class:`~pyengine.diffusion.prior.Prior` with
     ``latent=False``: the kind of prior the inverse-problem solvers (``pyengine.inverse``) are written
@@ -372,8 +383,7 @@ class UnconditionalPixelPrior(Prior):
         _freeze(unet)
         self.unet, self.schedule, self.prediction, self.name = unet, schedule, prediction, name
         self.channels = int(unet.config.in_channels)
-        size = unet.config.sample_size
-        self.resolution = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.resolution = _sample_side(unet)
         self.eval()
 
     @classmethod
@@ -409,18 +419,6 @@ class UnconditionalPixelPrior(Prior):
         if any(p.strip() for p in prompts):
             raise ValueError(f"{self.name}: the prior is unconditional; prompts must be empty, got {prompts!r}")
         return torch.zeros(len(prompts), 1, device=next(self.unet.parameters()).device)
-
-    def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in [0, 1] -> ``[B, channels, resolution, resolution]`` in [-1, 1] (differentiable)."""
-        _check_rgb(self.name, rgb)
-        if self.channels != 3:
-            raise ValueError(f"{self.name}: encode_images makes RGB images but the prior denoises "
-                             f"{self.channels}-channel ones")
-        return _resize(rgb, self.resolution) * 2 - 1
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, channels, h, w]`` in [-1, 1] -> [0, 1] (clamped)."""
-        return ((x + 1) / 2).clamp(0, 1)
 
     def _denoise(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         out = self.unet(x_t.to(self.unet.dtype), t.to(x_t.device), return_dict=False)[0]
